@@ -1,0 +1,131 @@
+"""Typed, validated run configuration parsed once from Flower's run config.
+
+Defaults live in ``pyproject.toml`` under ``[tool.flwr.app.config]``; this module only parses
+and validates. Every key keeps one kebab-case spelling (see :data:`KEYS`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fedllm.data.partition import PARTITIONERS
+from fedllm.errors import ConfigError
+from fedllm.privacy.accounting import ACCOUNTANTS
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One federated run: task, data split, schedule, local training and privacy."""
+
+    task: str
+    data_path: str
+    label_column: str
+    site_column: str
+    num_sites: int
+    partitioner: str
+    dirichlet_alpha: float
+    test_fraction: float
+    seed: int
+    num_server_rounds: int
+    fraction_train: float
+    fraction_evaluate: float
+    min_available_nodes: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    hidden_units: int
+    dp: bool
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+    accountant: str
+    out_dir: str
+    run_name: str
+
+    def __post_init__(self) -> None:
+        self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")
+        self._check_positive("learning_rate", "dirichlet_alpha")
+        if self.hidden_units < 0:
+            raise ConfigError(f"`hidden-units` must be >= 0, got {self.hidden_units}")
+        if self.partitioner not in PARTITIONERS:
+            raise ConfigError(
+                f"`partitioner` must be one of {', '.join(PARTITIONERS)}, got {self.partitioner!r}"
+            )
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(
+                f"`accountant` must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}"
+            )
+        for name in ("fraction_train", "fraction_evaluate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"`{_key(name)}` must be in [0, 1], got {value}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"`test-fraction` must be in (0, 1), got {self.test_fraction}")
+        if self.min_available_nodes < 1:
+            raise ConfigError(
+                f"`min-available-nodes` must be >= 1, got {self.min_available_nodes}"
+            )
+        if self.min_available_nodes > self.num_sites:
+            raise ConfigError(
+                f"`min-available-nodes` ({self.min_available_nodes}) exceeds "
+                f"`num-sites` ({self.num_sites})"
+            )
+        # Privacy parameters are validated even with dp off: a typo must not wait for dp = true.
+        self._check_positive("target_epsilon", "max_grad_norm")
+        if not 0.0 < self.target_delta < 1.0:
+            raise ConfigError(f"`target-delta` must be in (0, 1), got {self.target_delta}")
+
+    def _check_positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"`{_key(name)}` must be > 0, got {value}")
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Parse Flower's flat run config (kebab-case keys); unknown keys are an error."""
+        unknown = sorted(set(run_config) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"unknown run-config key(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            key = _key(field.name)
+            if key not in run_config:
+                raise ConfigError(f"run-config key `{key}` is missing (defaults: pyproject.toml)")
+            values[field.name] = _coerce(key, run_config[key], field.type)
+        return cls(**values)
+
+    def to_flower(self) -> dict[str, Any]:
+        """The kebab-case dict, as written to metrics.json and sent to sites."""
+        return {_key(k): v for k, v in asdict(self).items()}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    kind = annotation if isinstance(annotation, str) else annotation.__name__
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "on", "off"):
+            return value.lower() in ("true", "on")
+        raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise ConfigError(f"`{key}` must be an integer, got {value!r}")
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"`{key}` must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"`{key}` must be a string, got {value!r}")
+    return value
+
+
+KEYS: tuple[str, ...] = tuple(_key(f.name) for f in fields(RunConfig))

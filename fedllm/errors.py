@@ -1,0 +1,27 @@
+"""The project's exception hierarchy: every error a user can cause names what was wrong."""
+
+from __future__ import annotations
+
+
+class FedLLMError(Exception):
+    """Base class of every error fedllm raises on purpose."""
+
+
+class ConfigError(FedLLMError, ValueError):
+    """A run-config key has a missing, malformed or out-of-range value."""
+
+
+class DataError(FedLLMError, ValueError):
+    """A data file is missing, malformed or does not fit the task."""
+
+
+class PrivacyError(FedLLMError):
+    """A privacy parameter or accounting state is invalid."""
+
+
+class PrivacyBudgetExceededError(PrivacyError):
+    """Training this round would take a site past its target epsilon."""
+
+
+class UpdateError(FedLLMError, ValueError):
+    """Exchanged model arrays do not match the model (keys, shapes, dtypes, finiteness)."""

@@ -1,0 +1,82 @@
+"""Record and metric names (one spelling each) and the run's metrics.json.
+
+Schema: ``{"config": {...}, "rounds": [{"round": 1, "accuracy": ..., "loss": ...,
+"epsilon": {"<site>": ...}, ...}], "final": {"accuracy": ..., "epsilon": <max over sites>,
+"delta": ...}}``. Epsilons are cumulative per site; ``null`` when DP is off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Record keys inside Flower messages.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SITE = "site"
+SITE_NAME = "name"
+SERVER_ROUND = "server-round"
+# Client state (context.state) keys.
+STATE_SPEND = "privacy-spend"
+STATE_CALIBRATION = "privacy-calibration"
+# Metric names.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+EPSILON = "epsilon"
+NOISE_MULTIPLIER = "noise-multiplier"
+LOSS = "loss"
+ACCURACY = "accuracy"
+AUC = "auc"
+
+
+def clean(value: float) -> float | None:
+    """JSON has no NaN/inf: write null instead."""
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class RunMetrics:
+    """Everything a run reports, written atomically to ``metrics.json`` after every round."""
+
+    path: Path
+    config: dict[str, Any]
+    delta: float | None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    epsilon: dict[str, float | None] = field(default_factory=dict)
+    initial: dict[str, float] = field(default_factory=dict)
+
+    def add_round(self, entry: dict[str, Any]) -> None:
+        self.epsilon.update(entry.get(EPSILON, {}))
+        entry[EPSILON] = dict(sorted(self.epsilon.items()))  # cumulative: every site seen so far
+        self.rounds.append(entry)
+        self.write()
+
+    def final(self) -> dict[str, Any]:
+        last = self.rounds[-1] if self.rounds else dict(self.initial)
+        spent = [e for e in self.epsilon.values() if e is not None]
+        out: dict[str, Any] = {
+            k: last[k] for k in (ACCURACY, LOSS, AUC, "federated-accuracy") if k in last
+        }
+        out[EPSILON] = max(spent) if spent else None
+        out["delta"] = self.delta
+        out["epsilon-per-site"] = dict(sorted(self.epsilon.items()))
+        out["rounds-completed"] = len(self.rounds)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "initial": self.initial,
+            "rounds": self.rounds,
+            "final": self.final(),
+        }
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, self.path)

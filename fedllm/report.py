@@ -1,0 +1,96 @@
+"""What a person looks at after a run: the final table, the plot, a short report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def final_table(metrics: dict[str, Any]) -> str:
+    """Final accuracy, AUC and cumulative epsilon per site, as a plain-text table."""
+    final = metrics["final"]
+    dp = metrics["config"].get("dp", True)
+    lines = [
+        f"accuracy {_fmt(final.get('accuracy'))}   auc {_fmt(final.get('auc'))}   "
+        f"loss {_fmt(final.get('loss'))}   (central held-out set, "
+        f"{final.get('rounds-completed', 0)} rounds)",
+        "",
+        f"{'site':<16}{'epsilon (cumulative)':>22}{'target':>10}{'delta':>10}",
+    ]
+    target = metrics["config"].get("target-epsilon")
+    for site, eps in final.get("epsilon-per-site", {}).items():
+        shown = _fmt(eps) if dp else "no DP"
+        lines.append(f"{site:<16}{shown:>22}{_fmt(target) if dp else '-':>10}"
+                     f"{_fmt(final.get('delta')) if dp else '-':>10}")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)
+
+
+def plot_run(metrics: dict[str, Any], path: Path) -> None:
+    """Accuracy (central and federated) and cumulative epsilon per site, round by round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in metrics["rounds"]]
+    fig, (ax_acc, ax_eps) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_acc.plot(rounds, [r.get("accuracy") for r in metrics["rounds"]], "o-", label="central")
+    if any("federated-accuracy" in r for r in metrics["rounds"]):
+        ax_acc.plot(rounds, [r.get("federated-accuracy") for r in metrics["rounds"]], "s--",
+                    label="federated (sites' own test rows)")
+    ax_acc.set(xlabel="round", ylabel="accuracy", title="Global model accuracy")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend()
+    sites = sorted({s for r in metrics["rounds"] for s in r.get("epsilon", {})})
+    for site in sites:
+        ax_eps.plot(rounds, [r.get("epsilon", {}).get(site) for r in metrics["rounds"]], "o-",
+                    label=site)
+    target = metrics["config"].get("target-epsilon")
+    if metrics["config"].get("dp", True) and target is not None:
+        ax_eps.axhline(target, color="red", ls=":", label=f"target {target}")
+    ax_eps.set(xlabel="round", ylabel="epsilon (cumulative)",
+               title=f"Privacy spent per site (delta {metrics['final'].get('delta')})")
+    ax_eps.grid(alpha=0.3)
+    if sites:
+        ax_eps.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(metrics: dict[str, Any], path: Path) -> None:
+    """A Markdown summary: configuration, final table, privacy statement."""
+    cfg = metrics["config"]
+    privacy = (
+        f"Record-level ({cfg['target-epsilon']}, {cfg['target-delta']})-DP target per site over "
+        f"the whole run, DP-SGD (Opacus) with clip norm {cfg['max-grad-norm']}, noise calibrated "
+        f"for {cfg['num-server-rounds']} rounds, accountant `{cfg['accountant']}`. The epsilons "
+        "below are cumulative, computed by the accountant from the steps each site took."
+        if cfg.get("dp", True)
+        else "DP is off: no privacy guarantee (baseline run)."
+    )
+    text = [
+        f"# fedllm run: {cfg['task']}",
+        "",
+        privacy,
+        "",
+        "```",
+        final_table(metrics),
+        "```",
+        "",
+        "![accuracy and epsilon per round](plot.png)",
+        "",
+        "## Configuration",
+        "",
+        *[f"- `{k}` = `{v}`" for k, v in cfg.items()],
+        "",
+    ]
+    path.write_text("\n".join(text))

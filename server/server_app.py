@@ -1,0 +1,108 @@
+"""The coordinator: sample sites, send the global model, aggregate, evaluate, record.
+
+Every round: FedAvg over the sampled sites' DP-trained updates, federated evaluation at the
+sites, central evaluation on the held-out set, and metrics.json rewritten with each site's
+cumulative epsilon. At the end: the final model, plot.png and report.md in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from logging import INFO
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedllm import metrics as m
+from fedllm.config import RunConfig
+from fedllm.metrics import RunMetrics, clean
+from fedllm.report import final_table, plot_run, write_report
+from fedllm.rundir import create_run_dir
+from fedllm.tasks import get_task, load_federation
+from fedllm.training import evaluate
+from fedllm.weights import to_arrays
+from server.strategy import SiteAwareFedAvg
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flower(context.run_config)
+    task = get_task(cfg.task)
+    federation = load_federation(cfg)  # validates the data before any site trains
+    model = task.build_model(cfg, federation.input_shape)
+    run_dir = create_run_dir(cfg)
+    log(INFO, "fedllm: task %s, %d sites, %d rounds, DP %s (target epsilon %s per site), run "
+        "folder %s", cfg.task, cfg.num_sites, cfg.num_server_rounds,
+        "on" if cfg.dp else "OFF", cfg.target_epsilon, run_dir)
+
+    strategy = SiteAwareFedAvg(
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=cfg.min_available_nodes,
+    )
+    record = RunMetrics(run_dir / "metrics.json", cfg.to_flower(),
+                        cfg.target_delta if cfg.dp else None)
+    started = time.monotonic()
+
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        scores = evaluate(task, model, federation.central_test)
+        if server_round == 0:
+            record.initial = scores
+            return MetricRecord(scores)
+        entry = _round_entry(server_round, scores, strategy, cfg)
+        record.add_round(entry)
+        _log_progress(entry, cfg, time.monotonic() - started)
+        return MetricRecord(scores)
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=to_arrays(model),
+        num_rounds=cfg.num_server_rounds,
+        train_config=ConfigRecord({"local-epochs": cfg.local_epochs}),
+        evaluate_fn=central_evaluate,
+    )
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    (run_dir / "model.json").write_text(json.dumps(
+        {"task": cfg.task, "input-shape": list(federation.input_shape),
+         "hidden-units": cfg.hidden_units, "num-classes": federation.num_classes}, indent=2))
+    summary = record.to_dict()
+    plot_run(summary, run_dir / "plot.png")
+    write_report(summary, run_dir / "report.md")
+    for line in final_table(summary).splitlines():
+        log(INFO, "%s", line)
+    log(INFO, "fedllm: results in %s", run_dir)
+
+
+def _round_entry(
+    server_round: int, scores: dict[str, float], strategy: SiteAwareFedAvg, cfg: RunConfig
+) -> dict[str, object]:
+    sites = strategy.site_train.get(server_round, {})
+    evals = strategy.site_eval.get(server_round, {})
+    entry: dict[str, object] = {"round": server_round, **{k: clean(v) for k, v in scores.items()}}
+    if evals:
+        total = sum(e[m.NUM_EXAMPLES] for e in evals.values())
+        entry["federated-accuracy"] = sum(
+            e[m.ACCURACY] * e[m.NUM_EXAMPLES] for e in evals.values()) / total
+    entry[m.EPSILON] = {s: (clean(v[m.EPSILON]) if cfg.dp else None) for s, v in sites.items()}
+    entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
+    return entry
+
+
+def _log_progress(entry: dict[str, object], cfg: RunConfig, elapsed: float) -> None:
+    eps = entry[m.EPSILON]
+    assert isinstance(eps, dict)
+    spent = ", ".join(f"{s} {v:.3f}" for s, v in sorted(eps.items()) if v is not None)
+    log(INFO, "fedllm round %d/%d (%.0fs): accuracy %.4f, auc %s | epsilon %s",
+        entry["round"], cfg.num_server_rounds, elapsed, entry["accuracy"],
+        f"{entry['auc']:.4f}" if entry.get("auc") is not None else "-",
+        spent if cfg.dp else "n/a (DP off)")

@@ -1,0 +1,79 @@
+"""FedAvg weighted by examples that keeps each site's report and drops invalid updates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp.strategy import FedAvg
+
+from fedllm import metrics as m
+from fedllm.errors import UpdateError
+from fedllm.weights import check_arrays
+
+
+def site_name(msg: Message) -> str:
+    """The site's own name from its reply, or its node id when it sent none."""
+    if m.SITE in msg.content.config_records:
+        return str(msg.content.config_records[m.SITE][m.SITE_NAME])
+    return f"node-{msg.metadata.src_node_id}"
+
+
+def aggregate_train_metrics(replies: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted mean of losses; epsilon is the maximum over sites, never an average."""
+    total = sum(float(r[m.METRICS][weight_key]) for r in replies)  # type: ignore[arg-type]
+    out = MetricRecord({weight_key: int(total)})
+    loss = sum(float(r[m.METRICS][m.TRAIN_LOSS]) * float(r[m.METRICS][weight_key])  # type: ignore[arg-type]
+               for r in replies)
+    out[m.TRAIN_LOSS] = loss / total if total else float("nan")
+    if all(m.EPSILON in r[m.METRICS] for r in replies):
+        out[m.EPSILON] = max(float(r[m.METRICS][m.EPSILON]) for r in replies)  # type: ignore[arg-type]
+    return out
+
+
+class SiteAwareFedAvg(FedAvg):
+    """FedAvg (McMahan et al. 2017) that records per-site train/eval metrics each round and
+    refuses replies whose arrays do not match the current global model."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
+        self.current: ArrayRecord | None = None
+        self.site_train: dict[int, dict[str, dict[str, float]]] = {}
+        self.site_eval: dict[int, dict[str, dict[str, float]]] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any) -> Iterable[Message]:
+        self.current = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted = []
+        for msg in replies:
+            if msg.has_error():
+                accepted.append(msg)  # FedAvg logs and skips it
+                continue
+            try:
+                arrays = msg.content.array_records.get(m.ARRAYS)
+                if arrays is None or self.current is None:
+                    raise UpdateError("reply carries no model arrays")
+                check_arrays(self.current, arrays)
+            except UpdateError as err:
+                log(WARNING, "Rejected update from %s in round %d: %s", site_name(msg),
+                    server_round, err)
+                continue
+            accepted.append(msg)
+        self.site_train[server_round] = {
+            site_name(msg): dict(msg.content[m.METRICS]) for msg in accepted if not msg.has_error()  # type: ignore[arg-type]
+        }
+        return super().aggregate_train(server_round, accepted)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        self.site_eval[server_round] = {
+            site_name(msg): dict(msg.content[m.METRICS]) for msg in replies if not msg.has_error()  # type: ignore[arg-type]
+        }
+        return super().aggregate_evaluate(server_round, replies)
