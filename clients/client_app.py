@@ -27,7 +27,14 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     site = SiteRuntime.from_context(context)
     model = site.model(msg.content.array_records[m.ARRAYS])
     scores = evaluate(site.task, model, site.data.test)
-    metrics = MetricRecord({**scores, m.NUM_EXAMPLES: len(site.data.test)})
+    # AUC needs both classes, which a small site's test rows may lack: keys must agree.
+    metrics = MetricRecord(
+        {
+            m.LOSS: scores[m.LOSS],
+            m.ACCURACY: scores[m.ACCURACY],
+            m.NUM_EXAMPLES: len(site.data.test),
+        }
+    )
     return _reply(msg, site.data.name, None, metrics)
 
 

@@ -52,8 +52,7 @@ class SiteRuntime:
 
 def noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) -> float:
     """The site's calibrated noise, computed once per run and cached in its state."""
-    key = [cfg.target_epsilon, cfg.target_delta, schedule.sample_rate,
-           float(schedule.total_steps)]
+    key = [cfg.target_epsilon, cfg.target_delta, schedule.sample_rate, float(schedule.total_steps)]
     cached = state.config_records.get(m.STATE_CALIBRATION)
     if cached is not None and list(cached["key"]) == key:  # type: ignore[call-overload]
         return float(cached["noise-multiplier"])  # type: ignore[arg-type]
@@ -75,14 +74,19 @@ def train_round(
     dp = None
     metrics = MetricRecord({m.NUM_EXAMPLES: len(site.data.train)})
     if cfg.dp:
-        schedule = DPSchedule.for_site(len(site.data.train), cfg.batch_size, cfg.local_epochs,
-                                       cfg.num_server_rounds)
+        schedule = DPSchedule.for_site(
+            len(site.data.train), cfg.batch_size, cfg.local_epochs, cfg.num_server_rounds
+        )
         sigma = noise_multiplier(cfg, schedule, state)
         spend.check_budget(schedule.round_event(sigma), cfg.target_epsilon)
         dp = DPParams(sigma, cfg.max_grad_norm, cfg.accountant)
         metrics[m.NOISE_MULTIPLIER] = sigma
-    settings = LocalTraining(cfg.local_epochs, cfg.batch_size, cfg.learning_rate,
-                             seed=cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index)
+    settings = LocalTraining(
+        cfg.local_epochs,
+        cfg.batch_size,
+        cfg.learning_rate,
+        seed=cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index,
+    )
     result = train_local(site.task, model, site.data.train, settings, dp)
     metrics[m.TRAIN_LOSS] = result.loss
     if cfg.dp:

@@ -69,9 +69,7 @@ class RunConfig:
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"`test-fraction` must be in (0, 1), got {self.test_fraction}")
         if self.min_available_nodes < 1:
-            raise ConfigError(
-                f"`min-available-nodes` must be >= 1, got {self.min_available_nodes}"
-            )
+            raise ConfigError(f"`min-available-nodes` must be >= 1, got {self.min_available_nodes}")
         if self.min_available_nodes > self.num_sites:
             raise ConfigError(
                 f"`min-available-nodes` ({self.min_available_nodes}) exceeds "

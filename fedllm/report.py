@@ -20,8 +20,10 @@ def final_table(metrics: dict[str, Any]) -> str:
     target = metrics["config"].get("target-epsilon")
     for site, eps in final.get("epsilon-per-site", {}).items():
         shown = _fmt(eps) if dp else "no DP"
-        lines.append(f"{site:<16}{shown:>22}{_fmt(target) if dp else '-':>10}"
-                     f"{_fmt(final.get('delta')) if dp else '-':>10}")
+        lines.append(
+            f"{site:<16}{shown:>22}{_fmt(target) if dp else '-':>10}"
+            f"{_fmt(final.get('delta')) if dp else '-':>10}"
+        )
     return "\n".join(lines)
 
 
@@ -44,20 +46,28 @@ def plot_run(metrics: dict[str, Any], path: Path) -> None:
     fig, (ax_acc, ax_eps) = plt.subplots(1, 2, figsize=(11, 4))
     ax_acc.plot(rounds, [r.get("accuracy") for r in metrics["rounds"]], "o-", label="central")
     if any("federated-accuracy" in r for r in metrics["rounds"]):
-        ax_acc.plot(rounds, [r.get("federated-accuracy") for r in metrics["rounds"]], "s--",
-                    label="federated (sites' own test rows)")
+        ax_acc.plot(
+            rounds,
+            [r.get("federated-accuracy") for r in metrics["rounds"]],
+            "s--",
+            label="federated (sites' own test rows)",
+        )
     ax_acc.set(xlabel="round", ylabel="accuracy", title="Global model accuracy")
     ax_acc.grid(alpha=0.3)
     ax_acc.legend()
     sites = sorted({s for r in metrics["rounds"] for s in r.get("epsilon", {})})
     for site in sites:
-        ax_eps.plot(rounds, [r.get("epsilon", {}).get(site) for r in metrics["rounds"]], "o-",
-                    label=site)
+        ax_eps.plot(
+            rounds, [r.get("epsilon", {}).get(site) for r in metrics["rounds"]], "o-", label=site
+        )
     target = metrics["config"].get("target-epsilon")
     if metrics["config"].get("dp", True) and target is not None:
         ax_eps.axhline(target, color="red", ls=":", label=f"target {target}")
-    ax_eps.set(xlabel="round", ylabel="epsilon (cumulative)",
-               title=f"Privacy spent per site (delta {metrics['final'].get('delta')})")
+    ax_eps.set(
+        xlabel="round",
+        ylabel="epsilon (cumulative)",
+        title=f"Privacy spent per site (delta {metrics['final'].get('delta')})",
+    )
     ax_eps.grid(alpha=0.3)
     if sites:
         ax_eps.legend(fontsize=8)

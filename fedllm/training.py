@@ -47,14 +47,16 @@ def train_local(
         shuffle=dp is None or dp.poisson_sampling,
         generator=generator,
     )
-    optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate)
+    optimizer: torch.optim.Optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.learning_rate
+    )
     model.train()
     module: torch.nn.Module = model
     private = None
     if dp is not None:
         private = make_private(model, optimizer, loader, dp)
         module, optimizer, loader = private.module, private.optimizer, private.data_loader
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     steps = 0
     for _ in range(settings.epochs):
         for xb, yb in loader:
@@ -72,16 +74,16 @@ def train_local(
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: torch.nn.Module, data: Split, batch_size: int = 1024) -> dict[str, float]:
+def evaluate(
+    task: Task, model: torch.nn.Module, data: Split, batch_size: int = 1024
+) -> dict[str, float]:
     """Loss, accuracy and (binary tasks with both classes present) ROC AUC on ``data``."""
     model.eval()
     logits = torch.cat([model(data.x[i : i + batch_size]) for i in range(0, len(data), batch_size)])
     loss = float(task.loss(logits, data.y))
     scores = task.scores(logits)
-    if task.num_classes == 2:
-        predictions = (scores >= 0.5).long()
-    else:
-        predictions = scores.argmax(dim=-1)
+    binary = task.num_classes == 2
+    predictions = (scores >= 0.5).long() if binary else scores.argmax(dim=-1)
     metrics = {"loss": loss, "accuracy": float((predictions == data.y).float().mean())}
     labels = data.y.numpy()
     if task.num_classes == 2 and len(np.unique(labels)) == 2:

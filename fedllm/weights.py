@@ -25,7 +25,9 @@ def to_arrays(model: torch.nn.Module) -> ArrayRecord:
 def check_keys(keys: object) -> None:
     wrapped = [k for k in keys if isinstance(k, str) and k.startswith(OPACUS_PREFIX)]  # type: ignore[attr-defined]
     if wrapped:
-        raise UpdateError(f"exchanged keys must not carry Opacus's `{OPACUS_PREFIX}` prefix: {wrapped[:3]}")
+        raise UpdateError(
+            f"exchanged keys must not carry Opacus's `{OPACUS_PREFIX}` prefix: {wrapped[:3]}"
+        )
 
 
 def check_arrays(reference: ArrayRecord, candidate: ArrayRecord) -> None:
@@ -38,7 +40,9 @@ def check_arrays(reference: ArrayRecord, candidate: ArrayRecord) -> None:
     for key, ref in reference.items():
         got = candidate[key]
         if tuple(got.shape) != tuple(ref.shape):
-            raise UpdateError(f"update `{key}` has shape {tuple(got.shape)}, model has {tuple(ref.shape)}")
+            raise UpdateError(
+                f"update `{key}` has shape {tuple(got.shape)}, model has {tuple(ref.shape)}"
+            )
         if got.dtype != ref.dtype:
             raise UpdateError(f"update `{key}` has dtype {got.dtype}, model has {ref.dtype}")
         if not np.isfinite(got.numpy()).all():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from logging import INFO
-from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -37,9 +36,16 @@ def main(grid: Grid, context: Context) -> None:
     federation = load_federation(cfg)  # validates the data before any site trains
     model = task.build_model(cfg, federation.input_shape)
     run_dir = create_run_dir(cfg)
-    log(INFO, "fedllm: task %s, %d sites, %d rounds, DP %s (target epsilon %s per site), run "
-        "folder %s", cfg.task, cfg.num_sites, cfg.num_server_rounds,
-        "on" if cfg.dp else "OFF", cfg.target_epsilon, run_dir)
+    log(
+        INFO,
+        "fedllm: task %s, %d sites, %d rounds, DP %s (target epsilon %s per site), run folder %s",
+        cfg.task,
+        cfg.num_sites,
+        cfg.num_server_rounds,
+        "on" if cfg.dp else "OFF",
+        cfg.target_epsilon,
+        run_dir,
+    )
 
     strategy = SiteAwareFedAvg(
         fraction_train=cfg.fraction_train,
@@ -48,8 +54,9 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=1,
         min_available_nodes=cfg.min_available_nodes,
     )
-    record = RunMetrics(run_dir / "metrics.json", cfg.to_flower(),
-                        cfg.target_delta if cfg.dp else None)
+    record = RunMetrics(
+        run_dir / "metrics.json", cfg.to_flower(), cfg.target_delta if cfg.dp else None
+    )
     started = time.monotonic()
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -72,9 +79,17 @@ def main(grid: Grid, context: Context) -> None:
     )
     model.load_state_dict(result.arrays.to_torch_state_dict())
     torch.save(model.state_dict(), run_dir / "model.pt")
-    (run_dir / "model.json").write_text(json.dumps(
-        {"task": cfg.task, "input-shape": list(federation.input_shape),
-         "hidden-units": cfg.hidden_units, "num-classes": federation.num_classes}, indent=2))
+    (run_dir / "model.json").write_text(
+        json.dumps(
+            {
+                "task": cfg.task,
+                "input-shape": list(federation.input_shape),
+                "hidden-units": cfg.hidden_units,
+                "num-classes": federation.num_classes,
+            },
+            indent=2,
+        )
+    )
     summary = record.to_dict()
     plot_run(summary, run_dir / "plot.png")
     write_report(summary, run_dir / "report.md")
@@ -91,8 +106,9 @@ def _round_entry(
     entry: dict[str, object] = {"round": server_round, **{k: clean(v) for k, v in scores.items()}}
     if evals:
         total = sum(e[m.NUM_EXAMPLES] for e in evals.values())
-        entry["federated-accuracy"] = sum(
-            e[m.ACCURACY] * e[m.NUM_EXAMPLES] for e in evals.values()) / total
+        entry["federated-accuracy"] = (
+            sum(e[m.ACCURACY] * e[m.NUM_EXAMPLES] for e in evals.values()) / total
+        )
     entry[m.EPSILON] = {s: (clean(v[m.EPSILON]) if cfg.dp else None) for s, v in sites.items()}
     entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
     return entry
@@ -102,7 +118,13 @@ def _log_progress(entry: dict[str, object], cfg: RunConfig, elapsed: float) -> N
     eps = entry[m.EPSILON]
     assert isinstance(eps, dict)
     spent = ", ".join(f"{s} {v:.3f}" for s, v in sorted(eps.items()) if v is not None)
-    log(INFO, "fedllm round %d/%d (%.0fs): accuracy %.4f, auc %s | epsilon %s",
-        entry["round"], cfg.num_server_rounds, elapsed, entry["accuracy"],
+    log(
+        INFO,
+        "fedllm round %d/%d (%.0fs): accuracy %.4f, auc %s | epsilon %s",
+        entry["round"],
+        cfg.num_server_rounds,
+        elapsed,
+        entry["accuracy"],
         f"{entry['auc']:.4f}" if entry.get("auc") is not None else "-",
-        spent if cfg.dp else "n/a (DP off)")
+        spent if cfg.dp else "n/a (DP off)",
+    )

@@ -26,8 +26,10 @@ def aggregate_train_metrics(replies: list[RecordDict], weight_key: str) -> Metri
     """Example-weighted mean of losses; epsilon is the maximum over sites, never an average."""
     total = sum(float(r[m.METRICS][weight_key]) for r in replies)  # type: ignore[arg-type]
     out = MetricRecord({weight_key: int(total)})
-    loss = sum(float(r[m.METRICS][m.TRAIN_LOSS]) * float(r[m.METRICS][weight_key])  # type: ignore[arg-type]
-               for r in replies)
+    loss = sum(
+        float(r[m.METRICS][m.TRAIN_LOSS]) * float(r[m.METRICS][weight_key])  # type: ignore[arg-type]
+        for r in replies
+    )
     out[m.TRAIN_LOSS] = loss / total if total else float("nan")
     if all(m.EPSILON in r[m.METRICS] for r in replies):
         out[m.EPSILON] = max(float(r[m.METRICS][m.EPSILON]) for r in replies)  # type: ignore[arg-type]
@@ -44,7 +46,9 @@ class SiteAwareFedAvg(FedAvg):
         self.site_train: dict[int, dict[str, dict[str, float]]] = {}
         self.site_eval: dict[int, dict[str, dict[str, float]]] = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
+    ) -> Iterable[Message]:
         self.current = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -62,18 +66,29 @@ class SiteAwareFedAvg(FedAvg):
                     raise UpdateError("reply carries no model arrays")
                 check_arrays(self.current, arrays)
             except UpdateError as err:
-                log(WARNING, "Rejected update from %s in round %d: %s", site_name(msg),
-                    server_round, err)
+                log(
+                    WARNING,
+                    "Rejected update from %s in round %d: %s",
+                    site_name(msg),
+                    server_round,
+                    err,
+                )
                 continue
             accepted.append(msg)
         self.site_train[server_round] = {
-            site_name(msg): dict(msg.content[m.METRICS]) for msg in accepted if not msg.has_error()  # type: ignore[arg-type]
+            site_name(msg): dict(msg.content[m.METRICS])
+            for msg in accepted
+            if not msg.has_error()  # type: ignore[arg-type]
         }
         return super().aggregate_train(server_round, accepted)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         replies = list(replies)
         self.site_eval[server_round] = {
-            site_name(msg): dict(msg.content[m.METRICS]) for msg in replies if not msg.has_error()  # type: ignore[arg-type]
+            site_name(msg): dict(msg.content[m.METRICS])
+            for msg in replies
+            if not msg.has_error()  # type: ignore[arg-type]
         }
         return super().aggregate_evaluate(server_round, replies)

@@ -65,8 +65,10 @@ def dirichlet(req: PartitionRequest, max_tries: int = 1000) -> list[np.ndarray]:
 def natural(req: PartitionRequest) -> list[np.ndarray]:
     """One site per group (one file or one column value per site)."""
     if req.groups is None:
-        raise ConfigError("`partitioner` 'natural' needs data with a natural split "
-                          "(one file or one `site-column` value per site); this data has none")
+        raise ConfigError(
+            "`partitioner` 'natural' needs data with a natural split "
+            "(one file or one `site-column` value per site); this data has none"
+        )
     group_ids = np.unique(req.groups)
     if len(group_ids) != req.num_sites:
         raise ConfigError(

@@ -19,8 +19,9 @@ from fedllm.errors import DataError
 HEART_CENTERS = ("cleveland", "hungarian", "switzerland", "va")
 # UCI processed.*.data columns; slope, ca, thal are dropped as in FLamby Fed-Heart-Disease.
 HEART_COLUMNS = (
-    "age sex cp trestbps chol fbs restecg thalach exang oldpeak slope ca thal num"
-).split()
+    "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg",
+    "thalach", "exang", "oldpeak", "slope", "ca", "thal", "num",
+)  # fmt: skip
 HEART_DROPPED = ("slope", "ca", "thal")
 MISSING = {"", "?", "na", "nan", "null", "none"}
 
@@ -250,5 +251,5 @@ class Standardizer:
         self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        z = (x - self.mean) / self.std
-        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+        z: np.ndarray = np.nan_to_num((x - self.mean) / self.std, nan=0.0)
+        return z.astype(np.float32)

@@ -73,7 +73,9 @@ def merge(events: Iterable[DPEvent]) -> list[DPEvent]:
 def epsilon(events: Sequence[DPEvent], delta: float, accountant: str) -> float:
     """Cumulative epsilon of every event at ``delta``, by a fresh Opacus accountant."""
     if accountant not in ACCOUNTANTS:
-        raise PrivacyError(f"`accountant` must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
+        raise PrivacyError(
+            f"`accountant` must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}"
+        )
     history = merge(events)
     if not history:
         return 0.0

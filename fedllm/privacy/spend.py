@@ -7,6 +7,7 @@ cumulative and can be replayed by a fresh accountant.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from flwr.app import ConfigRecord
 
@@ -56,11 +57,14 @@ class PrivacySpend:
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> PrivacySpend:
-        noise, rate, steps = (list(record.get(k, [])) for k in (_NOISE, _RATE, _STEPS))  # type: ignore[call-overload]
+        noise, rate, steps = (cast(list[float], record.get(k, [])) for k in (_NOISE, _RATE, _STEPS))
         if not len(noise) == len(rate) == len(steps):
             raise PrivacyError("stored privacy spend is inconsistent (unequal event lists)")
         return cls(
             accountant=str(record["accountant"]),
             delta=float(record["delta"]),  # type: ignore[arg-type]
-            events=[DPEvent(float(n), float(q), int(s)) for n, q, s in zip(noise, rate, steps, strict=True)],
+            events=[
+                DPEvent(float(n), float(q), int(s))
+                for n, q, s in zip(noise, rate, steps, strict=True)
+            ],
         )

@@ -3,4 +3,13 @@
 from fedllm.tasks.base import Federation, SiteData, Source, Split, Task
 from fedllm.tasks.registry import TASKS, get_task, load_federation
 
-__all__ = ["TASKS", "Federation", "SiteData", "Source", "Split", "Task", "get_task", "load_federation"]
+__all__ = [
+    "TASKS",
+    "Federation",
+    "SiteData",
+    "Source",
+    "Split",
+    "Task",
+    "get_task",
+    "load_federation",
+]

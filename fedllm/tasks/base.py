@@ -94,8 +94,9 @@ class Task(ABC):
 
     def federation(self, cfg: RunConfig) -> Federation:
         """All sites of a simulated federation (partition, split, preprocess per site)."""
-        return build_federation(self, cfg, self.load_source(cfg, cfg.data_path), cfg.num_sites,
-                                cfg.partitioner)
+        return build_federation(
+            self, cfg, self.load_source(cfg, cfg.data_path), cfg.num_sites, cfg.partitioner
+        )
 
     def site(self, cfg: RunConfig, path: str, name: str) -> SiteData:
         """One deployed site from its own data file: all its rows are its own."""
@@ -154,5 +155,7 @@ def build_federation(
 
 
 def _split(x: np.ndarray, y: np.ndarray) -> Split:
-    return Split(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32),
-                 torch.as_tensor(np.ascontiguousarray(y), dtype=torch.int64))
+    return Split(
+        torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32),
+        torch.as_tensor(np.ascontiguousarray(y), dtype=torch.int64),
+    )

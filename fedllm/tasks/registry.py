@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 from fedllm.config import RunConfig
-
 from fedllm.errors import ConfigError
 from fedllm.tasks.base import Federation, Task
 from fedllm.tasks.tabular import BreastCancer, Csv, HeartDisease

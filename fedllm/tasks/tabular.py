@@ -63,8 +63,10 @@ class BreastCancer(TabularTask):
 
     def load_table(self, cfg: RunConfig, path: str) -> Table:
         if path:
-            raise DataError("task `breast-cancer` uses the data set shipped with scikit-learn; "
-                            f"`data-path` must be empty, got {path!r}")
+            raise DataError(
+                "task `breast-cancer` uses the data set shipped with scikit-learn; "
+                f"`data-path` must be empty, got {path!r}"
+            )
         return load_breast_cancer_table()
 
 
@@ -75,8 +77,10 @@ class HeartDisease(TabularTask):
 
     def load_table(self, cfg: RunConfig, path: str) -> Table:
         if not path:
-            raise DataError("task `heart-disease` needs `data-path`: a folder with the UCI "
-                            "processed.<center>.data files, or one such file")
+            raise DataError(
+                "task `heart-disease` needs `data-path`: a folder with the UCI "
+                "processed.<center>.data files, or one such file"
+            )
         return load_heart_disease_table(path)
 
 

@@ -51,8 +51,10 @@ class Mnist(Task):
 
     def load_source(self, cfg: RunConfig, path: str) -> Source:
         if not path:
-            raise DataError("task `mnist` needs `data-path`: a folder with "
-                            "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz")
+            raise DataError(
+                "task `mnist` needs `data-path`: a folder with "
+                "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"
+            )
         train_x, train_y = load_idx_pair(path, "train")
         test_x, test_y = load_idx_pair(path, "t10k")
         for name, labels in (("train", train_y), ("t10k", test_y)):

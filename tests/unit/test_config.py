@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fedllm.config import KEYS, RunConfig
+from fedllm.errors import ConfigError
+
+
+def test_pyproject_defaults_parse_and_cover_every_key(defaults: dict[str, Any]) -> None:
+    cfg = RunConfig.from_flower(defaults)
+    assert set(defaults) == set(KEYS)
+    assert cfg.task == "breast-cancer" and cfg.dp and cfg.target_epsilon == 1.0
+    assert cfg.target_delta == 1e-5 and cfg.partitioner == "dirichlet"
+
+
+def test_round_trip_keeps_kebab_case(defaults: dict[str, Any]) -> None:
+    assert RunConfig.from_flower(defaults).to_flower() == defaults
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("target-epsilon", -1.0, "`target-epsilon` must be > 0, got -1.0"),
+        ("target-epsilon", 0.0, "`target-epsilon` must be > 0"),
+        ("max-grad-norm", 0.0, "`max-grad-norm` must be > 0, got 0.0"),
+        ("target-delta", 1.5, "`target-delta` must be in (0, 1)"),
+        ("partitioner", "random", "`partitioner` must be one of"),
+        ("accountant", "gdp", "`accountant` must be one of"),
+        ("num-sites", 0, "`num-sites` must be > 0"),
+        ("batch-size", 2.5, "`batch-size` must be an integer"),
+        ("dp", "maybe", "`dp` must be true or false"),
+        ("fraction-train", 1.5, "`fraction-train` must be in [0, 1]"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(
+    defaults: dict[str, Any], key: str, value: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_flower({**defaults, key: value})
+    assert message in str(err.value)
+
+
+def test_unknown_and_missing_keys_are_refused(defaults: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="unknown run-config key"):
+        RunConfig.from_flower({**defaults, "target-epsilom": 1.0})
+    partial = dict(defaults)
+    del partial["seed"]
+    with pytest.raises(ConfigError, match="`seed` is missing"):
+        RunConfig.from_flower(partial)
+
+
+def test_dp_off_accepts_toml_and_string_spellings(defaults: dict[str, Any]) -> None:
+    assert RunConfig.from_flower({**defaults, "dp": False}).dp is False
+    assert RunConfig.from_flower({**defaults, "dp": "off"}).dp is False
