@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 
 from fedllm import metrics as m
 from fedllm.config import RunConfig
+from fedllm.errors import ConfigError
 from fedllm.privacy import DPParams, DPSchedule, PrivacySpend, calibrate_noise
 from fedllm.tasks import SiteData, Task, get_task, load_federation
 from fedllm.training import LocalTraining, train_local
@@ -42,6 +43,13 @@ class SiteRuntime:
             name = str(node.get("site-name", f"node-{context.node_id}"))
             return cls(cfg, task, task.site(cfg, str(node[DATA_PATH]), name), 0)
         index = int(node[PARTITION_ID])  # type: ignore[arg-type]
+        nodes = int(node.get(NUM_PARTITIONS, cfg.num_sites))  # type: ignore[arg-type]
+        if nodes != cfg.num_sites:
+            raise ConfigError(
+                f"the simulation runs {nodes} SuperNodes but `num-sites` is {cfg.num_sites}: "
+                f"`flwr federation simulation-config --num-supernodes {cfg.num_sites}`, "
+                f"or run with num-sites={nodes}"
+            )
         return cls(cfg, task, load_federation(cfg).sites[index], index)
 
     def model(self, arrays: ArrayRecord) -> torch.nn.Module:

@@ -8,8 +8,10 @@ cumulative epsilon. At the end: the final model, plot.png and report.md in the r
 from __future__ import annotations
 
 import json
+import logging
 import time
 from logging import INFO
+from typing import cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -31,6 +33,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    # Importing opacus adds a root log handler, which would print every flwr line twice.
+    logging.getLogger("flwr").propagate = False
     cfg = RunConfig.from_flower(context.run_config)
     task = get_task(cfg.task)
     federation = load_federation(cfg)  # validates the data before any site trains
@@ -115,8 +119,7 @@ def _round_entry(
 
 
 def _log_progress(entry: dict[str, object], cfg: RunConfig, elapsed: float) -> None:
-    eps = entry[m.EPSILON]
-    assert isinstance(eps, dict)
+    eps = cast(dict[str, float | None], entry[m.EPSILON])
     spent = ", ".join(f"{s} {v:.3f}" for s, v in sorted(eps.items()) if v is not None)
     log(
         INFO,

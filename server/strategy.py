@@ -11,7 +11,7 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
 from fedllm import metrics as m
-from fedllm.errors import UpdateError
+from fedllm.errors import FedLLMError, UpdateError
 from fedllm.weights import check_arrays
 
 
@@ -20,6 +20,12 @@ def site_name(msg: Message) -> str:
     if m.SITE in msg.content.config_records:
         return str(msg.content.config_records[m.SITE][m.SITE_NAME])
     return f"node-{msg.metadata.src_node_id}"
+
+
+def _reason(msg: Message) -> str:
+    """The last line of an error reply (the exception's message, not Ray's trace)."""
+    lines = [line.strip() for line in str(msg.error.reason).splitlines() if line.strip()]
+    return lines[-1][:400] if lines else "unknown error"
 
 
 def aggregate_train_metrics(replies: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -75,6 +81,12 @@ class SiteAwareFedAvg(FedAvg):
                 )
                 continue
             accepted.append(msg)
+        if not any(not msg.has_error() for msg in accepted):
+            reasons = [_reason(msg) for msg in accepted if msg.has_error()]
+            raise FedLLMError(
+                f"round {server_round}: no site returned a valid update"
+                + (f"; first error: {reasons[0]}" if reasons else "")
+            )
         self.site_train[server_round] = {
             site_name(msg): dict(msg.content[m.METRICS])
             for msg in accepted
