@@ -1,0 +1,1 @@
+"""A site: Flower ClientApp (client_app.py) and one round of local DP training (train.py)."""

@@ -41,10 +41,16 @@ def plot_run(metrics: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in metrics["rounds"]]
     fig, (ax_acc, ax_eps) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_acc.plot(rounds, [r.get("accuracy") for r in metrics["rounds"]], "o-", label="central")
+    initial = metrics.get("initial", {}).get("accuracy")
+    central = [r.get("accuracy") for r in metrics["rounds"]]
+    if initial is not None:
+        ax_acc.plot([0, *rounds], [initial, *central], "o-", label="central held-out set")
+    else:
+        ax_acc.plot(rounds, central, "o-", label="central held-out set")
     if any("federated-accuracy" in r for r in metrics["rounds"]):
         ax_acc.plot(
             rounds,
@@ -52,7 +58,7 @@ def plot_run(metrics: dict[str, Any], path: Path) -> None:
             "s--",
             label="federated (sites' own test rows)",
         )
-    ax_acc.set(xlabel="round", ylabel="accuracy", title="Global model accuracy")
+    ax_acc.set(xlabel="round", ylabel="accuracy", title="Global model accuracy", ylim=(0, 1.01))
     ax_acc.grid(alpha=0.3)
     ax_acc.legend()
     sites = sorted({s for r in metrics["rounds"] for s in r.get("epsilon", {})})
@@ -71,6 +77,9 @@ def plot_run(metrics: dict[str, Any], path: Path) -> None:
     ax_eps.grid(alpha=0.3)
     if sites:
         ax_eps.legend(fontsize=8)
+    for ax in (ax_acc, ax_eps):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_eps.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
