@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,9 +57,27 @@ def train_local(
     if dp is not None:
         private = make_private(model, optimizer, loader, dp)
         module, optimizer, loader = private.module, private.optimizer, private.data_loader
+    with warnings.catch_warnings():
+        # Opacus's per-sample hooks fire on the first layer's output, whose input needs no
+        # gradient; PyTorch warns about that on every backward pass. It is expected.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        losses, steps = _epochs(task, module, optimizer, loader, settings.epochs)
+    if private is not None:
+        private.close()
+    mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
+    return TrainResult(mean_loss, steps, private.events() if private else [])
+
+
+def _epochs(
+    task: Task,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    epochs: int,
+) -> tuple[list[torch.Tensor], int]:
     losses: list[torch.Tensor] = []
     steps = 0
-    for _ in range(settings.epochs):
+    for _ in range(epochs):
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(module(xb), yb)
@@ -67,10 +86,7 @@ def train_local(
             steps += 1
             if len(yb):
                 losses.append(loss.detach())
-    if private is not None:
-        private.close()
-    mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
-    return TrainResult(mean_loss, steps, private.events() if private else [])
+    return losses, steps
 
 
 @torch.no_grad()

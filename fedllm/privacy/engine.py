@@ -7,6 +7,7 @@ but parameters are updated in place, so ``model.state_dict()`` has no ``_module.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -57,13 +58,16 @@ def make_private(
 ) -> PrivateRound:
     """Wrap for DP-SGD: Poisson sampling, per-sample clipping to ``max_grad_norm``, Gaussian
     noise of std ``noise_multiplier * max_grad_norm`` (Abadi et al. 2016)."""
-    engine = PrivacyEngine(accountant=params.accountant)
-    module, private_optimizer, private_loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=data_loader,
-        noise_multiplier=params.noise_multiplier,
-        max_grad_norm=params.max_grad_norm,
-        poisson_sampling=params.poisson_sampling,
-    )
+    with warnings.catch_warnings():
+        # Documented in README: noise comes from PyTorch's PRNG (torchcsprng is unavailable).
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=params.accountant)
+        module, private_optimizer, private_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=data_loader,
+            noise_multiplier=params.noise_multiplier,
+            max_grad_norm=params.max_grad_norm,
+            poisson_sampling=params.poisson_sampling,
+        )
     return PrivateRound(module, private_optimizer, private_loader, engine)
