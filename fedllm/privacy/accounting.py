@@ -6,6 +6,7 @@ the unit Opacus accountants compose. Nothing here holds state: the caller keeps 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -75,7 +76,13 @@ def epsilon(events: Sequence[DPEvent], delta: float, accountant: str) -> float:
         raise PrivacyError(
             f"`accountant` must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}"
         )
-    history = merge(events)
+    return _epsilon(tuple(merge(events)), delta, accountant)
+
+
+@functools.lru_cache(maxsize=512)
+def _epsilon(history: tuple[DPEvent, ...], delta: float, accountant: str) -> float:
+    # Pure function of its arguments; cached because a site asks for the same history twice a
+    # round (budget check before training, report after) and PRV takes ~1 s per evaluation.
     if not history:
         return 0.0
     acct = create_accountant(mechanism=accountant)
