@@ -8,6 +8,8 @@ from flwr.clientapp import ClientApp
 
 from clients.train import SiteRuntime, train_round
 from fedllm import metrics as m
+from fedllm.data.tabular import FeatureMoments
+from fedllm.scaling import moments_record
 from fedllm.training import evaluate
 
 app = ClientApp()
@@ -15,16 +17,17 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    site = SiteRuntime.from_context(context)
+    config = msg.content.config_records[m.CONFIG]
+    site = SiteRuntime.from_context(context).scaled(config)
     arrays = msg.content.array_records[m.ARRAYS]
-    server_round = int(msg.content.config_records[m.CONFIG][m.SERVER_ROUND])  # type: ignore[arg-type]
+    server_round = int(config[m.SERVER_ROUND])  # type: ignore[arg-type]
     update, metrics = train_round(site, arrays, server_round, context.state)
     return _reply(msg, site.data.name, update, metrics)
 
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    site = SiteRuntime.from_context(context)
+    site = SiteRuntime.from_context(context).scaled(msg.content.config_records[m.CONFIG])
     model = site.model(msg.content.array_records[m.ARRAYS])
     scores = evaluate(site.task, model, site.data.test)
     # AUC needs both classes, which a small site's test rows may lack: keys must agree.
@@ -36,6 +39,14 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         }
     )
     return _reply(msg, site.data.name, None, metrics)
+
+
+@app.query()
+def feature_moments(msg: Message, context: Context) -> Message:
+    """Federated scaling: this site's per-feature count, sum and sum of squares (train rows)."""
+    site = SiteRuntime.from_context(context)
+    moments = FeatureMoments.of(site.data.train.x.numpy())
+    return _reply(msg, site.data.name, None, moments_record(moments))
 
 
 def _reply(msg: Message, name: str, arrays: ArrayRecord | None, metrics: MetricRecord) -> Message:

@@ -7,7 +7,7 @@ every DP event spent, so the epsilon a site reports is cumulative and replayable
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
@@ -16,6 +16,7 @@ from fedllm import metrics as m
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError
 from fedllm.privacy import DPParams, DPSchedule, PrivacySpend, calibrate_noise
+from fedllm.scaling import scale_site, scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
 from fedllm.training import LocalTraining, train_local
 from fedllm.weights import load_arrays, to_arrays
@@ -51,6 +52,13 @@ class SiteRuntime:
                 f"or run with num-sites={nodes}"
             )
         return cls(cfg, task, load_federation(cfg).sites[index], index)
+
+    def scaled(self, config: ConfigRecord) -> SiteRuntime:
+        """With federated scaling, the site's rows scaled by the pooled scaler in ``config``."""
+        if self.cfg.feature_scaling != "federated":
+            return self
+        scaler = scaler_from_config(config, int(self.data.train.x.shape[1]))
+        return replace(self, data=scale_site(self.data, scaler))
 
     def model(self, arrays: ArrayRecord) -> torch.nn.Module:
         model = self.task.build_model(self.cfg, tuple(self.data.train.x.shape[1:]))

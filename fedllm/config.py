@@ -15,6 +15,10 @@ from fedllm.data.partition import PARTITIONERS
 from fedllm.errors import ConfigError
 from fedllm.privacy.accounting import ACCOUNTANTS
 
+# "site": each site scales features with its own rows' statistics (nothing leaves the site).
+# "federated": sites release per-feature count/sum/sum of squares; all use the pooled scaling.
+FEATURE_SCALING = ("site", "federated")
+
 
 def _key(name: str) -> str:
     return name.replace("_", "-")
@@ -28,6 +32,7 @@ class RunConfig:
     data_path: str
     label_column: str
     site_column: str
+    feature_scaling: str
     num_sites: int
     partitioner: str
     dirichlet_alpha: float
@@ -57,6 +62,11 @@ class RunConfig:
         if self.partitioner not in PARTITIONERS:
             raise ConfigError(
                 f"`partitioner` must be one of {', '.join(PARTITIONERS)}, got {self.partitioner!r}"
+            )
+        if self.feature_scaling not in FEATURE_SCALING:
+            raise ConfigError(
+                f"`feature-scaling` must be one of {', '.join(FEATURE_SCALING)}, "
+                f"got {self.feature_scaling!r}"
             )
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(

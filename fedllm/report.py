@@ -96,6 +96,12 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         if cfg.get("dp", True)
         else "DP is off: no privacy guarantee (baseline run)."
     )
+    if cfg.get("feature-scaling") == "federated":
+        privacy += (
+            " Feature scaling was federated: each site released the count, sum and sum of "
+            "squares of each feature over its training rows, once; these aggregate statistics "
+            "are not covered by the epsilon above."
+        )
     text = [
         f"# fedllm run: {cfg['task']}",
         "",

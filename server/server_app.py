@@ -23,9 +23,11 @@ from fedllm.config import RunConfig
 from fedllm.metrics import RunMetrics, clean
 from fedllm.report import final_table, plot_run, write_report
 from fedllm.rundir import create_run_dir
+from fedllm.scaling import scale_split, scaler_config
 from fedllm.tasks import get_task, load_federation
 from fedllm.training import evaluate
 from fedllm.weights import to_arrays
+from server.scaling import federated_scaler
 from server.strategy import SiteAwareFedAvg
 
 app = ServerApp()
@@ -58,6 +60,13 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=1,
         min_available_nodes=cfg.min_available_nodes,
     )
+    config = ConfigRecord({"local-epochs": cfg.local_epochs})
+    central_test = federation.central_test
+    if cfg.feature_scaling == "federated":
+        scaler = federated_scaler(grid, cfg.min_available_nodes)
+        central_test = scale_split(central_test, scaler)
+        for key, value in scaler_config(scaler).items():
+            config[key] = value
     record = RunMetrics(
         run_dir / "metrics.json", cfg.to_flower(), cfg.target_delta if cfg.dp else None
     )
@@ -65,7 +74,7 @@ def main(grid: Grid, context: Context) -> None:
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        scores = evaluate(task, model, federation.central_test)
+        scores = evaluate(task, model, central_test)
         if server_round == 0:
             record.initial = scores
             return MetricRecord(scores)
@@ -78,7 +87,8 @@ def main(grid: Grid, context: Context) -> None:
         grid=grid,
         initial_arrays=to_arrays(model),
         num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord({"local-epochs": cfg.local_epochs}),
+        train_config=config,
+        evaluate_config=ConfigRecord(dict(config)),
         evaluate_fn=central_evaluate,
     )
     model.load_state_dict(result.arrays.to_torch_state_dict())

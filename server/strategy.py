@@ -22,7 +22,7 @@ def site_name(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
-def _reason(msg: Message) -> str:
+def reason(msg: Message) -> str:
     """The last line of an error reply (the exception's message, not Ray's trace)."""
     lines = [line.strip() for line in str(msg.error.reason).splitlines() if line.strip()]
     return lines[-1][:400] if lines else "unknown error"
@@ -82,7 +82,7 @@ class SiteAwareFedAvg(FedAvg):
                 continue
             accepted.append(msg)
         if not any(not msg.has_error() for msg in accepted):
-            reasons = [_reason(msg) for msg in accepted if msg.has_error()]
+            reasons = [reason(msg) for msg in accepted if msg.has_error()]
             raise FedLLMError(
                 f"round {server_round}: no site returned a valid update"
                 + (f"; first error: {reasons[0]}" if reasons else "")

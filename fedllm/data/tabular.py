@@ -236,20 +236,57 @@ def _binary_labels(cells: list[str], source: str, column: str) -> np.ndarray:
 
 
 class Standardizer:
-    """Per-site feature scaling fitted on the site's own training rows only.
+    """Feature scaling: ``(x - mean) / std``, missing values imputed with the mean (0 after
+    scaling), constant columns kept at scale 1.
 
-    Missing values are imputed with the site's mean (0 after scaling); constant columns keep
-    scale 1. Nothing fitted here ever leaves the site.
+    Fitted either on one site's own training rows (``feature-scaling = "site"``: nothing
+    leaves the site) or from federation-wide moments (``"federated"``: see
+    :class:`FeatureMoments`).
     """
 
-    def __init__(self, x_train: np.ndarray) -> None:
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(x_train, axis=0) if len(x_train) else np.zeros(x_train.shape[1])
-            std = np.nanstd(x_train, axis=0) if len(x_train) else np.ones(x_train.shape[1])
-        self.mean = np.nan_to_num(mean, nan=0.0).astype(np.float32)
-        std = np.nan_to_num(std, nan=1.0)
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean = np.nan_to_num(np.asarray(mean, dtype=np.float64), nan=0.0).astype(np.float32)
+        std = np.nan_to_num(np.asarray(std, dtype=np.float64), nan=1.0)
         self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+
+    @classmethod
+    def fit(cls, x_train: np.ndarray) -> Standardizer:
+        return FeatureMoments.of(x_train).standardizer()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         z: np.ndarray = np.nan_to_num((x - self.mean) / self.std, nan=0.0)
         return z.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FeatureMoments:
+    """Per-feature count, sum and sum of squares of non-missing values: what a site releases
+    for federated scaling. Sums add across sites; only the pooled totals are used."""
+
+    count: np.ndarray
+    total: np.ndarray
+    total_sq: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> FeatureMoments:
+        present = ~np.isnan(x)
+        values = np.where(present, x, 0.0).astype(np.float64)
+        return cls(
+            present.sum(axis=0).astype(np.float64), values.sum(axis=0), (values**2).sum(axis=0)
+        )
+
+    def __add__(self, other: FeatureMoments) -> FeatureMoments:
+        if self.count.shape != other.count.shape:
+            raise DataError(
+                f"feature moments cover {self.count.shape[0]} and {other.count.shape[0]} "
+                "features: the sites' data do not share one schema"
+            )
+        return FeatureMoments(
+            self.count + other.count, self.total + other.total, self.total_sq + other.total_sq
+        )
+
+    def standardizer(self) -> Standardizer:
+        with np.errstate(all="ignore"):
+            mean = self.total / self.count
+            var = np.maximum(self.total_sq / self.count - mean**2, 0.0)
+        return Standardizer(mean, np.sqrt(var))

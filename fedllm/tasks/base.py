@@ -19,6 +19,7 @@ from torch import nn
 
 from fedllm.config import RunConfig
 from fedllm.data.partition import PartitionRequest, partition
+from fedllm.errors import ConfigError
 
 # Fitted on a site's train rows, returns the transform applied to its train and test rows.
 Preprocess = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]
@@ -123,7 +124,13 @@ def build_federation(
     if source.test is not None:
         rng = np.random.default_rng(cfg.seed + 1)
         test_parts = np.array_split(rng.permutation(len(source.test[1])), num_sites)
-    preprocess = task.preprocess()
+    # Federated scaling is fitted later, from every site's released moments (fedllm.scaling).
+    preprocess = task.preprocess() if cfg.feature_scaling == "site" else None
+    if cfg.feature_scaling == "federated" and task.preprocess() is None:
+        raise ConfigError(
+            f"`feature-scaling` 'federated' is for tabular tasks; task `{task.name}` uses "
+            "fixed scaling: leave it at 'site'"
+        )
     sites, tests = [], []
     for i, rows in enumerate(parts):
         if source.test is not None and test_parts is not None:

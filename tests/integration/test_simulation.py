@@ -95,3 +95,36 @@ def test_epsilon_is_cumulative_within_target_and_replayable(
                 cfg["accountant"],
             )
             assert value == pytest.approx(replay, rel=1e-6)
+
+
+def test_federated_feature_scaling_runs_end_to_end(tmp_path: Path) -> None:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedllm.cli",
+            "simulate",
+            "-c",
+            "num-sites=3",
+            "-c",
+            "num-server-rounds=2",
+            "-c",
+            'feature-scaling="federated"',
+            "-c",
+            f'out-dir="{tmp_path}"',
+            "-c",
+            'run-name="fed"',
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "fed" / "metrics.json").read_text())
+    assert metrics["config"]["feature-scaling"] == "federated"
+    assert metrics["final"]["accuracy"] > 0.8
+    assert max(metrics["final"]["epsilon-per-site"].values()) <= 1.0
+    assert "not covered by the epsilon" in (tmp_path / "fed" / "report.md").read_text()

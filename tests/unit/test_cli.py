@@ -66,3 +66,21 @@ def test_an_existing_run_name_is_never_overwritten(
 ) -> None:
     err = _fails(["-c", 'run-name="earlier"'], capsys, earlier_run)
     assert "already exists" in err
+
+
+def test_federated_scaling_is_refused_for_a_task_with_fixed_scaling(
+    mnist_dir: Path, capsys: pytest.CaptureFixture[str], earlier_run: Path
+) -> None:
+    err = _fails(
+        [
+            "-c",
+            'task="mnist"',
+            "-c",
+            f'data-path="{mnist_dir}"',
+            "-c",
+            'feature-scaling="federated"',
+        ],
+        capsys,
+        earlier_run,
+    )
+    assert "`feature-scaling` 'federated' is for tabular tasks" in err

@@ -32,6 +32,7 @@ def test_round_trip_keeps_kebab_case(defaults: dict[str, Any]) -> None:
         ("batch-size", 2.5, "`batch-size` must be an integer"),
         ("dp", "maybe", "`dp` must be true or false"),
         ("fraction-train", 1.5, "`fraction-train` must be in [0, 1]"),
+        ("feature-scaling", "global", "`feature-scaling` must be one of site, federated"),
     ],
 )
 def test_bad_values_name_the_key_and_value(

@@ -100,6 +100,6 @@ def test_idx_round_trip_and_bad_magic(tmp_path: Path) -> None:
 
 def test_standardizer_uses_only_the_rows_it_was_fitted_on() -> None:
     train = np.array([[1.0, 5.0], [3.0, np.nan], [5.0, 5.0]], dtype=np.float32)
-    scale = Standardizer(train)
+    scale = Standardizer.fit(train)
     z = scale(np.array([[3.0, np.nan]], dtype=np.float32))
     assert z.tolist() == [[0.0, 0.0]]  # mean-imputed; the constant column keeps scale 1
