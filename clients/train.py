@@ -68,9 +68,12 @@ class SiteRuntime:
 
 def noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) -> float:
     """The site's calibrated noise, computed once per run and cached in its state."""
-    key = [cfg.target_epsilon, cfg.target_delta, schedule.sample_rate, float(schedule.total_steps)]
+    key = (
+        f"{cfg.target_epsilon!r}|{cfg.target_delta!r}|{schedule.sample_rate!r}|"
+        f"{schedule.total_steps}|{cfg.accountant}"
+    )
     cached = state.config_records.get(m.STATE_CALIBRATION)
-    if cached is not None and list(cached["key"]) == key:  # type: ignore[call-overload]
+    if cached is not None and cached["key"] == key:
         return float(cached["noise-multiplier"])  # type: ignore[arg-type]
     sigma = calibrate_noise(cfg.target_epsilon, cfg.target_delta, schedule, cfg.accountant)
     state[m.STATE_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": sigma})

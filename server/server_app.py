@@ -62,11 +62,20 @@ def main(grid: Grid, context: Context) -> None:
     )
     config = ConfigRecord({"local-epochs": cfg.local_epochs})
     central_test = federation.central_test
+    # What a user of the saved model needs to know to feed it inputs.
+    model_card: dict[str, object] = {
+        "task": cfg.task,
+        "input-shape": list(federation.input_shape),
+        "hidden-units": cfg.hidden_units,
+        "num-classes": federation.num_classes,
+        "feature-scaling": cfg.feature_scaling,
+    }
     if cfg.feature_scaling == "federated":
         scaler = federated_scaler(grid, cfg.min_available_nodes)
         central_test = scale_split(central_test, scaler)
         for key, value in scaler_config(scaler).items():
             config[key] = value
+            model_card[key] = value
     record = RunMetrics(
         run_dir / "metrics.json", cfg.to_flower(), cfg.target_delta if cfg.dp else None
     )
@@ -93,17 +102,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     model.load_state_dict(result.arrays.to_torch_state_dict())
     torch.save(model.state_dict(), run_dir / "model.pt")
-    (run_dir / "model.json").write_text(
-        json.dumps(
-            {
-                "task": cfg.task,
-                "input-shape": list(federation.input_shape),
-                "hidden-units": cfg.hidden_units,
-                "num-classes": federation.num_classes,
-            },
-            indent=2,
-        )
-    )
+    (run_dir / "model.json").write_text(json.dumps(model_card, indent=2) + "\n")
     summary = record.to_dict()
     plot_run(summary, run_dir / "plot.png")
     write_report(summary, run_dir / "report.md")
