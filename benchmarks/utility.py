@@ -147,7 +147,11 @@ def fmt(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", default="heart-disease,breast-cancer,mnist")
+    p.add_argument(
+        "--tasks",
+        default="heart-disease,breast-cancer,mnist",
+        help=f"comma-separated, of: {', '.join(TASKS)}",
+    )
     p.add_argument("--seeds", default="0,1,2", help="seeds for the tabular tasks")
     p.add_argument("--mnist-seeds", default="0", help="seeds for MNIST")
     p.add_argument("--quick", action="store_true", help="one seed (0) everywhere")
@@ -399,13 +403,12 @@ def markdown(out: dict[str, object], tasks: list[str]) -> str:
         "accounted in epsilon.",
         "- The peer and these runs both count the true cumulative epsilon of the whole run; "
         "FLamby is non-private; Abadi et al. is centralized (one data holder), not federated.",
-        '- `breast-cancer` keeps the default `feature-scaling = "site"`: each site '
-        "standardizes with its own rows and releases nothing but its DP updates. Under Dirichlet "
-        "label skew that centres each site's features on its own class mix, which caps accuracy "
-        'even without DP. `breast-cancer-federated-scaling` uses the opt-in `"federated"` '
-        "scaling: each site releases per-feature count, sum and sum of squares of its training "
-        "rows once, and every site uses the pooled mean/std. That release is aggregate "
-        "statistics, not DP: it is outside the epsilon in the table (the run's report says so).",
+        "- Tabular features are standardized per site with class-balanced statistics of the "
+        'site\'s own training rows (the default `feature-scaling = "site"`): nothing but DP '
+        "updates leaves a site. Plain per-site standardization shifts with each site's class mix "
+        "under label skew; it reached only 0.874 +- 0.074 on breast cancer at epsilon 1 "
+        "(explore.py, 3 seeds). The setup `breast-cancer-federated-scaling` (opt-in, not run by "
+        "default) uses pooled moments that sites release once, outside the epsilon.",
         "- The dp-off rows reuse the DP-tuned hyperparameters, except MNIST's learning rate "
         "(0.5 instead of 4.0: plain SGD diverges at the rate tuned for clipped, noised gradients).",
         "- Heart disease has a 37-row training site (Switzerland) and a 148-row central test "

@@ -21,8 +21,8 @@ from fedllm.config import RunConfig
 from fedllm.data.partition import PartitionRequest, partition
 from fedllm.errors import ConfigError
 
-# Fitted on a site's train rows, returns the transform applied to its train and test rows.
-Preprocess = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]
+# Fitted on a site's train rows and labels, returns the transform for its train and test rows.
+Preprocess = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def build_federation(
             train_x, train_y = source.x[train_rows], source.y[train_rows]
             test_x, test_y = source.x[test_rows], source.y[test_rows]
         if preprocess is not None:
-            transform = preprocess(train_x)
+            transform = preprocess(train_x, train_y)
             train_x, test_x = transform(train_x), transform(test_x)
         name = source.group_names[i] if partitioner == "natural" else f"site-{i}"
         if num_sites == 1 and source.group_names:

@@ -47,7 +47,7 @@ class TabularTask(Task):
         return TabularModel(input_shape[0], cfg.hidden_units)
 
     def preprocess(self) -> Preprocess:
-        return Standardizer.fit
+        return Standardizer.fit_balanced
 
     def load_source(self, cfg: RunConfig, path: str) -> Source:
         return _source(self.load_table(cfg, path))

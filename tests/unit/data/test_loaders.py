@@ -103,3 +103,19 @@ def test_standardizer_uses_only_the_rows_it_was_fitted_on() -> None:
     scale = Standardizer.fit(train)
     z = scale(np.array([[3.0, np.nan]], dtype=np.float32))
     assert z.tolist() == [[0.0, 0.0]]  # mean-imputed; the constant column keeps scale 1
+
+
+def test_balanced_standardization_ignores_a_sites_class_mix() -> None:
+    rng = np.random.default_rng(0)
+
+    def site(n_pos: int, n_neg: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.concatenate([rng.normal(5.0, 1.0, (n_pos, 2)), rng.normal(-5.0, 1.0, (n_neg, 2))])
+        return x, np.array([1] * n_pos + [0] * n_neg)
+
+    mostly_pos, mostly_neg = site(180, 20), site(20, 180)
+    balanced = [Standardizer.fit_balanced(*s) for s in (mostly_pos, mostly_neg)]
+    plain = [Standardizer.fit(s[0]) for s in (mostly_pos, mostly_neg)]
+    assert np.abs(balanced[0].mean - balanced[1].mean).max() < 0.5  # both near 0
+    assert np.abs(plain[0].mean - plain[1].mean).max() > 6.0  # +4 vs -4
+    one_class = Standardizer.fit_balanced(np.array([[1.0], [3.0]]), np.array([1, 1]))
+    assert one_class.mean.tolist() == [2.0]  # falls back to plain statistics
