@@ -96,6 +96,12 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         if cfg.get("dp", True)
         else "DP is off: no privacy guarantee (baseline run)."
     )
+    if cfg.get("feature-scaling") == "site" and cfg.get("task") != "mnist":
+        privacy += (
+            " Features were standardized with class-balanced statistics of each site's own "
+            "training rows, which never left the site; the epsilon covers DP-SGD on the scaled "
+            "rows, not the records' influence on those statistics."
+        )
     if cfg.get("feature-scaling") == "federated":
         privacy += (
             " Feature scaling was federated: each site released the count, sum and sum of "
