@@ -177,15 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print((path / "utility.md").read_text())
         return 0
 
-    command = (
-        "cd "
-        + str(ROOT)
-        + " && .venv/bin/python benchmarks/utility.py"
-        + (
-            " " + shlex.join(argv if argv is not None else sys.argv[1:])
-            if (argv or sys.argv[1:])
-            else ""
-        )
+    command = "./scripts/setup.sh && .venv/bin/python benchmarks/utility.py" + (
+        " " + shlex.join(argv if argv is not None else sys.argv[1:])
+        if (argv or sys.argv[1:])
+        else ""
     )
     results_dir = Path(args.results).resolve()
     stamp = time.strftime("%Y%m%d-%H%M%S")
