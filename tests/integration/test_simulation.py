@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,56 @@ def test_federated_feature_scaling_runs_end_to_end(tmp_path: Path) -> None:
     assert metrics["final"]["accuracy"] > 0.8
     assert max(metrics["final"]["epsilon-per-site"].values()) <= 1.0
     assert "not covered by the epsilon" in (tmp_path / "fed" / "report.md").read_text()
+
+
+def test_a_banks_csv_with_a_site_column_trains_one_site_per_value(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = ["region,income,segment,defaulted"]
+    for i in range(600):
+        income = rng.normal(50, 15)
+        segment = ["retail", "sme", "corporate"][i % 3]
+        risk = -0.08 * (income - 50) + (0.8 if segment == "sme" else 0.0)
+        label = "yes" if risk + rng.normal(0, 0.5) > 0.3 else "no"
+        rows.append(
+            f"{['north', 'south', 'east'][i % 3 if i % 7 else 0]},{income:.1f},{segment},{label}"
+        )
+    data = tmp_path / "loans.csv"
+    data.write_text("\n".join(rows) + "\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedllm.cli",
+            "simulate",
+            "-c",
+            'task="csv"',
+            "-c",
+            f'data-path="{data}"',
+            "-c",
+            'label-column="defaulted"',
+            "-c",
+            'partitioner="natural"',
+            "-c",
+            'site-column="region"',
+            "-c",
+            "num-sites=3",
+            "-c",
+            "num-server-rounds=2",
+            "-c",
+            "target-epsilon=3.0",
+            "-c",
+            f'out-dir="{tmp_path}"',
+            "-c",
+            'run-name="bank"',
+        ],
+        cwd=ROOT,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    final = json.loads((tmp_path / "bank" / "metrics.json").read_text())["final"]
+    assert set(final["epsilon-per-site"]) == {"east", "north", "south"}
+    assert max(final["epsilon-per-site"].values()) <= 3.0
+    assert final["auc"] > 0.75
