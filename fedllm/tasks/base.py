@@ -147,8 +147,6 @@ def build_federation(
             transform = preprocess(train_x, train_y)
             train_x, test_x = transform(train_x), transform(test_x)
         name = source.group_names[i] if partitioner == "natural" else f"site-{i}"
-        if num_sites == 1 and source.group_names:
-            name = source.group_names[0]
         site = SiteData(name, _split(train_x, train_y), _split(test_x, test_y))
         sites.append(site)
         tests.append(site.test)

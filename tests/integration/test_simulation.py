@@ -18,36 +18,24 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = 1.0
 
 
+def simulate(out: Path, name: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """`fedllm simulate` in a subprocess (its own Ray), run folder ``out/name``; must succeed."""
+    args = [arg for o in overrides for arg in ("-c", o)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedllm.cli", "simulate", *args,
+         "-c", f'out-dir="{out}"', "-c", f'run-name="{name}"'],
+        cwd=ROOT, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        capture_output=True, text=True, timeout=420,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(out / ".flwr")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedllm.cli",
-            "simulate",
-            "-c",
-            "num-sites=3",
-            "-c",
-            "num-server-rounds=3",
-            "-c",
-            'partitioner="iid"',
-            "-c",
-            f"target-epsilon={TARGET}",
-            "-c",
-            f'out-dir="{out}"',
-            "-c",
-            'run-name="e2e"',
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = simulate(out, "e2e", "num-sites=3", "num-server-rounds=3", 'partitioner="iid"',
+                    f"target-epsilon={TARGET}")  # fmt: skip
     return out / "e2e", proc.stdout
 
 
@@ -99,31 +87,7 @@ def test_epsilon_is_cumulative_within_target_and_replayable(
 
 
 def test_federated_feature_scaling_runs_end_to_end(tmp_path: Path) -> None:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedllm.cli",
-            "simulate",
-            "-c",
-            "num-sites=3",
-            "-c",
-            "num-server-rounds=2",
-            "-c",
-            'feature-scaling="federated"',
-            "-c",
-            f'out-dir="{tmp_path}"',
-            "-c",
-            'run-name="fed"',
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    simulate(tmp_path, "fed", "num-sites=3", "num-server-rounds=2", 'feature-scaling="federated"')
     metrics = json.loads((tmp_path / "fed" / "metrics.json").read_text())
     assert metrics["config"]["feature-scaling"] == "federated"
     assert metrics["final"]["accuracy"] > 0.8
@@ -144,40 +108,11 @@ def test_a_banks_csv_with_a_site_column_trains_one_site_per_value(tmp_path: Path
         )
     data = tmp_path / "loans.csv"
     data.write_text("\n".join(rows) + "\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedllm.cli",
-            "simulate",
-            "-c",
-            'task="csv"',
-            "-c",
-            f'data-path="{data}"',
-            "-c",
-            'label-column="defaulted"',
-            "-c",
-            'partitioner="natural"',
-            "-c",
-            'site-column="region"',
-            "-c",
-            "num-sites=3",
-            "-c",
-            "num-server-rounds=2",
-            "-c",
-            "target-epsilon=3.0",
-            "-c",
-            f'out-dir="{tmp_path}"',
-            "-c",
-            'run-name="bank"',
-        ],
-        cwd=ROOT,
-        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    simulate(
+        tmp_path, "bank", 'task="csv"', f'data-path="{data}"', 'label-column="defaulted"',
+        'partitioner="natural"', 'site-column="region"', "num-sites=3", "num-server-rounds=2",
+        "target-epsilon=3.0",
+    )  # fmt: skip
     final = json.loads((tmp_path / "bank" / "metrics.json").read_text())["final"]
     assert set(final["epsilon-per-site"]) == {"east", "north", "south"}
     assert max(final["epsilon-per-site"].values()) <= 3.0
