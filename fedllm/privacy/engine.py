@@ -6,7 +6,6 @@ but parameters are updated in place, so ``model.state_dict()`` has no ``_module.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 
@@ -16,8 +15,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedllm.privacy.accounting import DPEvent
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
