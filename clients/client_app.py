@@ -3,12 +3,18 @@ update and its cumulative epsilon; evaluate the global model on its own test row
 
 from __future__ import annotations
 
+from logging import WARNING
+from pathlib import Path
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
-from clients.train import SiteRuntime, train_round
+from clients.site import SiteGuard
+from clients.train import SiteRuntime, privacy_request, train_round
 from fedllm import metrics as m
 from fedllm.data.tabular import FeatureMoments
+from fedllm.errors import PrivacyError, refusal_kind
 from fedllm.scaling import moments_record
 from fedllm.training import evaluate
 
@@ -17,12 +23,39 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Train one round, or refuse with the reason (a reply, not an error) when the request is
+    outside the site's policy, past its budget, or its ledger does not verify."""
     config = msg.content.config_records[m.CONFIG]
     site = SiteRuntime.from_context(context).scaled(config)
     arrays = msg.content.array_records[m.ARRAYS]
     server_round = int(config[m.SERVER_ROUND])  # type: ignore[arg-type]
-    update, metrics = train_round(site, arrays, server_round, context.state)
+    try:
+        guard = _guard(context, site, config)
+        update, metrics = train_round(
+            site, guard, arrays, server_round, str(context.run_id), context.state
+        )
+    except PrivacyError as err:
+        kind = refusal_kind(err)
+        log(WARNING, "%s refuses round %d (%s): %s", site.data.name, server_round, kind, err)
+        refusal = ConfigRecord({m.REFUSAL_KIND: kind, m.REFUSAL_REASON: str(err)})
+        content = RecordDict(
+            {
+                m.METRICS: MetricRecord({m.NUM_EXAMPLES: 0}),
+                m.SITE: ConfigRecord({m.SITE_NAME: site.data.name}),
+                m.REFUSAL: refusal,
+            }
+        )
+        return Message(content=content, reply_to=msg)
     return _reply(msg, site.data.name, update, metrics)
+
+
+def _guard(context: Context, site: SiteRuntime, config: ConfigRecord) -> SiteGuard:
+    if site.deployed:
+        return SiteGuard.deployed(context)
+    root = (
+        Path(site.cfg.ledger_dir) if site.cfg.ledger_dir else Path(str(config[m.RUN_DIR])) / "sites"
+    )
+    return SiteGuard.simulated(root / site.data.name, privacy_request(site.cfg))
 
 
 @app.evaluate()

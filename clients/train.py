@@ -7,15 +7,27 @@ every DP event spent, so the epsilon a site reports is cumulative and replayable
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
+from clients.site import SiteGuard
 from fedllm import metrics as m
 from fedllm.config import RunConfig
-from fedllm.errors import ConfigError
-from fedllm.privacy import DPParams, DPSchedule, PrivacySpend, calibrate_noise
+from fedllm.errors import ConfigError, PrivacyBudgetExceededError
+from fedllm.privacy import (
+    DPEvent,
+    DPParams,
+    DPSchedule,
+    LedgerEntry,
+    LedgerState,
+    PrivacyRequest,
+    calibrate_noise,
+    check_budget,
+    history_epsilon,
+)
 from fedllm.scaling import scale_site, scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
 from fedllm.training import LocalTraining, train_local
@@ -32,6 +44,7 @@ class SiteRuntime:
     task: Task
     data: SiteData
     site_index: int
+    deployed: bool = False  # a real SuperNode (its own data file), not a virtual site
 
     @classmethod
     def from_context(cls, context: Context) -> SiteRuntime:
@@ -42,7 +55,7 @@ class SiteRuntime:
         node = context.node_config
         if DATA_PATH in node:
             name = str(node.get("site-name", f"node-{context.node_id}"))
-            return cls(cfg, task, task.site(cfg, str(node[DATA_PATH]), name), 0)
+            return cls(cfg, task, task.site(cfg, str(node[DATA_PATH]), name), 0, deployed=True)
         index = int(node[PARTITION_ID])  # type: ignore[arg-type]
         nodes = int(node.get(NUM_PARTITIONS, cfg.num_sites))  # type: ignore[arg-type]
         if nodes != cfg.num_sites:
@@ -80,36 +93,86 @@ def noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) ->
     return sigma
 
 
+def privacy_request(cfg: RunConfig) -> PrivacyRequest:
+    return PrivacyRequest(
+        cfg.dp, cfg.target_epsilon, cfg.target_delta, cfg.max_grad_norm, cfg.accountant
+    )
+
+
 def train_round(
-    site: SiteRuntime, arrays: ArrayRecord, server_round: int, state: RecordDict
+    site: SiteRuntime,
+    guard: SiteGuard,
+    arrays: ArrayRecord,
+    server_round: int,
+    run_id: str,
+    state: RecordDict,
 ) -> tuple[ArrayRecord, MetricRecord]:
+    """Check the request against the site's policy and ledger, train, record the spend in the
+    ledger (durably, before returning the update), and report the cumulative epsilon.
+
+    Raises PolicyError, PrivacyBudgetExceededError or LedgerError (a refusal) before training
+    when the round is outside the policy, past the budget, or the ledger does not verify.
+    """
     cfg = site.cfg
-    model = site.model(arrays)
-    spend = (
-        PrivacySpend.from_record(state.config_records[m.STATE_SPEND])
-        if m.STATE_SPEND in state.config_records
-        else PrivacySpend(cfg.accountant, cfg.target_delta)
+    guard.policy.check(privacy_request(cfg))
+    schedule = DPSchedule.for_site(
+        len(site.data.train), cfg.batch_size, cfg.local_epochs, cfg.num_server_rounds
     )
-    dp = None
     metrics = MetricRecord({m.NUM_EXAMPLES: len(site.data.train)})
+    dp, planned = None, None
     if cfg.dp:
-        schedule = DPSchedule.for_site(
-            len(site.data.train), cfg.batch_size, cfg.local_epochs, cfg.num_server_rounds
-        )
         sigma = noise_multiplier(cfg, schedule, state)
-        spend.check_budget(schedule.round_event(sigma), cfg.target_epsilon)
+        guard.policy.check_noise(sigma)
         dp = DPParams(sigma, cfg.max_grad_norm, cfg.accountant)
+        planned = schedule.round_event(sigma)
         metrics[m.NOISE_MULTIPLIER] = sigma
-    settings = LocalTraining(
-        cfg.local_epochs,
-        cfg.batch_size,
-        cfg.learning_rate,
-        seed=cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index,
-    )
-    result = train_local(site.task, model, site.data.train, settings, dp)
+    with guard.ledger.locked() as ledger:
+        if planned is not None:
+            _check_run_target(ledger, run_id, planned, cfg)
+            check_budget(
+                ledger, planned, cfg.target_delta, cfg.accountant, guard.policy.max_epsilon
+            )
+        settings = LocalTraining(
+            cfg.local_epochs,
+            cfg.batch_size,
+            cfg.learning_rate,
+            seed=cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index,
+        )
+        model = site.model(arrays)
+        result = train_local(site.task, model, site.data.train, settings, dp)
+        events = result.events or [DPEvent(0.0, schedule.sample_rate, result.steps)]
+        for event in events:
+            entry = guard.ledger.append(
+                ledger,
+                site=site.data.name,
+                run_id=run_id,
+                server_round=server_round,
+                event=event,
+                clip_norm=cfg.max_grad_norm if cfg.dp else 0.0,  # 0: no clipping, no DP
+                delta=cfg.target_delta,
+                accountant=cfg.accountant,
+            )
     metrics[m.TRAIN_LOSS] = result.loss
     if cfg.dp:
-        spend.record(result.events)
-        state[m.STATE_SPEND] = spend.to_record()
-        metrics[m.EPSILON] = spend.epsilon()
+        site_epsilon = math.inf if entry.epsilon is None else entry.epsilon
+        if site_epsilon > guard.policy.max_epsilon:  # recorded, but the update is withheld
+            raise PrivacyBudgetExceededError(
+                f"the round took epsilon to {site_epsilon:.4f}, above the site's max-epsilon "
+                f"{guard.policy.max_epsilon}; the spend is recorded and the update withheld"
+            )
+        run = [e for e in ledger.entries if e.run_id == run_id]
+        metrics[m.EPSILON] = history_epsilon(run, cfg.target_delta, cfg.accountant)
+        metrics[m.SITE_EPSILON] = site_epsilon
     return to_arrays(model), metrics
+
+
+def _check_run_target(ledger: LedgerState, run_id: str, planned: DPEvent, cfg: RunConfig) -> None:
+    """This run's own spend stays within the run's target-epsilon (the site's whole history
+    is checked against its policy separately)."""
+    run = [e for e in ledger.entries if e.run_id == run_id]
+    after = history_epsilon([*run, LedgerEntry.planned(planned)], cfg.target_delta, cfg.accountant)
+    if after > cfg.target_epsilon:
+        raise PrivacyBudgetExceededError(
+            f"this round would bring the run's epsilon to {after:.4f}, above its "
+            f"target-epsilon {cfg.target_epsilon}"
+        )

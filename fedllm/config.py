@@ -51,6 +51,7 @@ class RunConfig:
     target_delta: float
     max_grad_norm: float
     accountant: str
+    ledger_dir: str
     out_dir: str
     run_name: str
 

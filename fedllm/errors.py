@@ -25,3 +25,30 @@ class PrivacyBudgetExceededError(PrivacyError):
 
 class UpdateError(FedLLMError, ValueError):
     """Exchanged model arrays do not match the model (keys, shapes, dtypes, finiteness)."""
+
+
+class PolicyError(PrivacyError):
+    """The run asks for weaker privacy than the site's policy allows, or the policy is bad."""
+
+
+class LedgerError(PrivacyError):
+    """A site's privacy ledger is damaged, edited, or cannot be written."""
+
+
+class SignatureError(FedLLMError):
+    """A key is malformed, or a signature does not verify."""
+
+
+def refusal_kind(err: PrivacyError) -> str:
+    """What a site's refusal is about, as the server records it."""
+    for cls, kind in _REFUSALS:
+        if isinstance(err, cls):
+            return kind
+    return "privacy"
+
+
+_REFUSALS: tuple[tuple[type[PrivacyError], str], ...] = (
+    (PrivacyBudgetExceededError, "budget"),
+    (PolicyError, "policy"),
+    (LedgerError, "ledger"),
+)

@@ -21,13 +21,18 @@ METRICS = "metrics"
 SITE = "site"
 SITE_NAME = "name"
 SERVER_ROUND = "server-round"
+RUN_DIR = "run-dir"
+# A site's refusal to train: a ConfigRecord with the kind (budget, policy, ledger) and why.
+REFUSAL = "refusal"
+REFUSAL_KIND = "kind"
+REFUSAL_REASON = "reason"
 # Client state (context.state) keys.
-STATE_SPEND = "privacy-spend"
 STATE_CALIBRATION = "privacy-calibration"
 # Metric names.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 EPSILON = "epsilon"
+SITE_EPSILON = "site-epsilon"  # the site's cumulative epsilon over every run in its ledger
 NOISE_MULTIPLIER = "noise-multiplier"
 LOSS = "loss"
 ACCURACY = "accuracy"
@@ -49,6 +54,12 @@ class RunMetrics:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     epsilon: dict[str, float | None] = field(default_factory=dict)
     initial: dict[str, float] = field(default_factory=dict)
+    stopped: dict[str, Any] | None = None
+
+    def stop(self, server_round: int, reason: str, refused: dict[str, dict[str, str]]) -> None:
+        """The run ended before its last round because no sampled site could train."""
+        self.stopped = {"round": server_round, "reason": reason, "refused": refused}
+        self.write()
 
     def add_round(self, entry: dict[str, Any]) -> None:
         self.epsilon.update(entry.get(EPSILON, {}))
@@ -66,6 +77,7 @@ class RunMetrics:
         out["delta"] = self.delta
         out["epsilon-per-site"] = dict(sorted(self.epsilon.items()))
         out["rounds-completed"] = len(self.rounds)
+        out["stopped"] = self.stopped
         return out
 
     def to_dict(self) -> dict[str, Any]:

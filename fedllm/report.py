@@ -24,6 +24,14 @@ def final_table(metrics: dict[str, Any]) -> str:
             f"{site:<16}{shown:>22}{_fmt(target) if dp else '-':>10}"
             f"{_fmt(final.get('delta')) if dp else '-':>10}"
         )
+    refused = {s: r for entry in metrics["rounds"] for s, r in entry.get("refused", {}).items()}
+    stopped = final.get("stopped")
+    if stopped:
+        refused.update(stopped["refused"])
+        lines += ["", f"stopped in round {stopped['round']}: no sampled site could train"]
+    if refused:
+        lines += ["", "sites that refused to train (last reason):"]
+        lines += [f"  {site} ({r['kind']}): {r['reason']}" for site, r in sorted(refused.items())]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from typing import cast
 
 import torch
@@ -28,7 +28,7 @@ from fedllm.tasks import get_task, load_federation
 from fedllm.training import evaluate
 from fedllm.weights import to_arrays
 from server.scaling import federated_scaler
-from server.strategy import SiteAwareFedAvg
+from server.strategy import NoSiteCanTrain, SiteAwareFedAvg
 
 app = ServerApp()
 
@@ -60,7 +60,9 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=1,
         min_available_nodes=cfg.min_available_nodes,
     )
-    config = ConfigRecord({"local-epochs": cfg.local_epochs})
+    # Virtual sites keep their policy, key and ledger in the run folder (unless `ledger-dir`);
+    # a deployed site ignores this and uses its own node-config paths.
+    config = ConfigRecord({"local-epochs": cfg.local_epochs, m.RUN_DIR: str(run_dir.resolve())})
     central_test = federation.central_test
     # What a user of the saved model needs to know to feed it inputs.
     model_card: dict[str, object] = {
@@ -92,15 +94,22 @@ def main(grid: Grid, context: Context) -> None:
         _log_progress(entry, cfg, time.monotonic() - started)
         return MetricRecord(scores)
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=to_arrays(model),
-        num_rounds=cfg.num_server_rounds,
-        train_config=config,
-        evaluate_config=ConfigRecord(dict(config)),
-        evaluate_fn=central_evaluate,
-    )
-    model.load_state_dict(result.arrays.to_torch_state_dict())
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=to_arrays(model),
+            num_rounds=cfg.num_server_rounds,
+            train_config=config,
+            evaluate_config=ConfigRecord(dict(config)),
+            evaluate_fn=central_evaluate,
+        )
+        final = result.arrays
+    except NoSiteCanTrain as stop:
+        # Not a failure: the sites' own budgets ended the run. Keep the last global model.
+        log(WARNING, "fedllm: stopping early: %s", stop)
+        record.stop(stop.server_round, str(stop), stop.refusals)
+        final = strategy.current if strategy.current is not None else to_arrays(model)
+    model.load_state_dict(final.to_torch_state_dict())
     torch.save(model.state_dict(), run_dir / "model.pt")
     (run_dir / "model.json").write_text(json.dumps(model_card, indent=2) + "\n")
     summary = record.to_dict()
@@ -124,12 +133,16 @@ def _round_entry(
         )
     entry[m.EPSILON] = {s: (clean(v[m.EPSILON]) if cfg.dp else None) for s, v in sites.items()}
     entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
+    entry["refused"] = strategy.refusals(server_round)
     return entry
 
 
 def _log_progress(entry: dict[str, object], cfg: RunConfig, elapsed: float) -> None:
     eps = cast(dict[str, float | None], entry[m.EPSILON])
     spent = ", ".join(f"{s} {v:.3f}" for s, v in sorted(eps.items()) if v is not None)
+    refused = cast(dict[str, dict[str, str]], entry.get("refused", {}))
+    if refused:
+        spent += " | refused: " + ", ".join(f"{s} ({r['kind']})" for s, r in refused.items())
     log(
         INFO,
         "fedllm round %d/%d (%.0fs): accuracy %.4f, auc %s | epsilon %s",

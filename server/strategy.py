@@ -1,4 +1,5 @@
-"""FedAvg weighted by examples that keeps each site's report and drops invalid updates."""
+"""FedAvg weighted by examples that keeps each site's report, drops invalid updates and
+records sites that refuse to train (their budget, policy or ledger) without failing the round."""
 
 from __future__ import annotations
 
@@ -28,6 +29,29 @@ def reason(msg: Message) -> str:
     return lines[-1][:400] if lines else "unknown error"
 
 
+class NoSiteCanTrain(FedLLMError):
+    """Every sampled site refused the round (budget spent, policy, ledger): the run stops."""
+
+    def __init__(self, server_round: int, refusals: dict[str, dict[str, str]]) -> None:
+        self.server_round = server_round
+        self.refusals = refusals
+        why = "; ".join(
+            f"{site} ({r[m.REFUSAL_KIND]}): {r[m.REFUSAL_REASON]}" for site, r in refusals.items()
+        )
+        super().__init__(f"round {server_round}: no sampled site can train: {why}")
+
+
+def refusal(msg: Message) -> dict[str, str] | None:
+    """A site's refusal to train (kind and reason), or None when it trained."""
+    record = None if msg.has_error() else msg.content.config_records.get(m.REFUSAL)
+    if record is None:
+        return None
+    return {
+        m.REFUSAL_KIND: str(record.get(m.REFUSAL_KIND, "privacy")),
+        m.REFUSAL_REASON: str(record.get(m.REFUSAL_REASON, ""))[:400],
+    }
+
+
 def aggregate_train_metrics(replies: list[RecordDict], weight_key: str) -> MetricRecord:
     """Example-weighted mean of losses; epsilon is the maximum over sites, never an average."""
     total = sum(float(r[m.METRICS][weight_key]) for r in replies)  # type: ignore[arg-type]
@@ -51,6 +75,7 @@ class SiteAwareFedAvg(FedAvg):
         self.current: ArrayRecord | None = None
         self.site_train: dict[int, dict[str, dict[str, float]]] = {}
         self.site_eval: dict[int, dict[str, dict[str, float]]] = {}
+        self.site_refused: dict[int, dict[str, dict[str, str]]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
@@ -58,11 +83,19 @@ class SiteAwareFedAvg(FedAvg):
         self.current = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
+    def refusals(self, server_round: int) -> dict[str, dict[str, str]]:
+        return self.site_refused.get(server_round, {})
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = []
+        refused: dict[str, dict[str, str]] = {}
         for msg in replies:
+            why = refusal(msg)
+            if why is not None:
+                refused[site_name(msg)] = why
+                continue
             if msg.has_error():
                 accepted.append(msg)  # FedAvg logs and skips it
                 continue
@@ -81,6 +114,9 @@ class SiteAwareFedAvg(FedAvg):
                 )
                 continue
             accepted.append(msg)
+        self.site_refused[server_round] = dict(sorted(refused.items()))
+        if not accepted and refused:
+            raise NoSiteCanTrain(server_round, self.site_refused[server_round])
         if not any(not msg.has_error() for msg in accepted):
             reasons = [reason(msg) for msg in accepted if msg.has_error()]
             raise FedLLMError(

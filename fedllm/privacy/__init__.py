@@ -1,4 +1,5 @@
-"""Privacy: noise calibration for the whole schedule, accounting, Opacus wrapping."""
+"""Privacy: noise calibration for the whole schedule, accounting, Opacus wrapping, and the
+site's own policy and ledger."""
 
 from fedllm.privacy.accounting import (
     ACCOUNTANTS,
@@ -9,6 +10,14 @@ from fedllm.privacy.accounting import (
     merge,
 )
 from fedllm.privacy.engine import DPParams, PrivateRound, make_private
+from fedllm.privacy.ledger import (
+    LedgerEntry,
+    LedgerState,
+    PrivacyLedger,
+    check_budget,
+    history_epsilon,
+)
+from fedllm.privacy.policy import PrivacyRequest, SitePolicy
 from fedllm.privacy.spend import PrivacySpend
 
 __all__ = [
@@ -16,10 +25,17 @@ __all__ = [
     "DPEvent",
     "DPParams",
     "DPSchedule",
+    "LedgerEntry",
+    "LedgerState",
+    "PrivacyLedger",
+    "PrivacyRequest",
     "PrivacySpend",
     "PrivateRound",
+    "SitePolicy",
     "calibrate_noise",
+    "check_budget",
     "epsilon",
+    "history_epsilon",
     "make_private",
     "merge",
 ]

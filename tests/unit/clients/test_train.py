@@ -1,4 +1,4 @@
-"""A site's round outside the engine: its data source, calibration cache and privacy state."""
+"""A site's round outside the engine: its data, calibration cache, policy and ledger."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, Context, RecordDict
 
-from clients.train import SiteRuntime, train_round
+from clients.site import SiteGuard
+from clients.train import SiteRuntime, privacy_request, train_round
 from fedllm import metrics as m
-from fedllm.errors import ConfigError, PrivacyBudgetExceededError
+from fedllm.errors import ConfigError, LedgerError, PolicyError, PrivacyBudgetExceededError
+from fedllm.privacy import PrivacyLedger, SitePolicy
 from fedllm.weights import to_arrays
 
 
@@ -38,16 +40,75 @@ def test_a_simulated_site_refuses_a_federation_of_the_wrong_size(
         SiteRuntime.from_context(_context(defaults, node))
 
 
-def test_rounds_accumulate_epsilon_and_refuse_past_the_planned_schedule(
-    defaults: dict[str, Any],
-) -> None:
-    run_config = {**defaults, "num-server-rounds": 2, "accountant": "rdp"}
+def _site(run_config: dict[str, Any], folder: Path) -> tuple[SiteRuntime, SiteGuard, Context]:
     context = _context(run_config, {"partition-id": 1, "num-partitions": 4})
     site = SiteRuntime.from_context(context)
-    arrays = to_arrays(site.task.build_model(site.cfg, tuple(site.data.train.x.shape[1:])))
-    _, first = train_round(site, arrays, 1, context.state)
-    _, second = train_round(site, arrays, 2, context.state)
+    return site, SiteGuard.simulated(folder, privacy_request(site.cfg)), context
+
+
+def _arrays(site: SiteRuntime) -> ArrayRecord:
+    return to_arrays(site.task.build_model(site.cfg, tuple(site.data.train.x.shape[1:])))
+
+
+def test_rounds_accumulate_epsilon_in_the_ledger_and_refuse_past_the_planned_schedule(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    run_config = {**defaults, "num-server-rounds": 2, "accountant": "rdp"}
+    site, guard, context = _site(run_config, tmp_path / "site")
+    arrays = _arrays(site)
+    _, first = train_round(site, guard, arrays, 1, "run-a", context.state)
+    _, second = train_round(site, guard, arrays, 2, "run-a", context.state)
     assert 0 < first[m.EPSILON] < second[m.EPSILON] <= 1.0  # type: ignore[operator]
     assert first[m.NOISE_MULTIPLIER] == second[m.NOISE_MULTIPLIER]  # calibrated once, cached
-    with pytest.raises(PrivacyBudgetExceededError, match="above the site's target-epsilon 1.0"):
-        train_round(site, arrays, 3, context.state)  # a third round was never planned
+    entries = PrivacyLedger(tmp_path / "site" / "ledger.jsonl").replay()
+    assert [(e.run_id, e.round) for e in entries] == [("run-a", 1), ("run-a", 2)]
+    assert entries[-1].epsilon == second[m.SITE_EPSILON] == second[m.EPSILON]
+    with pytest.raises(PrivacyBudgetExceededError, match="above its target-epsilon 1.0"):
+        train_round(site, guard, arrays, 3, "run-a", context.state)  # never planned
+    assert len(guard.ledger.entries()) == 2  # a refused round spends nothing
+
+
+def test_a_second_run_starts_from_what_the_first_spent(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    run_config = {**defaults, "num-server-rounds": 2, "accountant": "rdp"}
+    site, guard, context = _site(run_config, tmp_path / "site")
+    for r in (1, 2):
+        train_round(site, guard, _arrays(site), r, "run-a", context.state)
+    site, guard, context = _site(run_config, tmp_path / "site")  # a restart, a new run
+    with pytest.raises(
+        PrivacyBudgetExceededError, match="over 2 ledger entries .* max-epsilon 1.0"
+    ):
+        train_round(site, guard, _arrays(site), 1, "run-b", context.state)
+    assert [e.run_id for e in guard.ledger.entries()] == ["run-a", "run-a"]
+
+
+def test_a_run_asking_for_weaker_privacy_than_the_site_policy_is_refused(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    SitePolicy(max_epsilon=0.5, delta=1e-5).write(tmp_path / "site" / "policy.toml")
+    site, guard, context = _site({**defaults, "accountant": "rdp"}, tmp_path / "site")
+    with pytest.raises(PolicyError, match="target-epsilon 1.0 is above the site's max-epsilon"):
+        train_round(site, guard, _arrays(site), 1, "run-a", context.state)
+    assert guard.ledger.entries() == []
+
+
+def test_a_tampered_ledger_stops_training_naming_the_entry(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    run_config = {**defaults, "num-server-rounds": 3, "accountant": "rdp"}
+    site, guard, context = _site(run_config, tmp_path / "site")
+    for r in (1, 2):
+        train_round(site, guard, _arrays(site), r, "run-a", context.state)
+    path = tmp_path / "site" / "ledger.jsonl"
+    path.write_bytes(path.read_bytes().replace(b'"round":1', b'"round":9'))
+    with pytest.raises(LedgerError, match="entry 1 .* does not match its hash"):
+        train_round(site, guard, _arrays(site), 3, "run-a", context.state)
+
+
+def test_a_deployed_site_without_its_privacy_files_refuses(
+    defaults: dict[str, Any], heart_dir: Path
+) -> None:
+    node = {"data-path": str(heart_dir / "processed.va.data"), "ledger-path": "/x/ledger.jsonl"}
+    with pytest.raises(PolicyError, match="lacks `policy-path`, `site-key`"):
+        SiteGuard.deployed(_context({**defaults, "task": "heart-disease"}, node))

@@ -1,0 +1,198 @@
+"""A site's privacy policy: the weakest privacy it will ever train under.
+
+The policy is a small TOML file the site owns (its path comes from the SuperNode's
+node-config; in simulation one is generated per virtual site from the run config). The
+server's run config may ask for stricter privacy, never weaker: every request is checked
+here, and a request outside the policy is refused with the reason.
+
+```toml
+max-epsilon = 3.0            # cumulative, over every run this site ever trains in
+delta = 1e-5                 # the largest delta a run may use
+min-noise-multiplier = 0.5   # the smallest DP-SGD noise multiplier accepted
+max-clip-norm = 1.0          # the largest per-example clipping norm accepted
+accountants = ["prv", "rdp"] # accountants the site accepts
+allow-non-dp = false         # train without DP at all (only for research baselines)
+```
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedllm.errors import PolicyError
+from fedllm.privacy.accounting import ACCOUNTANTS
+
+
+@dataclass(frozen=True)
+class PrivacyRequest:
+    """What a run asks of a site: the privacy parameters from the server's run config."""
+
+    dp: bool
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+    accountant: str
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """The site's own limits; see the module docstring for the file format."""
+
+    max_epsilon: float
+    delta: float
+    min_noise_multiplier: float = 0.0
+    max_clip_norm: float = math.inf
+    accountants: tuple[str, ...] = ACCOUNTANTS
+    allow_non_dp: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_epsilon) and self.max_epsilon > 0):
+            raise PolicyError(f"policy `max-epsilon` must be > 0, got {self.max_epsilon}")
+        if not 0.0 < self.delta < 1.0:
+            raise PolicyError(f"policy `delta` must be in (0, 1), got {self.delta}")
+        if not (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
+            raise PolicyError(
+                f"policy `min-noise-multiplier` must be >= 0, got {self.min_noise_multiplier}"
+            )
+        if not self.max_clip_norm > 0:
+            raise PolicyError(f"policy `max-clip-norm` must be > 0, got {self.max_clip_norm}")
+        unknown = [a for a in self.accountants if a not in ACCOUNTANTS]
+        if unknown or not self.accountants:
+            raise PolicyError(
+                f"policy `accountants` must be a non-empty list of {', '.join(ACCOUNTANTS)}, "
+                f"got {list(self.accountants)}"
+            )
+
+    @classmethod
+    def from_request(cls, request: PrivacyRequest) -> SitePolicy:
+        """Simulation: a virtual site whose limits are exactly what the run asks for."""
+        return cls(
+            max_epsilon=request.target_epsilon,
+            delta=request.target_delta,
+            max_clip_norm=request.max_grad_norm,
+            accountants=(request.accountant,),
+            allow_non_dp=not request.dp,
+        )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "policy") -> SitePolicy:
+        known = {
+            "max-epsilon",
+            "delta",
+            "min-noise-multiplier",
+            "max-clip-norm",
+            "accountants",
+            "allow-non-dp",
+        }
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PolicyError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        for key in ("max-epsilon", "delta"):
+            if key not in values:
+                raise PolicyError(f"{source}: `{key}` is required")
+        try:
+            accountants = values.get("accountants", list(ACCOUNTANTS))
+            if isinstance(accountants, str) or not isinstance(accountants, list):
+                raise PolicyError(f"{source}: `accountants` must be a list, got {accountants!r}")
+            allow = values.get("allow-non-dp", False)
+            if not isinstance(allow, bool):
+                raise PolicyError(f"{source}: `allow-non-dp` must be true or false, got {allow!r}")
+            return cls(
+                max_epsilon=_number(values, "max-epsilon", source),
+                delta=_number(values, "delta", source),
+                min_noise_multiplier=_number(values, "min-noise-multiplier", source, 0.0),
+                max_clip_norm=_number(values, "max-clip-norm", source, math.inf),
+                accountants=tuple(str(a) for a in accountants),
+                allow_non_dp=allow,
+            )
+        except PolicyError as err:
+            message = str(err)
+            raise PolicyError(
+                message if message.startswith(source) else f"{source}: {message}"
+            ) from None
+
+    @classmethod
+    def load(cls, path: Path) -> SitePolicy:
+        if not path.is_file():
+            raise PolicyError(f"site policy {path} does not exist")
+        try:
+            values = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise PolicyError(f"site policy {path} is not valid TOML: {err}") from None
+        return cls.from_mapping(values, f"site policy {path}")
+
+    def to_toml(self) -> str:
+        lines = [
+            "# fedllm site privacy policy: the weakest privacy this site trains under.",
+            f"max-epsilon = {self.max_epsilon!r}",
+            f"delta = {self.delta!r}",
+            f"min-noise-multiplier = {self.min_noise_multiplier!r}",
+        ]
+        if math.isfinite(self.max_clip_norm):
+            lines.append(f"max-clip-norm = {self.max_clip_norm!r}")
+        lines.append("accountants = [" + ", ".join(f'"{a}"' for a in self.accountants) + "]")
+        lines.append(f"allow-non-dp = {'true' if self.allow_non_dp else 'false'}")
+        return "\n".join(lines) + "\n"
+
+    def write(self, path: Path) -> None:
+        """Create the policy file; an existing policy is the site's own and never replaced."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise PolicyError(f"site policy {path} already exists; not overwriting it") from None
+        with os.fdopen(fd, "w") as out:
+            out.write(self.to_toml())
+
+    def check(self, request: PrivacyRequest) -> None:
+        """Refuses, naming the reason, a request for weaker privacy than this policy allows."""
+        if not request.dp:
+            if not self.allow_non_dp:
+                raise PolicyError("the run asks to train without DP; the site policy forbids it")
+            return
+        problems = []
+        if request.target_epsilon > self.max_epsilon:
+            problems.append(
+                f"target-epsilon {request.target_epsilon} is above the site's "
+                f"max-epsilon {self.max_epsilon}"
+            )
+        if request.target_delta > self.delta:
+            problems.append(
+                f"target-delta {request.target_delta} is above the site's delta {self.delta}"
+            )
+        if request.max_grad_norm > self.max_clip_norm:
+            problems.append(
+                f"max-grad-norm {request.max_grad_norm} is above the site's "
+                f"max-clip-norm {self.max_clip_norm}"
+            )
+        if request.accountant not in self.accountants:
+            problems.append(
+                f"accountant {request.accountant!r} is not one the site accepts "
+                f"({', '.join(self.accountants)})"
+            )
+        if problems:
+            raise PolicyError(
+                "the run asks for weaker privacy than the site allows: " + "; ".join(problems)
+            )
+
+    def check_noise(self, noise_multiplier: float) -> None:
+        if noise_multiplier < self.min_noise_multiplier:
+            raise PolicyError(
+                f"the run's schedule needs noise multiplier {noise_multiplier:.4f}, below the "
+                f"site's min-noise-multiplier {self.min_noise_multiplier}"
+            )
+
+
+def _number(
+    values: Mapping[str, Any], key: str, source: str, default: float | None = None
+) -> float:
+    value = values.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyError(f"{source}: `{key}` must be a number, got {value!r}")
+    return float(value)

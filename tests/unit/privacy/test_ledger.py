@@ -1,0 +1,201 @@
+"""The site's privacy ledger: durable, hash-chained, signed; tampering and removals detected."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opacus.accountants import RDPAccountant
+
+from fedllm.crypto import SiteKey
+from fedllm.errors import LedgerError, PrivacyBudgetExceededError
+from fedllm.privacy import DPEvent, PrivacyLedger, check_budget
+
+EVENT = DPEvent(1.1, 0.05, 40)
+
+
+def _ledger(folder: Path, rounds: int = 3, key: SiteKey | None = None) -> PrivacyLedger:
+    key = key or SiteKey.generate(folder / "site-key.pem")
+    ledger = PrivacyLedger(folder / "ledger.jsonl", key)
+    for r in range(1, rounds + 1):
+        _spend(ledger, EVENT, r)
+    return ledger
+
+
+def _spend(ledger: PrivacyLedger, event: DPEvent, server_round: int, run: str = "7") -> None:
+    with ledger.locked() as state:
+        ledger.append(
+            state,
+            site="site-0",
+            run_id=run,
+            server_round=server_round,
+            event=event,
+            clip_norm=1.0,
+            delta=1e-5,
+            accountant="rdp",
+        )
+
+
+def _lines(ledger: PrivacyLedger) -> list[bytes]:
+    return ledger.path.read_bytes().splitlines(keepends=True)
+
+
+def test_entries_survive_a_new_process_and_replay_to_the_same_epsilon(tmp_path: Path) -> None:
+    _ledger(tmp_path)
+    again = PrivacyLedger(tmp_path / "ledger.jsonl")  # read-only: no key
+    entries = again.replay()
+    assert [e.seq for e in entries] == [1, 2, 3]
+    assert [e.round for e in entries] == [1, 2, 3]
+    assert entries[0].epsilon < entries[1].epsilon < entries[2].epsilon  # type: ignore[operator]
+    assert entries[1].prev == entries[0].hash
+
+
+@pytest.mark.parametrize("position", [5, 40, 100, 250, 400, -3])
+def test_flipping_any_byte_is_detected(tmp_path: Path, position: int) -> None:
+    ledger = _ledger(tmp_path)
+    data = bytearray(ledger.path.read_bytes())
+    data[position] ^= 0x01
+    ledger.path.write_bytes(bytes(data))
+    with pytest.raises(LedgerError, match=r"entry \d"):
+        ledger.read()
+
+
+def test_editing_an_entry_names_it(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    lines = _lines(ledger)
+    lines[1] = lines[1].replace(b'"steps":40', b'"steps":4')
+    ledger.path.write_bytes(b"".join(lines))
+    with pytest.raises(LedgerError, match="entry 2 .* does not match its hash"):
+        ledger.read()
+
+
+def test_deleting_a_middle_entry_is_detected(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    lines = _lines(ledger)
+    ledger.path.write_bytes(lines[0] + lines[2])
+    with pytest.raises(LedgerError, match="entry 2 .* deleted, inserted or reordered"):
+        ledger.read()
+
+
+def test_deleting_the_last_entries_is_detected_by_the_signed_head(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.path.write_bytes(b"".join(_lines(ledger)[:1]))
+    with pytest.raises(LedgerError, match="signed head records 3 entries"):
+        ledger.read()
+
+
+def test_reordering_entries_is_detected(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    lines = _lines(ledger)
+    ledger.path.write_bytes(lines[1] + lines[0] + lines[2])
+    with pytest.raises(LedgerError, match="entry 1 .* reordered"):
+        ledger.read()
+
+
+def test_a_deleted_head_is_detected(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.head_path.unlink()
+    with pytest.raises(LedgerError, match="signed head is missing"):
+        ledger.read()
+
+
+def test_a_head_signed_by_another_key_is_refused(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    other = SiteKey.generate(tmp_path / "other.pem")
+    forged = PrivacyLedger(tmp_path / "forged.jsonl", other)
+    forged.path.write_bytes(ledger.path.read_bytes())
+    forged._write_head(other, 3, ledger.read().entries[-1].hash)
+    ledger.head_path.write_bytes(forged.head_path.read_bytes())
+    with pytest.raises(LedgerError, match="not by the site key"):
+        ledger.read()
+
+
+def test_a_crash_between_ledger_and_head_keeps_the_spend(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, rounds=2)
+    head_before = ledger.head_path.read_bytes()
+    _spend(ledger, EVENT, 3)
+    ledger.head_path.write_bytes(head_before)  # as if killed after the ledger's rename
+    state = ledger.read()
+    assert state.head_pending and len(state.entries) == 3  # the sent spend is kept
+    _spend(ledger, EVENT, 4)  # the next append re-signs the head over everything
+    state = ledger.read()
+    assert not state.head_pending and len(state.entries) == 4
+
+
+def test_the_budget_check_refuses_past_the_maximum_and_names_the_spend(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, rounds=2)
+    with ledger.locked() as state:
+        spent = state.entries[-1].epsilon
+        with pytest.raises(PrivacyBudgetExceededError, match=f"epsilon is {spent:.4f}"):
+            check_budget(state, EVENT, 1e-5, "rdp", max_epsilon=spent + 1e-3)  # type: ignore[operator]
+
+
+def test_appending_needs_the_site_key(tmp_path: Path) -> None:
+    _ledger(tmp_path, rounds=1)
+    reader = PrivacyLedger(tmp_path / "ledger.jsonl")
+    with pytest.raises(LedgerError, match="needs the site's signing key"):
+        _spend(reader, EVENT, 2)
+
+
+def _reference_epsilon(events: list[DPEvent], delta: float) -> float:
+    accountant = RDPAccountant()
+    for e in events:
+        accountant.history.append((e.noise_multiplier, e.sample_rate, e.steps))
+    return float(accountant.get_epsilon(delta=delta))
+
+
+attempts = st.lists(
+    st.tuples(
+        st.sampled_from([0.6, 0.9, 1.3, 2.5]),  # noise multiplier
+        st.sampled_from([0.01, 0.05, 0.2]),  # sampling rate
+        st.integers(1, 60),  # steps
+        st.booleans(),  # restart the site (a fresh ledger object reads the file) first
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(attempts=attempts, max_epsilon=st.sampled_from([0.5, 2.0, 8.0]))
+def test_the_spend_never_exceeds_the_maximum_and_replays_exactly(
+    tmp_path_factory: pytest.TempPathFactory,
+    attempts: list[tuple[float, float, int, bool]],
+    max_epsilon: float,
+) -> None:
+    folder = tmp_path_factory.mktemp("site")
+    key = SiteKey.generate(folder / "site-key.pem")
+    ledger = PrivacyLedger(folder / "ledger.jsonl", key)
+    trained = []
+    for i, (sigma, rate, steps, restart) in enumerate(attempts, start=1):
+        if restart:
+            ledger = PrivacyLedger(folder / "ledger.jsonl", SiteKey.load(folder / "site-key.pem"))
+        event = DPEvent(sigma, rate, steps)
+        with ledger.locked() as state:
+            try:
+                check_budget(state, event, 1e-5, "rdp", max_epsilon)
+            except PrivacyBudgetExceededError:
+                continue
+            entry = ledger.append(
+                state,
+                site="s",
+                run_id=str(i % 3),
+                server_round=i,
+                event=event,
+                clip_norm=1.0,
+                delta=1e-5,
+                accountant="rdp",
+            )
+        trained.append(event)
+        assert entry.epsilon is not None and entry.epsilon <= max_epsilon
+    entries = PrivacyLedger(folder / "ledger.jsonl").replay()
+    assert [e.event for e in entries] == trained
+    if trained:
+        fresh = _reference_epsilon(trained, 1e-5)
+        assert math.isclose(entries[-1].epsilon, fresh, rel_tol=1e-12)  # type: ignore[arg-type]
+        assert fresh <= max_epsilon

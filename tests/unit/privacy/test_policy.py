@@ -1,0 +1,77 @@
+"""The site's policy: a run may ask for stricter privacy, never weaker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedllm.errors import PolicyError
+from fedllm.privacy import PrivacyRequest, SitePolicy
+
+POLICY = SitePolicy(
+    max_epsilon=2.0, delta=1e-5, min_noise_multiplier=0.5, max_clip_norm=1.0, accountants=("prv",)
+)
+STRICT = PrivacyRequest(
+    True, target_epsilon=1.0, target_delta=1e-6, max_grad_norm=0.5, accountant="prv"
+)
+
+
+def test_a_stricter_request_is_accepted() -> None:
+    POLICY.check(STRICT)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"target_epsilon": 3.0}, "target-epsilon 3.0 is above the site's max-epsilon 2.0"),
+        ({"target_delta": 1e-4}, "target-delta 0.0001 is above the site's delta 1e-05"),
+        ({"max_grad_norm": 2.0}, "max-grad-norm 2.0 is above the site's max-clip-norm 1.0"),
+        ({"accountant": "rdp"}, "accountant 'rdp' is not one the site accepts"),
+        ({"dp": False}, "without DP; the site policy forbids it"),
+    ],
+)
+def test_a_weaker_request_is_refused_with_the_reason(
+    change: dict[str, object], message: str
+) -> None:
+    request = PrivacyRequest(**{**STRICT.__dict__, **change})  # type: ignore[arg-type]
+    with pytest.raises(PolicyError, match=message):
+        POLICY.check(request)
+
+
+def test_too_little_noise_is_refused() -> None:
+    with pytest.raises(PolicyError, match="noise multiplier 0.4000, below .* 0.5"):
+        POLICY.check_noise(0.4)
+
+
+def test_the_file_round_trips_and_is_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    POLICY.write(path)
+    assert SitePolicy.load(path) == POLICY
+    with pytest.raises(PolicyError, match="already exists"):
+        SitePolicy(max_epsilon=100.0, delta=0.1).write(path)
+    assert SitePolicy.load(path) == POLICY
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max-epsilon = 1.0\n", "`delta` is required"),
+        ("max-epsilon = -1\ndelta = 1e-5\n", "`max-epsilon` must be > 0, got -1"),
+        ("max-epsilon = 1\ndelta = 1e-5\nmax-epsilonn = 2\n", "unknown key.* max-epsilonn"),
+        ('max-epsilon = 1\ndelta = 1e-5\naccountants = "prv"\n', "`accountants` must be a list"),
+        ('max-epsilon = 1\ndelta = 1e-5\naccountants = ["gdp"]\n', "non-empty list of prv, rdp"),
+        ("max-epsilon = [1\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_policy_file_names_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=message):
+        SitePolicy.load(path)
+
+
+def test_the_simulated_policy_is_exactly_the_request() -> None:
+    policy = SitePolicy.from_request(STRICT)
+    policy.check(STRICT)
+    assert policy.max_epsilon == 1.0 and policy.accountants == ("prv",)
