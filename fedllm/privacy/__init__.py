@@ -18,6 +18,7 @@ from fedllm.privacy.ledger import (
     history_epsilon,
 )
 from fedllm.privacy.policy import PrivacyRequest, SitePolicy
+from fedllm.privacy.site_report import ReportCheck, verify_site_report, write_site_report
 from fedllm.privacy.spend import PrivacySpend
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "PrivacyRequest",
     "PrivacySpend",
     "PrivateRound",
+    "ReportCheck",
     "SitePolicy",
     "calibrate_noise",
     "check_budget",
@@ -38,4 +40,6 @@ __all__ = [
     "history_epsilon",
     "make_private",
     "merge",
+    "verify_site_report",
+    "write_site_report",
 ]

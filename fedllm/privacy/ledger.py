@@ -1,17 +1,20 @@
 """A site's privacy ledger: every DP training it did, across runs, in an append-only file.
 
 One JSON object a line, each entry chained to the one before by SHA-256 (``prev`` is the
-previous entry's ``hash``; the first entry's is 64 zeros), so an edited, deleted or reordered
-entry breaks the chain. A sidecar head file (``<ledger>.head``) holds the number of entries
-and the last hash, signed with the site's Ed25519 key, so removing entries from the end, or
-rewriting the whole chain, is detected too (neither can be re-signed without the site's key).
+previous entry's ``hash``; the first entry's is 64 zeros) and its hash signed with the site's
+Ed25519 key (``sig``), so an edited, deleted, inserted or reordered entry breaks the chain and
+no entry can be added without the key. A sidecar head file (``<ledger>.head``) holds the number
+of entries and the last hash, signed too, so removing entries from the end is detected.
+What the site alone cannot detect: all files deleted (a fresh site) or an older signed
+(ledger, head) pair restored; the signed reports it has handed out record its spend.
 
 Every write replaces the whole file atomically (temp file, fsync, rename, fsync of the
 folder): a crash leaves either the old ledger or the new one, never a torn line. The ledger is
 written before the head; a crash between the two leaves one entry the head does not cover yet,
-which is accepted (an extra entry can only add spend, never hide it) and re-signed by the next
-append. Writers hold an exclusive lock on ``<ledger>.lock`` from the budget check to the
-append, so two runs at one site cannot both spend the last of its budget.
+which is accepted (it is signed by the site key and can only add spend, never hide it) and
+covered by the next append's head. Writers hold an exclusive lock on ``<ledger>.lock`` from
+the budget check to the append, so two runs at one site cannot both spend the last of its
+budget.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 from fedllm.crypto.signing import PublicKey, SiteKey
 from fedllm.errors import LedgerError, PrivacyBudgetExceededError, SignatureError
-from fedllm.privacy.accounting import DPEvent, epsilon
+from fedllm.privacy.accounting import ACCOUNTANTS, DPEvent, epsilon
 
 GENESIS = "0" * 64
 _HEAD_LABEL = "fedllm-ledger-head"
@@ -55,6 +58,7 @@ class LedgerEntry:
     epsilon: float | None
     prev: str
     hash: str = ""
+    sig: str = ""  # the site key's signature of ``hash``
 
     @property
     def private(self) -> bool:
@@ -68,24 +72,15 @@ class LedgerEntry:
     def planned(cls, event: DPEvent) -> LedgerEntry:
         """A stand-in for a round not yet trained, to compute the epsilon it would bring."""
         return cls(
-            0,
-            "",
-            "",
-            "",
-            0,
-            event.steps,
-            event.sample_rate,
-            event.noise_multiplier,
-            0.0,
-            0.0,
-            "",
-            None,
-            "",
-        )
+            seq=0, time="", site="", run_id="", round=0,
+            steps=event.steps, sample_rate=event.sample_rate,
+            noise_multiplier=event.noise_multiplier,
+            clip_norm=0.0, delta=0.0, accountant="", epsilon=None, prev="",
+        )  # fmt: skip
 
     def body(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["hash"]
+        del out["hash"], out["sig"]
         return out
 
     def digest(self) -> str:
@@ -154,8 +149,8 @@ class PrivacyLedger:
             try:
                 state = self.read()
                 if self.key is not None and not self.head_path.exists():
-                    # A new ledger gets a signed empty head first: from then on a missing head
-                    # always means tampering, never a crash before the first head was written.
+                    # A new ledger gets a signed empty head before its first entry, so a missing
+                    # head next to entries always means tampering, never a crash.
                     self._write_head(self.key, 0, GENESIS)
                     state = self.read()
                 yield state
@@ -199,6 +194,7 @@ class PrivacyLedger:
         )
         spent = history_epsilon([*previous, entry], delta, accountant)
         entry = _with_hash(_replace(entry, epsilon=spent if math.isfinite(spent) else None))
+        entry = _replace(entry, sig=key.sign(entry.hash.encode()))
         data = b"".join(e.line() for e in [*previous, entry])
         _atomic_write(self.path, data)
         self._write_head(key, entry.seq, entry.hash)
@@ -246,6 +242,13 @@ def verify(
             f"{source}: entries {count + 2}-{len(entries)} are not covered by the signed head "
             "(added without the site key)"
         )
+    for entry in entries:
+        try:
+            key.verify(entry.sig, entry.hash.encode())
+        except SignatureError:
+            raise LedgerError(
+                f"{source}: entry {entry.seq} is not signed by the ledger's key {key.fingerprint}"
+            ) from None
     return LedgerState(entries, key, head_pending=len(entries) == count + 1)
 
 
@@ -290,21 +293,26 @@ def _head_message(count: int, last: str) -> bytes:
 
 
 def _parse(data: bytes, source: str) -> list[LedgerEntry]:
+    """Entries of a ledger file, exactly as written: one canonical line each, no blank lines."""
+    if not data:
+        return []
+    if not data.endswith(b"\n"):
+        raise LedgerError(f"{source}: the file does not end with a complete entry: it was cut")
     entries: list[LedgerEntry] = []
     previous = GENESIS
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
+    for number, line in enumerate(data[:-1].split(b"\n"), start=1):
+        expected_seq = len(entries) + 1
         try:
             values = json.loads(line)
             entry = LedgerEntry(**values)
+            _check_fields(entry)
+            intact = entry.digest() == entry.hash and line + b"\n" == entry.line()
         except (ValueError, TypeError):
             raise LedgerError(
-                f"{source}: entry {len(entries) + 1} (line {number}) is not a valid "
-                "ledger entry: the file was edited or damaged"
+                f"{source}: entry {expected_seq} (line {number}) is not a valid ledger entry: "
+                "the file was edited or damaged"
             ) from None
-        expected_seq = len(entries) + 1
-        if entry.digest() != entry.hash or line + b"\n" != entry.line():
+        if not intact:
             raise LedgerError(
                 f"{source}: entry {expected_seq} (line {number}) does not match its hash: "
                 "it was edited"
@@ -317,6 +325,34 @@ def _parse(data: bytes, source: str) -> list[LedgerEntry]:
         entries.append(entry)
         previous = entry.hash
     return entries
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "seq": int,
+    "round": int,
+    "steps": int,
+    "sample_rate": float,
+    "noise_multiplier": float,
+    "clip_norm": float,
+    "delta": float,
+    "epsilon": (float, type(None)),
+    **{name: str for name in ("time", "site", "run_id", "accountant", "prev", "hash", "sig")},
+}
+
+
+def _check_fields(entry: LedgerEntry) -> None:
+    """Types and ranges, so no entry can make the accountant fail or mean something odd."""
+    for name, kind in _FIELD_TYPES.items():
+        value = getattr(entry, name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(f"{name} has the wrong type")
+    numbers = (entry.sample_rate, entry.noise_multiplier, entry.clip_norm, entry.delta)
+    if not all(math.isfinite(x) for x in numbers) or entry.accountant not in ACCOUNTANTS:
+        raise ValueError("a number is not finite or the accountant is unknown")
+    if not (0 < entry.sample_rate <= 1 and 0 < entry.delta < 1 and entry.steps >= 0):
+        raise ValueError("a value is out of range")
+    if entry.noise_multiplier < 0 or entry.clip_norm < 0:
+        raise ValueError("a value is out of range")
 
 
 def _parse_head(data: bytes, source: str) -> tuple[int, str, PublicKey]:

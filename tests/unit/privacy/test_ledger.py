@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,34 @@ def test_reordering_entries_is_detected(tmp_path: Path) -> None:
     lines = _lines(ledger)
     ledger.path.write_bytes(lines[1] + lines[0] + lines[2])
     with pytest.raises(LedgerError, match="entry 1 .* reordered"):
+        ledger.read()
+
+
+def test_an_entry_appended_without_the_site_key_is_refused(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    last = ledger.read().entries[-1]
+    forged = replace(last, seq=4, round=4, delta=0.5, prev=last.hash, sig=last.sig)
+    forged = replace(forged, hash=forged.digest())  # a valid chain link, but not signed
+    ledger.path.write_bytes(ledger.path.read_bytes() + forged.line())
+    with pytest.raises(LedgerError, match="entry 4 is not signed by the ledger's key"):
+        ledger.read()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda data: data.replace(b"\n", b"\n\n", 1),  # a blank line inserted
+        lambda data: data[:-1],  # the last line cut short
+        lambda data: data.replace(b'"clip_norm":1.0', b'"clip_norm":NaN', 1),
+        lambda data: data.replace(b'"steps":40', b'"steps":"40"', 1),
+    ],
+)
+def test_a_malformed_ledger_is_a_ledger_error_not_a_crash(
+    tmp_path: Path, edit: Callable[[bytes], bytes]
+) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.path.write_bytes(edit(ledger.path.read_bytes()))
+    with pytest.raises(LedgerError, match="edited|cut"):
         ledger.read()
 
 

@@ -1,0 +1,166 @@
+"""A site's journeys on the command line: set up, inspect the ledger, hand over a signed report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedllm.cli import main
+from fedllm.crypto import SiteKey
+from fedllm.privacy import DPEvent, PrivacyLedger
+
+
+def _spend(ledger: PrivacyLedger, server_round: int) -> None:
+    with ledger.locked() as state:
+        ledger.append(
+            state,
+            site="site-0",
+            run_id="7",
+            server_round=server_round,
+            event=DPEvent(1.1, 0.05, 40),
+            clip_norm=1.0,
+            delta=1e-5,
+            accountant="rdp",
+        )
+
+
+@pytest.fixture
+def site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A folder made by `fedllm site init`, whose ledger holds three rounds."""
+    folder = tmp_path / "site"
+    assert main(["site", "init", str(folder), "--max-epsilon", "5", "--accountants", "rdp"]) == 0
+    capsys.readouterr()
+    ledger = PrivacyLedger(folder / "ledger.jsonl", SiteKey.load(folder / "site-key.pem"))
+    for r in (1, 2, 3):
+        _spend(ledger, r)
+    return folder
+
+
+def _epsilon(folder: Path) -> str:
+    entries = PrivacyLedger(folder / "ledger.jsonl").replay()
+    return f"{entries[-1].epsilon:.4f}"
+
+
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fedllm: error: ")
+    return err
+
+
+def test_site_init_creates_policy_and_key_and_prints_node_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "hospital"
+    assert main(["site", "init", str(folder), "--max-epsilon", "2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "max-epsilon = 2.5" in (folder / "policy.toml").read_text()
+    key = SiteKey.load(folder / "site-key.pem")
+    assert (
+        f"--node-config \"data-path='...' policy-path='{folder}/policy.toml' "
+        f"ledger-path='{folder}/ledger.jsonl' site-key='{folder}/site-key.pem'\""
+    ) in out
+    assert key.public.fingerprint in out and key.public.pem() in out
+
+
+def test_site_init_refuses_an_existing_site(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_before = (site / "site-key.pem").read_bytes()
+    assert main(["site", "init", str(site)]) == 2
+    assert "already exists" in _error(capsys)
+    assert (site / "site-key.pem").read_bytes() == key_before
+
+
+def test_ledger_show_prints_every_entry_and_the_epsilon(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ledger", "show", str(site / "ledger.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if "site-0" in line]) == 3
+    assert f"3 entries, cumulative epsilon {_epsilon(site)}" in out
+
+
+def test_ledger_show_says_when_the_head_lags_one_entry(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = site / "ledger.jsonl.head"
+    covering_three = head.read_bytes()
+    _spend(PrivacyLedger(site / "ledger.jsonl", SiteKey.load(site / "site-key.pem")), 4)
+    head.write_bytes(covering_three)  # a crash between writing entry 4 and its head
+    assert main(["ledger", "show", str(site / "ledger.jsonl")]) == 0
+    assert "entry 4 is not yet covered by the signed head" in capsys.readouterr().out
+
+
+def test_ledger_verify_prints_ok_with_epsilon_and_fingerprint(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = site / "officer.pub"
+    pem.write_text(SiteKey.load(site / "site-key.pem").public.pem())
+    assert main(["ledger", "verify", str(site / "ledger.jsonl"), "--public-key", str(pem)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: ") and f"cumulative epsilon {_epsilon(site)}" in out
+    assert SiteKey.load(site / "site-key.pem").public.fingerprint in out
+
+
+def test_ledger_verify_names_the_tampered_entry(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = site / "ledger.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"noise_multiplier":1.1', b'"noise_multiplier":2.2')
+    path.write_bytes(b"".join(lines))
+    assert main(["ledger", "verify", str(path)]) == 2
+    assert "entry 2 (line 2) does not match its hash" in _error(capsys)
+
+
+def test_ledger_verify_refuses_a_head_signed_by_another_key(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = SiteKey.generate(tmp_path / "other.pem").public.text
+    assert main(["ledger", "verify", str(site / "ledger.jsonl"), "--public-key", other]) == 2
+    assert "not by the site key" in _error(capsys)
+
+
+def _write_report(site: Path, out: Path) -> int:
+    return main(
+        [
+            "report",
+            "--ledger",
+            str(site / "ledger.jsonl"),
+            "--key",
+            str(site / "site-key.pem"),
+            "--out",
+            str(out),
+            "--policy",
+            str(site / "policy.toml"),
+        ]
+    )
+
+
+def test_report_round_trip_verifies_with_the_sites_key(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report.html"
+    key = SiteKey.load(site / "site-key.pem").public.text
+    assert _write_report(site, out) == 0
+    assert out.read_bytes().startswith(b"<!DOCTYPE html>")  # format from the suffix
+    capsys.readouterr()
+    assert main(["report", "verify", str(out), "--public-key", key]) == 0
+    out_text = capsys.readouterr().out
+    assert out_text.startswith("OK: ") and f"cumulative epsilon {_epsilon(site)}" in out_text
+
+
+def test_report_verify_after_an_edit_exits_2(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report.md"
+    assert _write_report(site, out) == 0
+    out.write_bytes(out.read_bytes().replace(b"site-0", b"site-1", 1))
+    capsys.readouterr()
+    assert main(["report", "verify", str(out)]) == 2
+    assert "signature does not verify" in _error(capsys)
+
+
+def test_report_write_without_out_is_a_usage_error(site: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "write", "--ledger", str(site / "ledger.jsonl")])
+    assert exit_.value.code == 2
