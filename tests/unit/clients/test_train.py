@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, Context, RecordDict
 from clients.site import SiteGuard
 from clients.train import SiteRuntime, privacy_request, train_round
 from fedllm import metrics as m
+from fedllm.crypto import SiteKey
 from fedllm.errors import ConfigError, LedgerError, PolicyError, PrivacyBudgetExceededError
 from fedllm.privacy import PrivacyLedger, SitePolicy
 from fedllm.weights import to_arrays
@@ -112,3 +113,25 @@ def test_a_deployed_site_without_its_privacy_files_refuses(
     node = {"data-path": str(heart_dir / "processed.va.data"), "ledger-path": "/x/ledger.jsonl"}
     with pytest.raises(PolicyError, match="lacks `policy-path`, `site-key`"):
         SiteGuard.deployed(_context({**defaults, "task": "heart-disease"}, node))
+
+
+def test_a_deployed_site_trains_under_its_own_policy_ledger_and_key(
+    defaults: dict[str, Any], heart_dir: Path, tmp_path: Path
+) -> None:
+    SitePolicy(max_epsilon=2.0, delta=1e-5, accountants=("rdp",)).write(tmp_path / "policy.toml")
+    key = SiteKey.generate(tmp_path / "site-key.pem")
+    node = {
+        "data-path": str(heart_dir / "processed.cleveland.data"),
+        "site-name": "cleveland",
+        "policy-path": str(tmp_path / "policy.toml"),
+        "ledger-path": str(tmp_path / "ledger.jsonl"),
+        "site-key": str(tmp_path / "site-key.pem"),
+    }
+    run_config = {**defaults, "task": "heart-disease", "accountant": "rdp"}
+    context = _context(run_config, node)
+    site = SiteRuntime.from_context(context)
+    guard = SiteGuard.deployed(context)
+    _, metrics = train_round(site, guard, _arrays(site), 1, "run-a", context.state)
+    entries = PrivacyLedger(tmp_path / "ledger.jsonl").read(key.public).entries
+    assert [(e.site, e.round) for e in entries] == [("cleveland", 1)]
+    assert entries[0].epsilon == metrics[m.SITE_EPSILON]
