@@ -123,7 +123,9 @@ def train_round(
     if cfg.dp:
         sigma = noise_multiplier(cfg, schedule, state)
         guard.policy.check_noise(sigma)
-        dp = DPParams(sigma, cfg.max_grad_norm, cfg.accountant)
+        dp = DPParams(
+            sigma, cfg.max_grad_norm, cfg.accountant, grad_sample_mode=cfg.grad_sample_mode
+        )
         planned = schedule.round_event(sigma)
         metrics[m.NOISE_MULTIPLIER] = sigma
     with guard.ledger.locked() as ledger:

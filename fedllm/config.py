@@ -14,6 +14,7 @@ from typing import Any
 from fedllm.data.partition import PARTITIONERS
 from fedllm.errors import ConfigError
 from fedllm.privacy.accounting import ACCOUNTANTS
+from fedllm.privacy.engine import GRAD_SAMPLE_MODES
 
 # "site": each site scales features with its own rows' statistics (nothing leaves the site).
 # "federated": sites release per-feature count/sum/sum of squares; all use the pooled scaling.
@@ -51,6 +52,7 @@ class RunConfig:
     target_delta: float
     max_grad_norm: float
     accountant: str
+    grad_sample_mode: str
     ledger_dir: str
     out_dir: str
     run_name: str
@@ -68,6 +70,11 @@ class RunConfig:
             raise ConfigError(
                 f"`feature-scaling` must be one of {', '.join(FEATURE_SCALING)}, "
                 f"got {self.feature_scaling!r}"
+            )
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(
+                f"`grad-sample-mode` must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
+                f"got {self.grad_sample_mode!r}"
             )
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from fedllm.privacy.accounting import DPEvent
 from fedllm.privacy.engine import DPParams, make_private
@@ -39,54 +39,96 @@ def train_local(
     settings: LocalTraining,
     dp: DPParams | None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``data``: plain SGD, or DP-SGD when ``dp`` is given."""
-    torch.manual_seed(settings.seed)  # batches and, with DP, the noise
-    generator = torch.Generator().manual_seed(settings.seed)
-    loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
-        TensorDataset(data.x, data.y),
-        batch_size=settings.batch_size,
-        shuffle=dp is None or dp.poisson_sampling,
-        generator=generator,
-    )
+    """Train ``model`` in place on ``data``: plain SGD, or DP-SGD when ``dp`` is given.
+
+    Batches are drawn by indexing the site's tensors, never example by example: DP-SGD uses
+    Poisson sampling (each row in each step with probability ``q = 1 / ceil(n / B)``, as
+    Opacus's DPDataLoader draws it), plain SGD a shuffled pass per epoch. Runs on the GPU when
+    there is one; the model comes back on the CPU.
+    """
+    torch.manual_seed(settings.seed)  # initial noise state
+    generator = torch.Generator().manual_seed(settings.seed)  # batches
+    device = default_device()
+    model.to(device)
+    x, y = data.x.to(device), data.y.to(device)
+    n = len(y)
     optimizer: torch.optim.Optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.learning_rate
     )
     model.train()
-    module: torch.nn.Module = model
-    private = None
-    if dp is not None:
-        private = make_private(model, optimizer, loader, dp)
-        module, optimizer, loader = private.module, private.optimizer, private.data_loader
+    private = make_private(model, optimizer, task.loss, n, settings.batch_size, dp) if dp else None
+    module = private.module if private else model
+    losses: list[torch.Tensor] = []
+    steps = 0
     with warnings.catch_warnings():
         # Opacus's per-sample hooks fire on the first layer's output, whose input needs no
         # gradient; PyTorch warns about that on every backward pass. It is expected.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        losses, steps = _epochs(task, module, optimizer, loader, settings.epochs)
+        for _ in range(settings.epochs):
+            for rows in _batches(n, settings.batch_size, dp, generator):
+                rows = rows.to(device, non_blocking=True)
+                xb, yb = x[rows], y[rows]
+                if private is not None:
+                    loss = private.backward_and_step(module(xb), yb)
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = task.loss(module(xb), yb)
+                    loss.backward()
+                    optimizer.step()
+                steps += 1
+                if len(yb):
+                    losses.append(loss.detach())
     if private is not None:
         private.close()
+    model.to("cpu")
     mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
-    return TrainResult(mean_loss, steps, private.events() if private else [])
+    rate = 1.0 / math.ceil(n / settings.batch_size) if n else 0.0
+    events = [DPEvent(dp.noise_multiplier, rate, steps)] if dp and steps else []
+    return TrainResult(mean_loss, steps, events)
 
 
-def _epochs(
-    task: Task,
-    module: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: DataLoader[tuple[torch.Tensor, ...]],
-    epochs: int,
-) -> tuple[list[torch.Tensor], int]:
-    losses: list[torch.Tensor] = []
-    steps = 0
-    for _ in range(epochs):
-        for xb, yb in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(module(xb), yb)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            if len(yb):
-                losses.append(loss.detach())
-    return losses, steps
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def poisson_rows(n: int, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Rows of one Poisson-sampled batch: each of ``n`` rows independently with probability
+    ``rate`` (what Opacus's UniformWithReplacementSampler draws).
+
+    Small sites draw one uniform per row; large ones draw the gaps between chosen rows, which
+    are geometric (a Bernoulli process), so a step costs O(batch) instead of O(n).
+    """
+    if rate >= 1.0:
+        return torch.arange(n)
+    if n <= 4096:
+        return torch.nonzero(torch.rand(n, generator=generator) < rate).flatten()
+    expected = n * rate
+    draws = int(expected + 6 * math.sqrt(expected * (1 - rate)) + 16)
+    log_miss = math.log1p(-rate)
+    chunks, last = [], -1
+    while last < n - 1:  # almost always once: ``draws`` covers n with overwhelming odds
+        u = torch.rand(draws, generator=generator, dtype=torch.float64)
+        gaps = torch.floor(torch.log1p(-u) / log_miss) + 1  # Geometric(rate) on 1, 2, ...
+        rows = gaps.cumsum(0) + last
+        chunks.append(rows)
+        last = int(rows[-1])
+    rows = torch.cat(chunks)
+    return rows[rows < n].long()
+
+
+def _batches(
+    n: int, batch_size: int, dp: DPParams | None, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Row indices of one epoch's batches: ceil(n / B) of them."""
+    count = math.ceil(n / batch_size) if n else 0
+    if dp is not None and dp.poisson_sampling:
+        for _ in range(count):
+            yield poisson_rows(n, 1.0 / count, generator)
+    elif dp is not None:  # in order (tests compare with plain training batch by batch)
+        yield from torch.arange(n).split(batch_size)
+    else:
+        yield from torch.randperm(n, generator=generator).split(batch_size)
 
 
 @torch.no_grad()

@@ -9,7 +9,13 @@ from fedllm.privacy.accounting import (
     epsilon,
     merge,
 )
-from fedllm.privacy.engine import DPParams, PrivateRound, make_private
+from fedllm.privacy.engine import (
+    GRAD_SAMPLE_MODES,
+    DPParams,
+    PrivateStep,
+    choose_mode,
+    make_private,
+)
 from fedllm.privacy.ledger import (
     LedgerEntry,
     LedgerState,
@@ -23,6 +29,7 @@ from fedllm.privacy.spend import PrivacySpend
 
 __all__ = [
     "ACCOUNTANTS",
+    "GRAD_SAMPLE_MODES",
     "DPEvent",
     "DPParams",
     "DPSchedule",
@@ -31,11 +38,12 @@ __all__ = [
     "PrivacyLedger",
     "PrivacyRequest",
     "PrivacySpend",
-    "PrivateRound",
+    "PrivateStep",
     "ReportCheck",
     "SitePolicy",
     "calibrate_noise",
     "check_budget",
+    "choose_mode",
     "epsilon",
     "history_epsilon",
     "make_private",

@@ -82,10 +82,12 @@ class Task(ABC):
         """Per-site preprocessing fitted on the site's train rows; None for fixed scaling."""
         return None
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if self.num_classes == 2:  # one logit per row: (B, 1)
-            return nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), y.float())
-        return nn.functional.cross_entropy(logits, y)
+            return nn.functional.binary_cross_entropy_with_logits(
+                logits.squeeze(-1), y.float(), reduction=reduction
+            )
+        return nn.functional.cross_entropy(logits, y, reduction=reduction)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Probability of the positive class (binary) or class probabilities (B, C)."""

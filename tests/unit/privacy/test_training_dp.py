@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedllm.privacy import DPParams
 from fedllm.tasks.base import Split
 from fedllm.tasks.tabular import BreastCancer, TabularModel
-from fedllm.training import LocalTraining, train_local
+from fedllm.training import LocalTraining, poisson_rows, train_local
 
 TASK = BreastCancer()
 
@@ -81,3 +82,22 @@ def test_clipping_bounds_every_per_sample_gradient() -> None:
     factor = (clip / (per_sample + 1e-6)).clamp(max=1.0)
     assert (per_sample > clip).any()
     assert torch.all(per_sample * factor <= clip + 1e-6)
+
+
+@pytest.mark.parametrize("n", [1000, 50_000])  # a mask per step; geometric gaps (large sites)
+def test_poisson_sampling_includes_each_row_independently_at_the_rate(n: int) -> None:
+    rate, draws = 0.02, 400
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(n)
+    sizes = []
+    for _ in range(draws):
+        rows = poisson_rows(n, rate, gen)
+        assert torch.all(rows[1:] > rows[:-1]) and (len(rows) == 0 or 0 <= rows[0] <= rows[-1] < n)
+        counts[rows] += 1
+        sizes.append(len(rows))
+    mean, std = n * rate, (n * rate * (1 - rate)) ** 0.5
+    assert abs(sum(sizes) / draws - mean) < 4 * std / draws**0.5  # batch size ~ Binomial(n, q)
+    assert abs(float(torch.tensor(sizes, dtype=torch.float).std()) - std) < 0.15 * std
+    # Every region of the data is drawn at the rate: no row is favoured by position.
+    for part in counts.chunk(10):
+        assert abs(float(part.mean()) / draws - rate) < 0.1 * rate
