@@ -116,24 +116,31 @@ def timed(trainer: Trainer, model: Model, data: Split, batch_size: int, epochs: 
 def step_times(
     model: Model, batch_size: int, trainers: dict[str, Trainer], reps: int
 ) -> dict[str, float]:
-    """Milliseconds per step for each trainer: the slope between 1 and 4 epochs of 16 steps."""
-    gen = torch.Generator().manual_seed(0)
-    n = 16 * batch_size
-    data = Split(
-        torch.randn(n, *model.input_shape, generator=gen),
-        torch.randint(0, model.task.num_classes, (n,), generator=gen),
-    )
+    """Milliseconds per step for each trainer: the slope between 1 and 4 epochs, an epoch being
+    long enough (16-256 steps, about 0.1 s of plain training) for the clock to resolve it."""
+
+    def data(steps: int) -> Split:
+        gen = torch.Generator().manual_seed(0)
+        n = steps * batch_size
+        return Split(
+            torch.randn(n, *model.input_shape, generator=gen),
+            torch.randint(0, model.task.num_classes, (n,), generator=gen),
+        )
+
+    probe = min(timed(trainers["plain"], model, data(16), batch_size, 1) for _ in range(3)) / 16
+    steps = int(min(256, max(16, 0.1 / probe)))
+    rows = data(steps)
     short, long = 1, 4
     shorts: dict[str, list[float]] = {name: [] for name in trainers}
     longs: dict[str, list[float]] = {name: [] for name in trainers}
     for trainer in trainers.values():  # warm-up
-        timed(trainer, model, data, batch_size, short)
+        timed(trainer, model, rows, batch_size, short)
     for _ in range(reps):
         for name, trainer in trainers.items():  # interleaved: drift hits every config alike
-            shorts[name].append(timed(trainer, model, data, batch_size, short))
-            longs[name].append(timed(trainer, model, data, batch_size, long))
+            shorts[name].append(timed(trainer, model, rows, batch_size, short))
+            longs[name].append(timed(trainer, model, rows, batch_size, long))
     return {
-        name: (min(longs[name]) - min(shorts[name])) / ((long - short) * 16) * 1e3
+        name: (min(longs[name]) - min(shorts[name])) / ((long - short) * steps) * 1e3
         for name in trainers
     }
 

@@ -47,7 +47,6 @@ def train_local(
     there is one; the model comes back on the CPU.
     """
     torch.manual_seed(settings.seed)  # initial noise state
-    generator = torch.Generator().manual_seed(settings.seed)  # batches
     device = default_device()
     model.to(device)
     x, y = data.x.to(device), data.y.to(device)
@@ -64,8 +63,8 @@ def train_local(
         # Opacus's per-sample hooks fire on the first layer's output, whose input needs no
         # gradient; PyTorch warns about that on every backward pass. It is expected.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        for _ in range(settings.epochs):
-            for rows in _batches(n, settings.batch_size, dp, generator):
+        for epoch in range(settings.epochs):
+            for rows in _batches(n, settings.batch_size, dp, settings.seed * 7919 + epoch):
                 rows = rows.to(device, non_blocking=True)
                 xb, yb = x[rows], y[rows]
                 if private is not None:
@@ -92,43 +91,39 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def poisson_rows(n: int, rate: float, generator: torch.Generator) -> torch.Tensor:
+def poisson_rows(n: int, rate: float, rng: np.random.Generator) -> torch.Tensor:
     """Rows of one Poisson-sampled batch: each of ``n`` rows independently with probability
     ``rate`` (what Opacus's UniformWithReplacementSampler draws).
 
-    Small sites draw one uniform per row; large ones draw the gaps between chosen rows, which
-    are geometric (a Bernoulli process), so a step costs O(batch) instead of O(n).
+    Drawn as the gaps between chosen rows, which are geometric (a Bernoulli process): a step
+    costs O(batch) in NumPy, not O(n) tensor operations.
     """
     if rate >= 1.0:
         return torch.arange(n)
-    if n <= 4096:
-        return torch.nonzero(torch.rand(n, generator=generator) < rate).flatten()
     expected = n * rate
     draws = int(expected + 6 * math.sqrt(expected * (1 - rate)) + 16)
-    log_miss = math.log1p(-rate)
     chunks, last = [], -1
     while last < n - 1:  # almost always once: ``draws`` covers n with overwhelming odds
-        u = torch.rand(draws, generator=generator, dtype=torch.float64)
-        gaps = torch.floor(torch.log1p(-u) / log_miss) + 1  # Geometric(rate) on 1, 2, ...
-        rows = gaps.cumsum(0) + last
+        rows = np.cumsum(rng.geometric(rate, size=draws)) + last  # gaps in 1, 2, ...
         chunks.append(rows)
         last = int(rows[-1])
-    rows = torch.cat(chunks)
-    return rows[rows < n].long()
+    rows = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    return torch.from_numpy(rows[rows < n])
 
 
-def _batches(
-    n: int, batch_size: int, dp: DPParams | None, generator: torch.Generator
-) -> Iterator[torch.Tensor]:
+def _batches(n: int, batch_size: int, dp: DPParams | None, seed: int) -> Iterator[torch.Tensor]:
     """Row indices of one epoch's batches: ceil(n / B) of them."""
     count = math.ceil(n / batch_size) if n else 0
+    rng = np.random.default_rng(seed)
     if dp is not None and dp.poisson_sampling:
         for _ in range(count):
-            yield poisson_rows(n, 1.0 / count, generator)
+            yield poisson_rows(n, 1.0 / count, rng)
     elif dp is not None:  # in order (tests compare with plain training batch by batch)
         yield from torch.arange(n).split(batch_size)
     else:
-        yield from torch.randperm(n, generator=generator).split(batch_size)
+        yield from torch.randperm(n, generator=torch.Generator().manual_seed(seed)).split(
+            batch_size
+        )
 
 
 @torch.no_grad()

@@ -211,10 +211,10 @@ class _Ghost(_LayerGrads):
         super().__init__(weight, bias)
         self.a, self.g = a, g
         # One fused pass over each of g and a (this is the step's per-row work on a CPU).
-        g_sq = torch.linalg.vector_norm(g, dim=1).square_()  # (B,)
-        self.norms_sq = [g_sq * torch.linalg.vector_norm(a, dim=1).square_()]
-        if self.bias is not None:
-            self.norms_sq.append(g_sq)
+        a_sq = torch.linalg.vector_norm(a, dim=1).square_()  # (B,)
+        if self.bias is not None:  # the bias gradient is g_i itself: |g_i|^2 (|a_i|^2 + 1)
+            a_sq.add_(1.0)
+        self.norms_sq = [torch.linalg.vector_norm(g, dim=1).square_().mul_(a_sq)]
 
     def clipped_sum(self, clip: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
         g, a, w = self.g, self.a, clip[:, None]  # (B, p), (B, d), (B, 1)

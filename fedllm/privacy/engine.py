@@ -110,7 +110,7 @@ class _Bookkeeping(PrivateStep):
         )
 
     def backward_and_step(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
+        # No zero_grad: privatize() sets every parameter's gradient, whatever autograd left.
         value = self.loss(logits, y) if len(y) else torch.tensor(float("nan"))
         if len(y):  # an empty Poisson batch still takes a step: noise only
             value.backward()
