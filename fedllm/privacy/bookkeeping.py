@@ -125,14 +125,9 @@ class BookkeepingDPSGD:
     @torch.no_grad()
     def per_sample_norms(self, batch_size: int) -> torch.Tensor:
         """Each row's whole-model gradient norm (B,), from the last forward/backward pass."""
-        return self._norms([self._per_sample(r) for r in self.records], batch_size)
-
-    @staticmethod
-    def _norms(parts: list[_LayerGrads], batch_size: int) -> torch.Tensor:
+        parts = [self._per_sample(r) for r in self.records]
         # The loss is a mean: each row's own gradient is batch_size times what autograd saw.
-        return (
-            torch.stack([sq for part in parts for sq in part.norms_sq]).sum(0).sqrt_() * batch_size
-        )
+        return _total(parts).sqrt_().mul_(batch_size)
 
     @torch.no_grad()
     def privatize(self, batch_size: int) -> None:
@@ -141,11 +136,13 @@ class BookkeepingDPSGD:
         summed: dict[torch.Tensor, torch.Tensor] = {}
         if batch_size:
             parts = [self._per_sample(r) for r in self.records]
-            norms = self._norms(parts, batch_size)
-            clip = (self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)  # (B,), as Opacus
-            # Each row's own gradient is batch_size times what autograd saw (the loss is a
-            # mean); the sum is divided by the expected batch size: one factor per row.
-            weights = clip.mul_(batch_size / self.expected_batch_size)
+            # Row i's own gradient is batch_size * (what autograd saw), with norm
+            # batch_size * sqrt(s_i); Opacus clips it by min(1, C / norm) and divides the sum by
+            # the expected batch size. One weight per row does all three (few tensor operations
+            # matter: on a small model each costs as much as the arithmetic).
+            scale = batch_size / self.expected_batch_size
+            weights = torch.rsqrt(_total(parts)).mul_(self.max_grad_norm * scale / batch_size)
+            weights.clamp_(max=scale)  # (B,); a zero gradient (rsqrt inf) is not scaled up
             for part in parts:
                 summed.update(part.clipped_sum(weights))
         std = self.noise_multiplier * self.max_grad_norm / self.expected_batch_size
@@ -219,8 +216,13 @@ class _Ghost(_LayerGrads):
     def clipped_sum(self, clip: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
         g, a, w = self.g, self.a, clip[:, None]  # (B, p), (B, d), (B, 1)
         # sum_i c_i g_i a_i^T: scale whichever of g and a is narrower.
-        weight = (g * w).t() @ a if g.shape[1] <= a.shape[1] else g.t() @ (a * w)  # (p, d)
-        out = {self.weight: weight}
+        if g.shape[1] <= a.shape[1]:
+            cg = g * w
+            out = {self.weight: cg.t() @ a}  # (p, d)
+            if self.bias is not None:
+                out[self.bias] = cg.sum(0)
+            return out
+        out = {self.weight: g.t() @ (a * w)}
         if self.bias is not None:
             out[self.bias] = g.t() @ clip  # (p,)
         return out
@@ -287,6 +289,13 @@ def _im2col(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     patches = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (B, Cin, Ho, Wo, kh, kw), a view
     b, c, ho, wo = patches.shape[:4]
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, ho * wo, c * kh * kw)  # one copy
+
+
+def _total(parts: list[_LayerGrads]) -> torch.Tensor:
+    """Each row's squared gradient norm summed over layers, as autograd saw it: (B,)."""
+    squares = [sq for part in parts for sq in part.norms_sq]
+    total = squares[0] if len(squares) == 1 else torch.stack(squares).sum(0)
+    return total
 
 
 def _bias(layer: nn.Module, trained: list[nn.Parameter]) -> torch.Tensor | None:
