@@ -52,3 +52,7 @@ _REFUSALS: tuple[tuple[type[PrivacyError], str], ...] = (
     (PolicyError, "policy"),
     (LedgerError, "ledger"),
 )
+
+
+class CertificateError(FedLLMError):
+    """A certificate or key file is missing, malformed, expired, or does not fit its use."""
