@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedllm.errors import CertificateError
+from fedllm.files import write_new
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -408,15 +408,7 @@ def _refuse_existing(*paths: Path) -> None:
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Creates ``path`` with exactly ``mode``; an existing file is never overwritten."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise CertificateError(f"{path} already exists; not overwriting it") from None
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), mode)  # the umask must not widen or narrow it
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+    write_new(path, data, mode, CertificateError)
 
 
 def _write_pair(files: CertFiles, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:

@@ -18,7 +18,6 @@ allow-non-dp = false         # train without DP at all (only for research baseli
 from __future__ import annotations
 
 import math
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedllm.errors import PolicyError
+from fedllm.files import write_new
 from fedllm.privacy.accounting import ACCOUNTANTS
 
 
@@ -142,13 +142,7 @@ class SitePolicy:
 
     def write(self, path: Path) -> None:
         """Create the policy file; an existing policy is the site's own and never replaced."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise PolicyError(f"site policy {path} already exists; not overwriting it") from None
-        with os.fdopen(fd, "w") as out:
-            out.write(self.to_toml())
+        write_new(path, self.to_toml().encode(), 0o644, PolicyError, "site policy")
 
     def check(self, request: PrivacyRequest) -> None:
         """Refuses, naming the reason, a request for weaker privacy than this policy allows."""

@@ -23,7 +23,6 @@ import binascii
 import fcntl
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any, Literal
 
 from fedllm.crypto.signing import PublicKey, SiteKey
 from fedllm.errors import LedgerError, PrivacyError, SignatureError
+from fedllm.files import write_new
 from fedllm.privacy.ledger import LedgerEntry, LedgerState, PrivacyLedger, history_epsilon
 from fedllm.privacy.ledger import replay as replay_ledger
 from fedllm.privacy.ledger import verify as verify_ledger
@@ -149,7 +149,7 @@ def write_site_report(
         raise LedgerError(f"ledger {ledger_path} has no entries: there is nothing to report")
     body = _render(ledger, key.public, fmt, policy).encode()
     trailer = f"<!-- fedllm-signature: ed25519 key={key.public.text} sig={key.sign(body)} -->\n"
-    _write_new(out, body + trailer.encode())
+    write_new(out, body + trailer.encode(), 0o644, LedgerError, "site report")
     return out
 
 
@@ -352,26 +352,3 @@ def _render(
         block=_block_json(_document(ledger, key)),
     )
     return (markdown if fmt == "md" else render_html)(parts)
-
-
-def _write_new(out: Path, data: bytes) -> None:
-    """Write ``out`` atomically (temp file, fsync, hard link), refusing to replace a file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.link(tmp, out)  # unlike rename, fails if `out` appeared meanwhile
-    except FileExistsError:
-        raise LedgerError(f"site report {out} already exists; not overwriting it") from None
-    except OSError as err:
-        raise LedgerError(f"cannot write site report {out}: {err.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    folder = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
