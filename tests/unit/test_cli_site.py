@@ -8,21 +8,8 @@ import pytest
 
 from fedllm.cli import main
 from fedllm.crypto import SiteKey
-from fedllm.privacy import DPEvent, PrivacyLedger
-
-
-def _spend(ledger: PrivacyLedger, server_round: int) -> None:
-    with ledger.locked() as state:
-        ledger.append(
-            state,
-            site="site-0",
-            run_id="7",
-            server_round=server_round,
-            event=DPEvent(1.1, 0.05, 40),
-            clip_norm=1.0,
-            delta=1e-5,
-            accountant="rdp",
-        )
+from fedllm.privacy import PrivacyLedger
+from tests.ledgers import spend
 
 
 @pytest.fixture
@@ -33,7 +20,7 @@ def site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     capsys.readouterr()
     ledger = PrivacyLedger(folder / "ledger.jsonl", SiteKey.load(folder / "site-key.pem"))
     for r in (1, 2, 3):
-        _spend(ledger, r)
+        spend(ledger, r)
     return folder
 
 
@@ -84,7 +71,7 @@ def test_ledger_show_says_when_the_head_lags_one_entry(
 ) -> None:
     head = site / "ledger.jsonl.head"
     covering_three = head.read_bytes()
-    _spend(PrivacyLedger(site / "ledger.jsonl", SiteKey.load(site / "site-key.pem")), 4)
+    spend(PrivacyLedger(site / "ledger.jsonl", SiteKey.load(site / "site-key.pem")), 4)
     head.write_bytes(covering_three)  # a crash between writing entry 4 and its head
     assert main(["ledger", "show", str(site / "ledger.jsonl")]) == 0
     assert "entry 4 is not yet covered by the signed head" in capsys.readouterr().out

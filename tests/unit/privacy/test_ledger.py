@@ -15,30 +15,15 @@ from opacus.accountants import RDPAccountant
 from fedllm.crypto import SiteKey
 from fedllm.errors import LedgerError, PrivacyBudgetExceededError
 from fedllm.privacy import DPEvent, PrivacyLedger, check_budget
-
-EVENT = DPEvent(1.1, 0.05, 40)
+from tests.ledgers import EVENT, spend
 
 
 def _ledger(folder: Path, rounds: int = 3, key: SiteKey | None = None) -> PrivacyLedger:
     key = key or SiteKey.generate(folder / "site-key.pem")
     ledger = PrivacyLedger(folder / "ledger.jsonl", key)
     for r in range(1, rounds + 1):
-        _spend(ledger, EVENT, r)
+        spend(ledger, r)
     return ledger
-
-
-def _spend(ledger: PrivacyLedger, event: DPEvent, server_round: int, run: str = "7") -> None:
-    with ledger.locked() as state:
-        ledger.append(
-            state,
-            site="site-0",
-            run_id=run,
-            server_round=server_round,
-            event=event,
-            clip_norm=1.0,
-            delta=1e-5,
-            accountant="rdp",
-        )
 
 
 def _lines(ledger: PrivacyLedger) -> list[bytes]:
@@ -146,11 +131,11 @@ def test_a_head_signed_by_another_key_is_refused(tmp_path: Path) -> None:
 def test_a_crash_between_ledger_and_head_keeps_the_spend(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path, rounds=2)
     head_before = ledger.head_path.read_bytes()
-    _spend(ledger, EVENT, 3)
+    spend(ledger, 3)
     ledger.head_path.write_bytes(head_before)  # as if killed after the ledger's rename
     state = ledger.read()
     assert state.head_pending and len(state.entries) == 3  # the sent spend is kept
-    _spend(ledger, EVENT, 4)  # the next append re-signs the head over everything
+    spend(ledger, 4)  # the next append re-signs the head over everything
     state = ledger.read()
     assert not state.head_pending and len(state.entries) == 4
 
@@ -167,7 +152,7 @@ def test_appending_needs_the_site_key(tmp_path: Path) -> None:
     _ledger(tmp_path, rounds=1)
     reader = PrivacyLedger(tmp_path / "ledger.jsonl")
     with pytest.raises(LedgerError, match="needs the site's signing key"):
-        _spend(reader, EVENT, 2)
+        spend(reader, 2)
 
 
 def _reference_epsilon(events: list[DPEvent], delta: float) -> float:

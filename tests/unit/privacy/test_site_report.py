@@ -10,8 +10,9 @@ import pytest
 
 from fedllm.crypto import SiteKey
 from fedllm.errors import LedgerError, SignatureError
-from fedllm.privacy import DPEvent, PrivacyLedger, SitePolicy
+from fedllm.privacy import PrivacyLedger, SitePolicy
 from fedllm.privacy.site_report import ReportFormat, verify_site_report, write_site_report
+from tests.ledgers import spend
 
 FORMATS: list[ReportFormat] = ["md", "html"]
 TRAILER = b"<!-- fedllm-signature: ed25519 "
@@ -24,17 +25,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[SiteKey, Path]:
     key = SiteKey.generate(folder / "site-key.pem")
     ledger = PrivacyLedger(folder / "ledger.jsonl", key)
     for r in (1, 2, 3):
-        with ledger.locked() as state:
-            ledger.append(
-                state,
-                site="site-0",
-                run_id="7",
-                server_round=r,
-                event=DPEvent(1.1, 0.05, 40),
-                clip_norm=1.0,
-                delta=1e-5,
-                accountant="rdp",
-            )
+        spend(ledger, r)
     return key, ledger.path
 
 
