@@ -23,7 +23,6 @@ zero padding mode); any parameter-free module in between. Anything else: use an 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -302,8 +301,3 @@ def _bias(layer: nn.Module, trained: list[nn.Parameter]) -> torch.Tensor | None:
     """The layer's bias when it is trained (its requires_grad is off while attached)."""
     bias = getattr(layer, "bias", None)
     return bias if any(bias is p for p in trained) else None
-
-
-def expected_batch_size(num_examples: int, sample_rate: float) -> int:
-    """As Opacus computes it for ``loss_reduction="mean"``: int(n * q)."""
-    return max(1, int(num_examples * sample_rate)) if math.isfinite(sample_rate) else 1
