@@ -68,10 +68,10 @@ class BookkeepingDPSGD:
     """Attach to ``model``; after each ``loss.backward()`` call :meth:`privatize` to set every
     parameter's gradient to the clipped, noised, averaged one; then step any optimizer.
 
-    While attached, the clipped layers' parameters do not require grad (except the first
-    layer's), so autograd skips the per-batch weight gradients this engine would discard: it
-    only back-propagates, and each clipped layer keeps its input and the gradient of its output
-    (``retain_grad``). The loss
+    While attached, the clipped layers' parameters do not require grad, so autograd skips the
+    per-batch weight gradients this engine would discard: it only back-propagates, and each
+    clipped layer keeps its input and the gradient of its output (``retain_grad``; the first
+    layer's output is made a leaf that requires grad). The loss
     must be the mean over the batch (Opacus's ``loss_reduction="mean"``). :meth:`close`
     restores the model.
     """
@@ -108,14 +108,13 @@ class BookkeepingDPSGD:
         def forward(inputs: torch.Tensor) -> torch.Tensor:
             if not (module.training and torch.is_grad_enabled()):
                 return plain(inputs)  # type: ignore[no-any-return]
-            if not inputs.requires_grad:
-                # Nothing upstream needs a gradient (the first layer): let autograd compute this
-                # layer's weight gradient after all, so its output gets one. Same cost as
-                # back-propagating to the input, which no one needs.
-                for p in record.params:
-                    p.requires_grad_(True)
             output = plain(inputs)
-            output.retain_grad()
+            if output.requires_grad:
+                output.retain_grad()
+            else:
+                # Nothing upstream needs a gradient (the first layer): its output becomes a
+                # leaf, whose .grad the backward pass fills; no weight gradient is computed.
+                output.requires_grad_(True)
             record.inputs, record.output = inputs.detach(), output
             return output  # type: ignore[no-any-return]
 
