@@ -134,6 +134,7 @@ def _round_entry(
     entry[m.EPSILON] = {s: (clean(v[m.EPSILON]) if cfg.dp else None) for s, v in sites.items()}
     entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
     entry["refused"] = strategy.refusals(server_round)
+    entry["rejected"] = strategy.rejections(server_round)
     return entry
 
 
