@@ -56,6 +56,10 @@ class RunConfig:
     ledger_dir: str
     out_dir: str
     run_name: str
+    secagg: bool
+    secagg_shares: int
+    secagg_threshold: int
+    secagg_clip_range: float
 
     def __post_init__(self) -> None:
         self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")
@@ -97,6 +101,28 @@ class RunConfig:
         self._check_positive("target_epsilon", "max_grad_norm")
         if not 0.0 < self.target_delta < 1.0:
             raise ConfigError(f"`target-delta` must be in (0, 1), got {self.target_delta}")
+
+        self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """SecAgg+: shares per site (0 = every sampled site), threshold (0 = a majority)."""
+        if self.secagg_shares != 0 and self.secagg_shares < 2:
+            raise ConfigError(f"`secagg-shares` must be 0 (all) or >= 2, got {self.secagg_shares}")
+        if self.secagg_threshold != 0 and self.secagg_threshold < 2:
+            raise ConfigError(
+                f"`secagg-threshold` must be 0 (a majority) or >= 2, got {self.secagg_threshold}"
+            )
+        if self.secagg_shares and self.secagg_threshold > self.secagg_shares:
+            raise ConfigError(
+                f"`secagg-threshold` ({self.secagg_threshold}) exceeds `secagg-shares` "
+                f"({self.secagg_shares})"
+            )
+        if self.secagg and self.secagg_threshold > self.num_sites:
+            raise ConfigError(
+                f"`secagg-threshold` ({self.secagg_threshold}) exceeds `num-sites` "
+                f"({self.num_sites}): no round could ever be unmasked"
+            )
+        self._check_positive("secagg_clip_range")
 
     def _check_positive(self, *names: str) -> None:
         for name in names:

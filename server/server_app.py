@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from logging import INFO, WARNING
-from typing import cast
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -24,10 +24,12 @@ from fedllm.metrics import RunMetrics, clean
 from fedllm.report import final_table, plot_run, write_report
 from fedllm.rundir import create_run_dir
 from fedllm.scaling import scale_split, scaler_config
+from fedllm.secagg import SecAggSettings
 from fedllm.tasks import get_task, load_federation
 from fedllm.training import evaluate
 from fedllm.weights import to_arrays
 from server.scaling import federated_scaler
+from server.secagg import SecAggFedAvg
 from server.strategy import NoSiteCanTrain, SiteAwareFedAvg
 
 app = ServerApp()
@@ -53,13 +55,24 @@ def main(grid: Grid, context: Context) -> None:
         run_dir,
     )
 
-    strategy = SiteAwareFedAvg(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=cfg.min_available_nodes,
+    sampling: dict[str, Any] = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": cfg.min_available_nodes,
+    }
+    # SecAgg+ (default): the server sees only the sum of the sites' weighted updates.
+    strategy = (
+        SecAggFedAvg(
+            SecAggSettings(cfg.secagg_shares, cfg.secagg_threshold),
+            cfg.secagg_clip_range,
+            **sampling,
+        )
+        if cfg.secagg
+        else SiteAwareFedAvg(**sampling)
     )
+    log(INFO, "fedllm: secure aggregation %s", "on (SecAgg+)" if cfg.secagg else "OFF")
     # Virtual sites keep their policy, key and ledger in the run folder (unless `ledger-dir`);
     # a deployed site ignores this and uses its own node-config paths.
     config = ConfigRecord({"local-epochs": cfg.local_epochs, m.RUN_DIR: str(run_dir.resolve())})

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 from fedllm.errors import SecAggError
 
@@ -61,12 +61,15 @@ class Layout:
         return np.concatenate([arrays[k].numpy().astype(np.float64).ravel() for k in self.keys])
 
     def unflatten(self, flat: np.ndarray) -> ArrayRecord:
-        out, start = {}, 0
+        out: dict[str, Array] = {}
+        start = 0
         for key, shape, dtype in zip(self.keys, self.shapes, self.dtypes, strict=True):
             count = int(np.prod(shape))
-            out[key] = flat[start : start + count].reshape(shape).astype(dtype)
+            out[key] = Array(
+                np.ascontiguousarray(flat[start : start + count].reshape(shape), dtype)
+            )
             start += count
-        return ArrayRecord(out)  # type: ignore[arg-type]
+        return ArrayRecord(out)
 
 
 def quantize(delta: np.ndarray, clip_range: float, rng: np.random.Generator) -> np.ndarray:
