@@ -19,6 +19,8 @@ from fedllm.privacy.engine import GRAD_SAMPLE_MODES
 # "site": each site scales features with its own rows' statistics (nothing leaves the site).
 # "federated": sites release per-feature count/sum/sum of squares; all use the pooled scaling.
 FEATURE_SCALING = ("site", "federated")
+# Server checkpoints each round: AES-256-GCM (default), plain (research), or none.
+CHECKPOINT_MODES = ("encrypted", "plain", "off")
 
 
 def _key(name: str) -> str:
@@ -60,6 +62,8 @@ class RunConfig:
     secagg_shares: int
     secagg_threshold: int
     secagg_clip_range: float
+    checkpoint: str
+    checkpoint_key: str
 
     def __post_init__(self) -> None:
         self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")
@@ -103,6 +107,11 @@ class RunConfig:
             raise ConfigError(f"`target-delta` must be in (0, 1), got {self.target_delta}")
 
         self._check_secagg()
+        if self.checkpoint not in CHECKPOINT_MODES:
+            raise ConfigError(
+                f"`checkpoint` must be one of {', '.join(CHECKPOINT_MODES)}, "
+                f"got {self.checkpoint!r}"
+            )
 
     def _check_secagg(self) -> None:
         """SecAgg+: shares per site (0 = every sampled site), threshold (0 = a majority)."""

@@ -19,6 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedllm import metrics as m
+from fedllm.checkpoint import Checkpointer
 from fedllm.config import RunConfig
 from fedllm.metrics import RunMetrics, clean
 from fedllm.report import final_table, plot_run, write_report
@@ -94,6 +95,11 @@ def main(grid: Grid, context: Context) -> None:
     record = RunMetrics(
         run_dir / "metrics.json", cfg.to_flower(), cfg.target_delta if cfg.dp else None
     )
+    checkpoints = Checkpointer.for_run(
+        cfg.checkpoint, cfg.checkpoint_key, run_dir, cfg.to_flower(), model_card
+    )
+    if checkpoints is not None:
+        log(INFO, "fedllm: %s", checkpoints.describe())
     started = time.monotonic()
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -104,6 +110,9 @@ def main(grid: Grid, context: Context) -> None:
             return MetricRecord(scores)
         entry = _round_entry(server_round, scores, strategy, cfg)
         record.add_round(entry)
+        if checkpoints is not None:
+            spend = {m.EPSILON: dict(record.epsilon), "delta": record.delta}
+            checkpoints.save(server_round, arrays, spend)
         _log_progress(entry, cfg, time.monotonic() - started)
         return MetricRecord(scores)
 
