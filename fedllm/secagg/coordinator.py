@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
 from fedllm.errors import SecAggError
+from fedllm.secagg.site import masking_key
 from fedllm.secagg.vector import prg
 
 
@@ -152,7 +153,7 @@ class SecAggRound:
             if owner in self.masked:
                 total -= prg(secret, size)
                 continue
-            sk1 = bytes_to_private_key(secret)  # a dropped site: undo its pairwise masks
+            sk1 = masking_key(secret)  # a dropped site: undo its pairwise masks
             for peer in self.neighbours[owner] & self.masked:
                 pairwise = prg(
                     generate_shared_key(sk1, bytes_to_public_key(self.public_keys[peer][0])), size

@@ -73,13 +73,17 @@ class Layout:
 
 
 def quantize(delta: np.ndarray, clip_range: float, rng: np.random.Generator) -> np.ndarray:
-    """Stochastic rounding of ``clip(delta, -c, c)`` onto ``0..T`` (unbiased inside the
-    range): uint64, same shape."""
+    """Stochastic rounding of ``clip(delta, -c, c)`` onto ``0..T``: ``floor(x + u)`` with
+    ``u ~ U[0, 1)`` rounds up with probability ``frac(x)`` (unbiased inside the range):
+    uint64, same shape."""
     scale = (1 << QUANTIZATION_BITS) / (2.0 * clip_range)
-    scaled = (np.clip(delta, -clip_range, clip_range) + clip_range) * scale
-    floor = np.floor(scaled)
-    floor += rng.random(scaled.shape) < (scaled - floor)
-    out: np.ndarray = floor.astype(np.uint64)
+    scaled = np.clip(delta, -clip_range, clip_range)
+    scaled += clip_range
+    scaled *= scale
+    scaled += rng.random(scaled.shape)
+    np.floor(scaled, out=scaled)
+    np.minimum(scaled, float(1 << QUANTIZATION_BITS), out=scaled)  # x = T exactly, u > 0
+    out: np.ndarray = scaled.astype(np.uint64)
     return out
 
 
