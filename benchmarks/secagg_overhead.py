@@ -196,14 +196,15 @@ def simulate(sites: int, sizes: list[str], rounds: int, steps: int) -> list[dict
 
 # ---------------------------------------------------------------- primitives, in-process
 def primitives(params: int, reps: int = 3) -> dict[str, float]:
-    from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
     from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-    from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes
+    from flwr.supercore.primitives.asymmetric import generate_key_pairs
+
+    from fedllm.secagg.site import combine_secret, masking_key, split_secret
 
     rng = np.random.default_rng(0)
     delta = rng.normal(0, 0.01, params)
     sk, pk = generate_key_pairs()
-    secret = private_key_to_bytes(sk)
+    secret = os.urandom(16)
 
     def best(fn: Any) -> float:
         out = []
@@ -218,8 +219,9 @@ def primitives(params: int, reps: int = 3) -> dict[str, float]:
         "aes-ctr mask": best(lambda: prg(os.urandom(32), params + 1)),
         "uint64 add": best(lambda: np.add(delta.view(np.uint64), delta.view(np.uint64))),
         "key agreement (ECDH+HKDF)": best(lambda: generate_shared_key(sk, pk)),
-        "shamir split sk (5 of 9)": best(lambda: create_shares(secret, 5, 9)),
-        "shamir combine sk (5)": best(lambda: combine_shares(create_shares(secret, 5, 9)[:5])),
+        "shamir split (5 of 9)": best(lambda: split_secret(secret, 5, 9)),
+        "shamir combine (5)": best(lambda: combine_secret(split_secret(secret, 5, 9)[:5])),
+        "masking key from seed": best(lambda: masking_key(secret)),
         "layout flatten": best(lambda: Layout.of(to_arrays(mlp(HIDDEN["100k"])))),
     }
 

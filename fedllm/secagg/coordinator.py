@@ -13,12 +13,11 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
 from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
 from fedllm.errors import SecAggError
-from fedllm.secagg.site import masking_key
+from fedllm.secagg.site import combine_secret, masking_key
 from fedllm.secagg.vector import prg
 
 
@@ -147,8 +146,8 @@ class SecAggRound:
                     f"below the threshold {self.threshold}; no partial sum is applied"
                 )
             try:
-                secret = combine_shares(got[: self.threshold])
-            except ValueError as err:
+                secret = combine_secret(got[: self.threshold])
+            except (ValueError, SecAggError) as err:
                 raise SecAggError(f"shares of node {owner}'s secret do not combine") from err
             if owner in self.masked:
                 total -= prg(secret, size)

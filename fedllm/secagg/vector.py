@@ -8,8 +8,8 @@ arithmetic for free, so the server's unmasked sum is exactly ``[sum n, sum n * q
 error is the rounding, at most ``2c / T`` per value. Everything is vectorized: no Python loop
 over elements.
 
-Masks come from AES-256 in counter mode keyed by a 32-byte secret (a site's own seed, or an
-ECDH-derived pairwise key): a standard PRG from ``cryptography``. Flower's own
+Masks come from AES-256 in counter mode keyed by a site's own 128-bit seed (expanded by HKDF)
+or an ECDH-derived pairwise key: a standard PRG from ``cryptography``. Flower's own
 ``pseudo_rand_gen`` seeds NumPy's Mersenne Twister with a 32-bit XOR of the seed, which is
 slower and leaves a 2**32 search space, so it is not used.
 """
@@ -20,7 +20,9 @@ import base64
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord
 
 from fedllm.errors import SecAggError
@@ -122,7 +124,8 @@ def average_delta(total: np.ndarray, clip_range: float) -> tuple[int, np.ndarray
 
 
 def prg(secret: bytes, size: int) -> np.ndarray:
-    """``size`` pseudo-random uint64 from AES-256-CTR keyed by a 32-byte ``secret``."""
+    """``size`` pseudo-random uint64 from AES-256-CTR keyed by ``secret`` (16 bytes: a seed,
+    expanded by HKDF; 32 bytes or Flower's base64 form: a key)."""
     key = _aes_key(secret)
     stream = Cipher(algorithms.AES(key), modes.CTR(_ZERO_NONCE)).encryptor().update(bytes(8 * size))
     return np.frombuffer(stream, dtype=np.uint64)
@@ -130,7 +133,9 @@ def prg(secret: bytes, size: int) -> np.ndarray:
 
 def _aes_key(secret: bytes) -> bytes:
     if len(secret) == 44:  # Flower's shared keys are urlsafe base64 of 32 bytes
-        secret = base64.urlsafe_b64decode(secret)
+        return base64.urlsafe_b64decode(secret)
+    if len(secret) == 16:  # a site's own 128-bit seed: expand to an AES-256 key
+        return HKDF(hashes.SHA256(), 32, salt=None, info=b"fedllm secagg self mask").derive(secret)
     if len(secret) != 32:
-        raise SecAggError(f"a mask seed must be 32 bytes, got {len(secret)}")
+        raise SecAggError(f"a mask seed must be 16 or 32 bytes, got {len(secret)}")
     return secret
