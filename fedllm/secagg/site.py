@@ -100,6 +100,7 @@ class SiteSecAgg:
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # nid -> (pk1, pk2)
     seed_shares: dict[int, bytes] = field(default_factory=dict)  # owner nid -> share of seed
     sk1_shares: dict[int, bytes] = field(default_factory=dict)  # owner nid -> share of sk1
+    _sk2: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def setup(cls, node_id: int, server_round: int, threshold: int, num_shares: int) -> SiteSecAgg:
@@ -199,9 +200,9 @@ class SiteSecAgg:
         return out
 
     def _channel(self, nid: int) -> bytes:
-        return generate_shared_key(
-            bytes_to_private_key(self.sk2), bytes_to_public_key(self.peers[nid][1])
-        )
+        if self._sk2 is None:  # parse the PEM key once per stage, not once per neighbour
+            self._sk2 = bytes_to_private_key(self.sk2)
+        return generate_shared_key(self._sk2, bytes_to_public_key(self.peers[nid][1]))
 
 
 def state_to_config(state: SiteSecAgg) -> dict[str, object]:
