@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
+from clients import secagg
 from clients.site import SiteGuard
 from clients.train import SiteRuntime, privacy_request, train_round
 from fedllm import metrics as m
@@ -46,7 +47,20 @@ def train(msg: Message, context: Context) -> Message:
             }
         )
         return Message(content=content, reply_to=msg)
+    if m.SECAGG in msg.content.config_records:  # secure aggregation: only the masked vector
+        masked = secagg.masked_update(
+            msg, context, arrays, update, metrics, site.cfg.secagg_clip_range
+        )
+        reply = _reply(msg, site.data.name, None, metrics)
+        reply.content[m.SECAGG_MASKED] = masked
+        return reply
     return _reply(msg, site.data.name, update, metrics)
+
+
+# SecAgg+ stages around the train message: no data is loaded for these.
+app.train("secagg_setup")(secagg.setup)
+app.train("secagg_share_keys")(secagg.share_keys)
+app.train("secagg_unmask")(secagg.unmask)
 
 
 def _guard(context: Context, site: SiteRuntime, config: ConfigRecord) -> SiteGuard:

@@ -19,6 +19,8 @@ from fedllm.privacy.engine import GRAD_SAMPLE_MODES
 # "site": each site scales features with its own rows' statistics (nothing leaves the site).
 # "federated": sites release per-feature count/sum/sum of squares; all use the pooled scaling.
 FEATURE_SCALING = ("site", "federated")
+# Server checkpoints each round: AES-256-GCM (default), plain (research), or none.
+CHECKPOINT_MODES = ("encrypted", "plain", "off")
 
 
 def _key(name: str) -> str:
@@ -56,6 +58,12 @@ class RunConfig:
     ledger_dir: str
     out_dir: str
     run_name: str
+    secagg: bool
+    secagg_shares: int
+    secagg_threshold: int
+    secagg_clip_range: float
+    checkpoint: str
+    checkpoint_key: str
 
     def __post_init__(self) -> None:
         self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")
@@ -97,6 +105,33 @@ class RunConfig:
         self._check_positive("target_epsilon", "max_grad_norm")
         if not 0.0 < self.target_delta < 1.0:
             raise ConfigError(f"`target-delta` must be in (0, 1), got {self.target_delta}")
+
+        self._check_secagg()
+        if self.checkpoint not in CHECKPOINT_MODES:
+            raise ConfigError(
+                f"`checkpoint` must be one of {', '.join(CHECKPOINT_MODES)}, "
+                f"got {self.checkpoint!r}"
+            )
+
+    def _check_secagg(self) -> None:
+        """SecAgg+: shares per site (0 = every sampled site), threshold (0 = a majority)."""
+        if self.secagg_shares != 0 and self.secagg_shares < 2:
+            raise ConfigError(f"`secagg-shares` must be 0 (all) or >= 2, got {self.secagg_shares}")
+        if self.secagg_threshold != 0 and self.secagg_threshold < 2:
+            raise ConfigError(
+                f"`secagg-threshold` must be 0 (a majority) or >= 2, got {self.secagg_threshold}"
+            )
+        if self.secagg_shares and self.secagg_threshold > self.secagg_shares:
+            raise ConfigError(
+                f"`secagg-threshold` ({self.secagg_threshold}) exceeds `secagg-shares` "
+                f"({self.secagg_shares})"
+            )
+        if self.secagg and self.secagg_threshold > self.num_sites:
+            raise ConfigError(
+                f"`secagg-threshold` ({self.secagg_threshold}) exceeds `num-sites` "
+                f"({self.num_sites}): no round could ever be unmasked"
+            )
+        self._check_positive("secagg_clip_range")
 
     def _check_positive(self, *names: str) -> None:
         for name in names:

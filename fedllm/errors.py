@@ -27,6 +27,14 @@ class UpdateError(FedLLMError, ValueError):
     """Exchanged model arrays do not match the model (keys, shapes, dtypes, finiteness)."""
 
 
+class SecAggError(FedLLMError):
+    """Secure aggregation cannot go on (too few sites, a malformed message): fail closed."""
+
+
+class CheckpointError(FedLLMError):
+    """A checkpoint is missing, tampered with, or its key is wrong or unavailable."""
+
+
 class PolicyError(PrivacyError):
     """The run asks for weaker privacy than the site's policy allows, or the policy is bad."""
 

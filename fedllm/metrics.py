@@ -26,14 +26,21 @@ RUN_DIR = "run-dir"
 REFUSAL = "refusal"
 REFUSAL_KIND = "kind"
 REFUSAL_REASON = "reason"
+# Secure aggregation: the protocol record in every stage's message, and a site's masked
+# vector (an ArrayRecord holding one uint64 array) in place of its model arrays.
+SECAGG = "secagg"
+SECAGG_MASKED = "secagg-masked"
+SECAGG_VECTOR = "vector"
 # Client state (context.state) keys.
 STATE_CALIBRATION = "privacy-calibration"
+STATE_SECAGG = "secagg-state"
 # Metric names.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 EPSILON = "epsilon"
 SITE_EPSILON = "site-epsilon"  # the site's cumulative epsilon over every run in its ledger
 NOISE_MULTIPLIER = "noise-multiplier"
+SECAGG_CLIPPED = "secagg-clipped"  # fraction of update values clipped to secagg-clip-range
 LOSS = "loss"
 ACCURACY = "accuracy"
 AUC = "auc"

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from logging import INFO, WARNING
-from typing import cast
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -19,15 +19,18 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedllm import metrics as m
+from fedllm.checkpoint import Checkpointer
 from fedllm.config import RunConfig
 from fedllm.metrics import RunMetrics, clean
 from fedllm.report import final_table, plot_run, write_report
 from fedllm.rundir import create_run_dir
 from fedllm.scaling import scale_split, scaler_config
+from fedllm.secagg import SecAggSettings
 from fedllm.tasks import get_task, load_federation
 from fedllm.training import evaluate
 from fedllm.weights import to_arrays
 from server.scaling import federated_scaler
+from server.secagg import SecAggFedAvg
 from server.strategy import NoSiteCanTrain, SiteAwareFedAvg
 
 app = ServerApp()
@@ -53,13 +56,24 @@ def main(grid: Grid, context: Context) -> None:
         run_dir,
     )
 
-    strategy = SiteAwareFedAvg(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=cfg.min_available_nodes,
+    sampling: dict[str, Any] = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": cfg.min_available_nodes,
+    }
+    # SecAgg+ (default): the server sees only the sum of the sites' weighted updates.
+    strategy = (
+        SecAggFedAvg(
+            SecAggSettings(cfg.secagg_shares, cfg.secagg_threshold),
+            cfg.secagg_clip_range,
+            **sampling,
+        )
+        if cfg.secagg
+        else SiteAwareFedAvg(**sampling)
     )
+    log(INFO, "fedllm: secure aggregation %s", "on (SecAgg+)" if cfg.secagg else "OFF")
     # Virtual sites keep their policy, key and ledger in the run folder (unless `ledger-dir`);
     # a deployed site ignores this and uses its own node-config paths.
     config = ConfigRecord({"local-epochs": cfg.local_epochs, m.RUN_DIR: str(run_dir.resolve())})
@@ -81,6 +95,11 @@ def main(grid: Grid, context: Context) -> None:
     record = RunMetrics(
         run_dir / "metrics.json", cfg.to_flower(), cfg.target_delta if cfg.dp else None
     )
+    checkpoints = Checkpointer.for_run(
+        cfg.checkpoint, cfg.checkpoint_key, run_dir, cfg.to_flower(), model_card
+    )
+    if checkpoints is not None:
+        log(INFO, "fedllm: %s", checkpoints.describe())
     started = time.monotonic()
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -91,6 +110,9 @@ def main(grid: Grid, context: Context) -> None:
             return MetricRecord(scores)
         entry = _round_entry(server_round, scores, strategy, cfg)
         record.add_round(entry)
+        if checkpoints is not None:
+            spend = {m.EPSILON: dict(record.epsilon), "delta": record.delta}
+            checkpoints.save(server_round, arrays, spend)
         _log_progress(entry, cfg, time.monotonic() - started)
         return MetricRecord(scores)
 
@@ -134,6 +156,7 @@ def _round_entry(
     entry[m.EPSILON] = {s: (clean(v[m.EPSILON]) if cfg.dp else None) for s, v in sites.items()}
     entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
     entry["refused"] = strategy.refusals(server_round)
+    entry["rejected"] = strategy.rejections(server_round)
     return entry
 
 

@@ -4,7 +4,7 @@ records sites that refuse to train (their budget, policy or ledger) without fail
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import WARNING
+from logging import ERROR, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
@@ -76,6 +76,8 @@ class SiteAwareFedAvg(FedAvg):
         self.site_train: dict[int, dict[str, dict[str, float]]] = {}
         self.site_eval: dict[int, dict[str, dict[str, float]]] = {}
         self.site_refused: dict[int, dict[str, dict[str, str]]] = {}
+        # Updates (or a whole aggregate) refused by validation: site (or "aggregate") -> why.
+        self.site_rejected: dict[int, dict[str, str]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
@@ -85,6 +87,26 @@ class SiteAwareFedAvg(FedAvg):
 
     def refusals(self, server_round: int) -> dict[str, dict[str, str]]:
         return self.site_refused.get(server_round, {})
+
+    def rejections(self, server_round: int) -> dict[str, str]:
+        return self.site_rejected.get(server_round, {})
+
+    def reject(self, server_round: int, who: str, why: str) -> None:
+        """Record a refused update (or aggregate); the global model stays as it was."""
+        log(ERROR, "Rejected %s in round %d: %s", who, server_round, why)
+        self.site_rejected.setdefault(server_round, {})[who] = why
+
+    def validated(self, server_round: int, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """The aggregate if it matches the global model (keys, shapes, dtypes, finite), else
+        None: the caller keeps the previous global model and the run goes on."""
+        if arrays is None or self.current is None:
+            return arrays
+        try:
+            check_arrays(self.current, arrays)
+        except UpdateError as err:
+            self.reject(server_round, "aggregate", f"{err}; keeping the previous global model")
+            return None
+        return arrays
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -105,18 +127,15 @@ class SiteAwareFedAvg(FedAvg):
                     raise UpdateError("reply carries no model arrays")
                 check_arrays(self.current, arrays)
             except UpdateError as err:
-                log(
-                    WARNING,
-                    "Rejected update from %s in round %d: %s",
-                    site_name(msg),
-                    server_round,
-                    err,
-                )
+                self.reject(server_round, f"update from {site_name(msg)}", str(err))
                 continue
             accepted.append(msg)
         self.site_refused[server_round] = dict(sorted(refused.items()))
         if not accepted and refused:
             raise NoSiteCanTrain(server_round, self.site_refused[server_round])
+        if not any(not msg.has_error() for msg in accepted) and self.rejections(server_round):
+            log(WARNING, "round %d: no valid update; keeping the global model", server_round)
+            return None, None
         if not any(not msg.has_error() for msg in accepted):
             reasons = [reason(msg) for msg in accepted if msg.has_error()]
             raise FedLLMError(
@@ -128,7 +147,8 @@ class SiteAwareFedAvg(FedAvg):
             for msg in accepted
             if not msg.has_error()  # type: ignore[arg-type]
         }
-        return super().aggregate_train(server_round, accepted)
+        arrays, metrics = super().aggregate_train(server_round, accepted)
+        return self.validated(server_round, arrays), metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

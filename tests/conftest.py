@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+# The default checkpoint key lives under $XDG_CONFIG_HOME/fedllm: never the user's own in tests.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="fedllm-test-config-")
 
 ROOT = Path(__file__).resolve().parent.parent
 

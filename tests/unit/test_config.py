@@ -33,6 +33,10 @@ def test_round_trip_keeps_kebab_case(defaults: dict[str, Any]) -> None:
         ("dp", "maybe", "`dp` must be true or false"),
         ("fraction-train", 1.5, "`fraction-train` must be in [0, 1]"),
         ("feature-scaling", "global", "`feature-scaling` must be one of site, federated"),
+        ("secagg-threshold", 1, "`secagg-threshold` must be 0 (a majority) or >= 2, got 1"),
+        ("secagg-threshold", 5, "`secagg-threshold` (5) exceeds `num-sites` (4)"),
+        ("secagg-shares", 1, "`secagg-shares` must be 0 (all) or >= 2, got 1"),
+        ("secagg-clip-range", 0.0, "`secagg-clip-range` must be > 0"),
     ],
 )
 def test_bad_values_name_the_key_and_value(

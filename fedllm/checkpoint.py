@@ -1,0 +1,176 @@
+"""Self-describing server checkpoints: arrays, round, run config, privacy spend, model card.
+
+One file per round, ``<run folder>/checkpoints/round-NNNN.ckpt``, never overwritten. Layout:
+``MAGIC | header length (8 bytes, little endian) | header (JSON) | body``. The header says
+how the body is stored (``encrypted``: AES-256-GCM under the key whose fingerprint it names,
+the header authenticated with it; ``plain``: raw, for research) and where each array lies in
+the body. Nothing is pickled: arrays are raw bytes with their dtype and shape.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from fedllm.crypto.seal import SealKey
+from fedllm.errors import CheckpointError
+from fedllm.files import write_new
+
+MAGIC = b"FEDLLM-CHECKPOINT\x00v1\n"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint holds."""
+
+    server_round: int
+    arrays: ArrayRecord
+    config: dict[str, Any]
+    privacy: dict[str, Any]  # per-site cumulative epsilon, delta
+    model: dict[str, Any]  # the model card (task, input shape, ...)
+
+
+def checkpoint_path(run_dir: Path, server_round: int) -> Path:
+    return run_dir / "checkpoints" / f"round-{server_round:04d}.ckpt"
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint, key: SealKey | None) -> None:
+    """Write ``checkpoint`` to the new file ``path``; encrypted unless ``key`` is None."""
+    body, layout, offset = [], [], 0
+    for name, array in checkpoint.arrays.items():
+        values = np.ascontiguousarray(array.numpy())
+        layout.append(
+            {"name": name, "dtype": values.dtype.str, "shape": list(values.shape), "offset": offset}
+        )
+        body.append(values.tobytes())
+        offset += values.nbytes
+    header: dict[str, Any] = {
+        "format": "encrypted" if key else "plain",
+        "cipher": "AES-256-GCM" if key else None,
+        "key-fingerprint": key.fingerprint if key else None,
+        "round": checkpoint.server_round,
+        "arrays": layout,
+    }
+    meta = {"config": checkpoint.config, "privacy": checkpoint.privacy, "model": checkpoint.model}
+    payload = json.dumps(meta).encode() + b"\n" + b"".join(body)
+    header["meta-length"] = len(json.dumps(meta).encode())
+    head = json.dumps(header, sort_keys=True).encode()
+    prefix = MAGIC + struct.pack("<Q", len(head)) + head
+    data = prefix + (key.seal(prefix, payload) if key else payload)
+    write_new(path, data, 0o600, CheckpointError, "checkpoint")
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], bytes, bytes]:
+    """(header, authenticated prefix, body) of the checkpoint at ``path``."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from None
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
+        raise CheckpointError(f"{path} is not a fedllm checkpoint")
+    (length,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
+    end = len(MAGIC) + 8 + length
+    try:
+        header = json.loads(data[len(MAGIC) + 8 : end])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {path} has a damaged header") from None
+    return header, data[:end], data[end:]
+
+
+def load_checkpoint(path: Path, key: SealKey | None = None) -> Checkpoint:
+    """Read a checkpoint; an encrypted one needs the key it was written with.
+
+    Raises :class:`CheckpointError` for a wrong or missing key, a modified file, or a plain
+    checkpoint whose body does not match its header; never returns a silently wrong model."""
+    header, prefix, body = read_header(path)
+    if header.get("format") == "encrypted":
+        if key is None:
+            raise CheckpointError(f"checkpoint {path} is encrypted; give its key")
+        if key.fingerprint != header.get("key-fingerprint"):
+            raise CheckpointError(
+                f"wrong key for checkpoint {path}: it was written with key "
+                f"{header.get('key-fingerprint')}, the key from {key.source} is {key.fingerprint}"
+            )
+        body = key.open(prefix, body, f"checkpoint {path}")
+    elif header.get("format") != "plain":
+        raise CheckpointError(f"checkpoint {path} has an unknown format {header.get('format')!r}")
+    try:
+        meta_len = int(header["meta-length"])
+        meta = json.loads(body[:meta_len])
+        raw = body[meta_len + 1 :]
+        arrays: dict[str, Array] = {}
+        end = 0
+        for spec in header["arrays"]:
+            dtype = np.dtype(spec["dtype"])
+            if dtype.hasobject:
+                raise ValueError(spec["name"])  # never unpickle
+            count = int(np.prod(spec["shape"]))
+            start = int(spec["offset"])
+            chunk = raw[start : start + count * dtype.itemsize]
+            if len(chunk) != count * dtype.itemsize:
+                raise ValueError(spec["name"])
+            arrays[spec["name"]] = Array(np.frombuffer(chunk, dtype).reshape(spec["shape"]).copy())
+            end = max(end, start + len(chunk))
+        if len(raw) != end:
+            raise ValueError("trailing bytes")
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"checkpoint {path}: its body does not match its header") from None
+    return Checkpoint(
+        int(header["round"]), ArrayRecord(arrays), meta["config"], meta["privacy"], meta["model"]
+    )
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    found = sorted((run_dir / "checkpoints").glob("round-*.ckpt"))
+    if not found:
+        raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class Checkpointer:
+    """Writes a run's checkpoint after every round: encrypted (default) or plain."""
+
+    run_dir: Path
+    key: SealKey | None
+    config: dict[str, Any]
+    model: dict[str, Any]
+
+    @classmethod
+    def for_run(
+        cls, mode: str, key_file: str, run_dir: Path, config: dict[str, Any], model: dict[str, Any]
+    ) -> Checkpointer | None:
+        """None when ``mode`` is ``off``. The key must not live in the run folder."""
+        if mode == "off":
+            return None
+        key = SealKey.resolve(key_file) if mode == "encrypted" else None
+        if key is not None and key.source != "FEDLLM_CHECKPOINT_KEY":
+            where = Path(key.source).resolve()
+            if where.is_relative_to(run_dir.resolve().parent):
+                raise CheckpointError(
+                    f"checkpoint key {where} lies inside the runs folder {run_dir.parent}: keep "
+                    "the key apart from the checkpoints it protects"
+                )
+        return cls(run_dir, key, config, model)
+
+    def describe(self) -> str:
+        folder = self.run_dir / "checkpoints"
+        if self.key is None:
+            return f'checkpoints PLAIN (unencrypted, `checkpoint = "plain"`) in {folder}'
+        return (
+            f"checkpoints encrypted (AES-256-GCM) in {folder}; key from {self.key.source} "
+            f"(fingerprint {self.key.fingerprint})"
+        )
+
+    def save(self, server_round: int, arrays: ArrayRecord, privacy: dict[str, Any]) -> Path:
+        path = checkpoint_path(self.run_dir, server_round)
+        save_checkpoint(
+            path, Checkpoint(server_round, arrays, self.config, privacy, self.model), self.key
+        )
+        return path

@@ -1,0 +1,233 @@
+"""FedAvg over SecAgg+: the server learns only the example-weighted sum of the updates.
+
+``configure_train`` runs the two key stages (setup, share keys) and returns the train
+messages, each carrying the encrypted shares addressed to its site; the sites train, mask
+their weighted update and reply with the masked vector (Flower's round loop sends these).
+``aggregate_train`` collects the masked vectors, runs the unmask stage, and turns the
+unmasked sum into the new global model. Any stage with fewer live sites than the threshold
+fails closed: the round applies nothing and the previous global model stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedllm import metrics as m
+from fedllm.errors import SecAggError
+from fedllm.secagg import Layout, SecAggRound, SecAggSettings, average_delta
+from server.strategy import (
+    NoSiteCanTrain,
+    SiteAwareFedAvg,
+    aggregate_train_metrics,
+    reason,
+    refusal,
+    site_name,
+)
+
+ROUND = "server-round"
+
+
+class SecAggFedAvg(SiteAwareFedAvg):
+    """:class:`SiteAwareFedAvg` whose aggregation runs SecAgg+ (Bell et al. 2020)."""
+
+    def __init__(
+        self, settings: SecAggSettings, clip_range: float, timeout: float = 3600, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.clip_range = clip_range
+        self.timeout = timeout
+        self._grid: Grid | None = None
+        self._protocol: SecAggRound | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
+    ) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._grid, self._protocol = grid, None
+        if not messages:
+            return messages
+        try:
+            Layout.of(arrays)  # float arrays only, checked before any site works
+            shares, threshold = self.settings.for_round(len(messages))
+            protocol = SecAggRound(
+                server_round, threshold, shares, [msg.metadata.dst_node_id for msg in messages]
+            )
+            keys = self._exchange(
+                server_round,
+                "secagg_setup",
+                {nid: {"threshold": threshold, "num-shares": shares} for nid in protocol.sampled},
+            )
+            protocol.receive_public_keys(
+                {n: (_blob(r, "pk1"), _blob(r, "pk2")) for n, r in keys.items()}
+            )
+            sent = self._exchange(
+                server_round,
+                "secagg_share_keys",
+                {nid: _peers(protocol, nid) for nid in protocol.public_keys},
+            )
+            protocol.receive_ciphertexts(
+                {
+                    n: dict(
+                        zip(
+                            cast(list[int], r["destinations"]),
+                            cast(list[bytes], r["ciphertexts"]),
+                            strict=True,
+                        )
+                    )
+                    for n, r in sent.items()
+                }
+            )
+        except SecAggError as err:
+            self.reject(server_round, "secure aggregation", str(err))
+            return []
+        self._protocol = protocol
+        log(INFO, "secagg: round %d, keys shared by %d sites", server_round, len(protocol.keyed))
+        out = []
+        for msg in messages:
+            nid = msg.metadata.dst_node_id
+            if nid not in protocol.keyed:
+                continue
+            forward = protocol.forward[nid]
+            record = ConfigRecord(
+                {
+                    ROUND: server_round,
+                    "sources": list(forward),
+                    "ciphertexts": list(forward.values()),
+                }
+            )
+            content = RecordDict({m.ARRAYS: arrays, m.CONFIG: config, m.SECAGG: record})
+            out.append(
+                Message(content=content, dst_node_id=nid, message_type=msg.metadata.message_type)
+            )
+        return out
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        protocol, self._protocol = self._protocol, None
+        replies = list(replies)
+        refused: dict[str, dict[str, str]] = {}
+        vectors: dict[int, np.ndarray] = {}
+        valid: dict[int, Message] = {}
+        errors = 0
+        size = Layout.of(self.current).size if self.current is not None else 0
+        for msg in replies:
+            why = refusal(msg)
+            if why is not None:
+                refused[site_name(msg)] = why
+            elif msg.has_error():
+                errors += 1
+                log(WARNING, "secagg: %s dropped while training: %s", site_name(msg), reason(msg))
+            else:
+                vector = _masked_vector(msg, size)
+                if vector is None:
+                    self.reject(server_round, f"update from {site_name(msg)}", "no valid vector")
+                    continue
+                vectors[msg.metadata.src_node_id] = vector
+                valid[msg.metadata.src_node_id] = msg
+        self.site_refused[server_round] = dict(sorted(refused.items()))
+        if not valid and refused and not errors:
+            raise NoSiteCanTrain(server_round, self.site_refused[server_round])
+        if protocol is None or self.current is None:
+            return None, None  # failed closed in configure_train (already recorded)
+        try:
+            protocol.receive_masked(vectors)
+            shares = self._exchange(
+                server_round,
+                "secagg_unmask",
+                {
+                    nid: dict(zip(("alive", "dropped"), protocol.unmask_request(nid), strict=True))
+                    for nid in protocol.masked
+                },
+            )
+            total = protocol.unmask(
+                {
+                    n: dict(
+                        zip(
+                            cast(list[int], r["owners"]),
+                            cast(list[bytes], r["shares"]),
+                            strict=True,
+                        )
+                    )
+                    for n, r in shares.items()
+                }
+            )
+            weight, delta = average_delta(total, self.clip_range)
+            summed = [valid[n] for n in sorted(protocol.masked)]
+            reported = sum(int(cast(int, msg.content[m.METRICS][m.NUM_EXAMPLES])) for msg in summed)
+            if weight != reported:
+                raise SecAggError(
+                    f"round {server_round}: the secure aggregate's weight {weight} differs from "
+                    f"the {reported} examples the sites reported"
+                )
+        except SecAggError as err:
+            self.reject(server_round, "secure aggregation", str(err))
+            return None, None
+        layout = Layout.of(self.current)
+        arrays = layout.unflatten(layout.flatten(self.current) + delta)
+        self.site_train[server_round] = {
+            site_name(msg): dict(msg.content[m.METRICS])  # type: ignore[arg-type]
+            for msg in summed
+        }
+        log(INFO, "secagg: round %d, sum of %d sites unmasked", server_round, len(summed))
+        metrics = aggregate_train_metrics([msg.content for msg in summed], m.NUM_EXAMPLES)
+        return self.validated(server_round, arrays), metrics
+
+    def _exchange(
+        self, server_round: int, action: str, requests: dict[int, dict[str, Any]]
+    ) -> dict[int, ConfigRecord]:
+        """Send one stage's requests; the protocol records of the sites that answered."""
+        if self._grid is None:
+            raise SecAggError("secure aggregation: no grid")
+        messages = [
+            Message(
+                content=RecordDict({m.SECAGG: ConfigRecord({ROUND: server_round, **values})}),
+                dst_node_id=nid,
+                message_type=f"train.{action}",
+                group_id=str(server_round),
+            )
+            for nid, values in requests.items()
+        ]
+        out: dict[int, ConfigRecord] = {}
+        for reply in self._grid.send_and_receive(messages, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error() or m.SECAGG not in reply.content.config_records:
+                log(WARNING, "secagg %s: node %d dropped: %s", action, node, _why(reply))
+                continue
+            out[node] = reply.content.config_records[m.SECAGG]
+        return out
+
+
+def _peers(protocol: SecAggRound, nid: int) -> dict[str, Any]:
+    peers = protocol.peers_of(nid)
+    return {
+        "peers": list(peers),
+        "pk1": [k[0] for k in peers.values()],
+        "pk2": [k[1] for k in peers.values()],
+    }
+
+
+def _blob(record: ConfigRecord, key: str) -> bytes:
+    return bytes(cast(bytes, record[key]))
+
+
+def _why(reply: Message) -> str:
+    return reason(reply) if reply.has_error() else "reply without a protocol record"
+
+
+def _masked_vector(msg: Message, size: int) -> np.ndarray | None:
+    record = msg.content.array_records.get(m.SECAGG_MASKED)
+    if record is None or m.SECAGG_VECTOR not in record:
+        return None
+    vector = record[m.SECAGG_VECTOR].numpy()
+    if vector.dtype != np.uint64 or vector.shape != (size,):
+        return None
+    return vector

@@ -1,0 +1,84 @@
+"""SecAgg+ in one process: exact sums, dropout tolerance, fail-closed, masks that hide."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedllm.errors import SecAggError
+from fedllm.secagg.coordinator import SecAggSettings
+from fedllm.secagg.site import MASK, SHARE_KEYS, SiteSecAgg, state_from_config, state_to_config
+from tests.secagg_run import secure_sum
+
+SIZE = 1_000
+
+
+def _vectors(count: int, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {101 + 7 * i: rng.integers(0, 2**40, SIZE, dtype=np.uint64) for i in range(count)}
+
+
+def test_the_unmasked_sum_is_exactly_the_sum_of_the_vectors() -> None:
+    vectors = _vectors(5)
+    total = secure_sum(vectors)
+    assert np.array_equal(total, sum(vectors.values()))
+
+
+def test_one_site_dropping_after_key_sharing_leaves_the_sum_of_the_other_four() -> None:
+    vectors = _vectors(5)
+    dropped = min(vectors)
+    total = secure_sum(vectors, threshold=3, drop_before_masking=frozenset({dropped}))
+    assert np.array_equal(total, sum(v for n, v in vectors.items() if n != dropped))
+
+
+def test_sparse_neighbourhoods_secagg_plus_sum_correctly_with_a_dropout() -> None:
+    vectors = _vectors(7)
+    dropped = frozenset(sorted(vectors)[2:3])
+    total = secure_sum(vectors, threshold=2, num_shares=3, drop_before_masking=dropped)
+    assert np.array_equal(total, sum(v for n, v in vectors.items() if n not in dropped))
+
+
+def test_three_of_five_dropping_fails_closed_below_the_threshold() -> None:
+    vectors = _vectors(5)
+    with pytest.raises(SecAggError, match="below the reconstruction threshold 3"):
+        secure_sum(vectors, threshold=3, drop_before_masking=frozenset(sorted(vectors)[:3]))
+
+
+def test_masked_vectors_are_uncorrelated_with_the_update_and_fresh_each_round() -> None:
+    rng = np.random.default_rng(1)
+    update = rng.integers(0, 2**24, SIZE, dtype=np.uint64)
+    correlations, first_rounds = [], []
+    for trial in range(20):
+        seen: dict[int, np.ndarray] = {}
+        vectors = {1: update, 2: update.copy(), 3: update.copy()}
+        secure_sum(vectors, server_round=trial + 1, seen=seen)
+        correlations.append(np.corrcoef(seen[1].astype(np.float64), update)[0, 1])
+        first_rounds.append(seen[1])
+    # ~N(0, 1/sqrt(SIZE)) each: 20 trials of 1000 values stay well inside 0.15.
+    assert max(abs(c) for c in correlations) < 0.15
+    assert abs(float(np.mean(correlations))) < 0.05
+    # Identical update, two rounds: (almost) no value repeats.
+    assert np.mean(first_rounds[0] == first_rounds[1]) < 0.01
+
+
+@pytest.mark.parametrize(("shares", "threshold", "sampled"), [(0, 1, 5), (0, 6, 5), (3, 4, 9)])
+def test_threshold_outside_the_shares_is_refused_by_name(
+    shares: int, threshold: int, sampled: int
+) -> None:
+    with pytest.raises(SecAggError, match="`secagg-threshold`"):
+        SecAggSettings(shares, threshold).for_round(sampled)
+
+
+def test_one_sampled_site_is_never_aggregated_securely() -> None:
+    with pytest.raises(SecAggError, match="at least 2 sampled sites"):
+        SecAggSettings().for_round(1)
+
+
+def test_a_site_refuses_stages_out_of_order_and_survives_a_record_round_trip() -> None:
+    site = SiteSecAgg.setup(5, 3, 2, 3)
+    with pytest.raises(SecAggError, match="expected 'share-keys' of round 3"):
+        site.expect(MASK, 3)
+    with pytest.raises(SecAggError, match="round 4"):
+        site.expect(SHARE_KEYS, 4)
+    again = state_from_config(state_to_config(site))
+    assert again == site
