@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedllm.deploy_cli import add_deploy_commands
 from fedllm.errors import FedLLMError, PolicyError, SignatureError
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--verbose", action="store_true", help="Flower's debug logging")
     _add_site_commands(commands)
     _add_certs_commands(commands)
+    add_deploy_commands(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "simulate":

@@ -99,6 +99,7 @@ def main(grid: Grid, context: Context) -> None:
             grid=grid,
             initial_arrays=to_arrays(model),
             num_rounds=cfg.num_server_rounds,
+            timeout=cfg.round_timeout,
             train_config=config,
             evaluate_config=ConfigRecord(dict(config)),
             evaluate_fn=central_evaluate,
@@ -134,6 +135,8 @@ def _round_entry(
     entry[m.EPSILON] = {s: (clean(v[m.EPSILON]) if cfg.dp else None) for s, v in sites.items()}
     entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
     entry["refused"] = strategy.refusals(server_round)
+    if strategy.site_dropped.get(server_round):
+        entry["dropped"] = strategy.site_dropped[server_round]
     return entry
 
 
