@@ -260,23 +260,35 @@ def _toml(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def register_node(public_key: Path, connection: str, env: Mapping[str, str]) -> str:
-    """``flwr supernode register KEY.pub CONNECTION``: the SuperLink accepts the key's owner
-    from now on. A key already registered is not an error (a restarted SuperLink keeps its
-    registrations in its state database). Returns Flower's output line."""
-    check_node_public_key(public_key)
-    result = subprocess.run(
-        [executable("flwr"), "supernode", "register", str(public_key), connection],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    if result.returncode != 0 and "already" not in output.lower():
-        raise DeployError(f"registering {public_key} failed: {output[-1000:]}")
-    return output.splitlines()[-1] if output else ""
+def register_nodes(public_keys: Sequence[Path], connection: str) -> list[str]:
+    """What ``flwr supernode register KEY.pub CONNECTION`` does, for every key over one
+    connection (the CLI takes seconds to start per key): the SuperLink accepts each key's
+    owner from now on, under the key file's name. A key already registered is not an error (a
+    restarted SuperLink keeps its registrations in its state database). ``$FLWR_HOME`` must
+    hold the connection. Returns one line per key."""
+    from flwr.cli.flower_config import read_superlink_connection
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.cli.utils import init_http_client_from_connection
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    for key in public_keys:
+        check_node_public_key(key)
+    client = init_http_client_from_connection(read_superlink_connection(connection))
+    lines = []
+    try:
+        for key in public_keys:
+            request = RegisterNodeRequest(public_key=try_load_public_key(key), name=key.stem)
+            try:
+                node_id = client.RegisterNode(request=request).node_id
+            except Exception as err:  # Flower raises its own API errors; keep the message
+                if "already" not in str(err).lower():
+                    raise DeployError(f"registering {key} failed: {err}") from None
+                lines.append(f"{key.name}: already registered")
+                continue
+            lines.append(f"{key.name}: registered as SuperNode {node_id}")
+    finally:
+        client.close()
+    return lines
 
 
 def stop(processes: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) -> None:

@@ -85,16 +85,15 @@ def _superlink_start(args: argparse.Namespace) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     env = deploy.flower_env()
     flwr_home = Path(env.get("FLWR_HOME", Path.home() / ".flwr"))
-    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_HOME"] = os.environ["FLWR_HOME"] = str(flwr_home)
     proc = subprocess.Popen(settings.command(deploy.executable("flower-superlink")), env=env)
     with _stopping([proc]):
         dial = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         deploy.wait_listening(dial, args.port, proc, 60, None)
         path = deploy.write_connection(flwr_home, args.connection, settings.address(), settings.ca)
         print(f"fedllm: connection [superlink.{args.connection}] written to {path}", flush=True)
-        for key in keys:
-            line = deploy.register_node(key, args.connection, env)
-            print(f"fedllm: registered {key.name} ({check_node_public_key(key)}): {line}")
+        for key, line in zip(keys, deploy.register_nodes(keys, args.connection), strict=True):
+            print(f"fedllm: {line} ({check_node_public_key(key)})", flush=True)
         print(
             f"fedllm: SuperLink ready on {settings.address()}; start a run with "
             f"`flwr run . {args.connection} --stream`",

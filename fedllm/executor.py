@@ -152,7 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(repeatable; default {', '.join(DEFAULT_FRESH)})",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s fedllm.executor: %(message)s")
+    handler = logging.StreamHandler()  # this command's own lines only, not every library's
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s fedllm.executor: %(message)s")
+    )
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     started = time.monotonic()
     preload(args.preload or DEFAULT_PRELOAD, args.fresh or DEFAULT_FRESH)

@@ -81,6 +81,7 @@ class SiteAwareFedAvg(FedAvg):
         self.site_dropped: dict[int, dict[str, str]] = {}
         self.node_names: dict[int, str] = {}
         self._sent: dict[str, set[int]] = {}
+        self._silent: dict[int, set[int]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
@@ -92,7 +93,11 @@ class SiteAwareFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
     ) -> Iterable[Message]:
         messages = super().configure_evaluate(server_round, arrays, config, grid)
-        return self._sending("evaluate", messages)
+        # A site that did not answer this round's training is not waited for again.
+        silent = self._silent.get(server_round, set())
+        return self._sending(
+            "evaluate", [msg for msg in messages if msg.metadata.dst_node_id not in silent]
+        )
 
     def _sending(self, stage: str, messages: Iterable[Message]) -> list[Message]:
         sent = list(messages)
@@ -119,6 +124,7 @@ class SiteAwareFedAvg(FedAvg):
                 why,
             )
             self.site_dropped.setdefault(server_round, {})[name] = f"{stage}: {why}"
+            self._silent.setdefault(server_round, set()).add(node)
 
     def refusals(self, server_round: int) -> dict[str, dict[str, str]]:
         return self.site_refused.get(server_round, {})
