@@ -3,7 +3,7 @@ update and its cumulative epsilon; evaluate the global model on its own test row
 
 from __future__ import annotations
 
-from logging import WARNING
+from logging import ERROR, WARNING
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -12,10 +12,10 @@ from flwr.common.logger import log
 
 from clients import secagg
 from clients.site import SiteGuard
-from clients.train import SiteRuntime, privacy_request, train_round
+from clients.train import SiteRuntime, node_site_name, privacy_request, train_round
 from fedllm import metrics as m
 from fedllm.data.tabular import FeatureMoments
-from fedllm.errors import PrivacyError, refusal_kind
+from fedllm.errors import DataError, FedLLMError, PrivacyError, UpdateError, refusal_kind
 from fedllm.scaling import moments_record
 from fedllm.training import evaluate
 
@@ -25,28 +25,22 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train one round, or refuse with the reason (a reply, not an error) when the request is
-    outside the site's policy, past its budget, or its ledger does not verify."""
+    outside the site's policy, past its budget, its ledger does not verify, or the site's
+    own data file does not fit the task."""
     config = msg.content.config_records[m.CONFIG]
-    site = SiteRuntime.from_context(context).scaled(config)
-    arrays = msg.content.array_records[m.ARRAYS]
     server_round = int(config[m.SERVER_ROUND])  # type: ignore[arg-type]
+    try:
+        site = SiteRuntime.from_context(context).scaled(config)
+    except (DataError, UpdateError) as err:
+        return _refuse(msg, node_site_name(context), server_round, err)
+    arrays = msg.content.array_records[m.ARRAYS]
     try:
         guard = _guard(context, site, config)
         update, metrics = train_round(
             site, guard, arrays, server_round, str(context.run_id), context.state
         )
-    except PrivacyError as err:
-        kind = refusal_kind(err)
-        log(WARNING, "%s refuses round %d (%s): %s", site.data.name, server_round, kind, err)
-        refusal = ConfigRecord({m.REFUSAL_KIND: kind, m.REFUSAL_REASON: str(err)})
-        content = RecordDict(
-            {
-                m.METRICS: MetricRecord({m.NUM_EXAMPLES: 0}),
-                m.SITE: ConfigRecord({m.SITE_NAME: site.data.name}),
-                m.REFUSAL: refusal,
-            }
-        )
-        return Message(content=content, reply_to=msg)
+    except (PrivacyError, DataError, UpdateError) as err:
+        return _refuse(msg, site.data.name, server_round, err)
     if m.SECAGG in msg.content.config_records:  # secure aggregation: only the masked vector
         masked = secagg.masked_update(
             msg, context, arrays, update, metrics, site.cfg.secagg_clip_range
@@ -55,6 +49,22 @@ def train(msg: Message, context: Context) -> Message:
         reply.content[m.SECAGG_MASKED] = masked
         return reply
     return _reply(msg, site.data.name, update, metrics)
+
+
+def _refuse(msg: Message, name: str, server_round: int, err: FedLLMError) -> Message:
+    """A refusal reply (kind and reason) the server records; the round goes on without us."""
+    kind = refusal_kind(err)
+    level = ERROR if kind == "data" else WARNING
+    log(level, "%s refuses round %d (%s): %s", name, server_round, kind, err)
+    refusal = ConfigRecord({m.REFUSAL_KIND: kind, m.REFUSAL_REASON: str(err)})
+    content = RecordDict(
+        {
+            m.METRICS: MetricRecord({m.NUM_EXAMPLES: 0}),
+            m.SITE: ConfigRecord({m.SITE_NAME: name}),
+            m.REFUSAL: refusal,
+        }
+    )
+    return Message(content=content, reply_to=msg)
 
 
 # SecAgg+ stages around the train message: no data is loaded for these.
@@ -74,8 +84,13 @@ def _guard(context: Context, site: SiteRuntime, config: ConfigRecord) -> SiteGua
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    site = SiteRuntime.from_context(context).scaled(msg.content.config_records[m.CONFIG])
-    model = site.model(msg.content.array_records[m.ARRAYS])
+    config = msg.content.config_records[m.CONFIG]
+    try:
+        site = SiteRuntime.from_context(context).scaled(config)
+        model = site.model(msg.content.array_records[m.ARRAYS])
+    except (DataError, UpdateError) as err:
+        server_round = int(config.get(m.SERVER_ROUND, 0))  # type: ignore[arg-type]
+        return _refuse(msg, node_site_name(context), server_round, err)
     scores = evaluate(site.task, model, site.data.test)
     # AUC needs both classes, which a small site's test rows may lack: keys must agree.
     metrics = MetricRecord(

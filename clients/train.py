@@ -34,6 +34,7 @@ from fedllm.training import LocalTraining, train_local
 from fedllm.weights import load_arrays, to_arrays
 
 PARTITION_ID, NUM_PARTITIONS, DATA_PATH = "partition-id", "num-partitions", "data-path"
+SITE_NAME = "site-name"
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class SiteRuntime:
         task = get_task(cfg.task)
         node = context.node_config
         if DATA_PATH in node:
-            name = str(node.get("site-name", f"node-{context.node_id}"))
-            return cls(cfg, task, task.site(cfg, str(node[DATA_PATH]), name), 0, deployed=True)
+            site = task.site(cfg, str(node[DATA_PATH]), node_site_name(context))
+            return cls(cfg, task, site, 0, deployed=True)
         index = int(node[PARTITION_ID])  # type: ignore[arg-type]
         nodes = int(node.get(NUM_PARTITIONS, cfg.num_sites))  # type: ignore[arg-type]
         if nodes != cfg.num_sites:
@@ -77,6 +78,11 @@ class SiteRuntime:
         model = self.task.build_model(self.cfg, tuple(self.data.train.x.shape[1:]))
         load_arrays(model, arrays)
         return model
+
+
+def node_site_name(context: Context) -> str:
+    """A deployed site's `site-name` from its node-config, else its node id."""
+    return str(context.node_config.get(SITE_NAME, f"node-{context.node_id}"))
 
 
 def noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) -> float:

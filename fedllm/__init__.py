@@ -5,7 +5,8 @@ The library behind the Flower apps in ``server/`` and ``clients/``: typed run co
 accounting, Opacus wrapping), weights exchange, metrics and reports.
 """
 
-from fedllm.config import RunConfig
+from typing import TYPE_CHECKING, Any
+
 from fedllm.errors import (
     ConfigError,
     DataError,
@@ -15,7 +16,21 @@ from fedllm.errors import (
     UpdateError,
 )
 
+if TYPE_CHECKING:
+    from fedllm.config import RunConfig
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # RunConfig imports opacus (seconds): only code that uses it pays, not `fedllm --help`,
+    # `fedllm certs` or a SuperNode's start-up.
+    if name == "RunConfig":
+        from fedllm.config import RunConfig
+
+        return RunConfig
+    raise AttributeError(f"module 'fedllm' has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError",

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedllm.deploy_cli import add_deploy_commands
 from fedllm.errors import FedLLMError, PolicyError, SignatureError
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_site_commands(commands)
     _add_certs_commands(commands)
     _add_checkpoint_commands(commands)
+    add_deploy_commands(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "simulate":
@@ -472,10 +474,6 @@ def _quote(path: Path) -> str:
     return shlex.quote(str(path))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def _add_checkpoint_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The server's per-round checkpoints: what one holds, and its model as a state_dict."""
     ckpt = commands.add_parser(
@@ -532,3 +530,7 @@ def _checkpoint_export(args: argparse.Namespace) -> int:
     torch.save(loaded.arrays.to_torch_state_dict(), args.out)
     print(f"fedllm: round {loaded.server_round} model of {path} written to {args.out}")
     return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -45,6 +45,7 @@ class RunConfig:
     fraction_train: float
     fraction_evaluate: float
     min_available_nodes: int
+    round_timeout: float
     local_epochs: int
     batch_size: int
     learning_rate: float
@@ -67,7 +68,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")
-        self._check_positive("learning_rate", "dirichlet_alpha")
+        self._check_positive("learning_rate", "dirichlet_alpha", "round_timeout")
         if self.hidden_units < 0:
             raise ConfigError(f"`hidden-units` must be >= 0, got {self.hidden_units}")
         if self.partitioner not in PARTITIONERS:

@@ -47,7 +47,7 @@ class SignatureError(FedLLMError):
     """A key is malformed, or a signature does not verify."""
 
 
-def refusal_kind(err: PrivacyError) -> str:
+def refusal_kind(err: FedLLMError) -> str:
     """What a site's refusal is about, as the server records it."""
     for cls, kind in _REFUSALS:
         if isinstance(err, cls):
@@ -55,10 +55,13 @@ def refusal_kind(err: PrivacyError) -> str:
     return "privacy"
 
 
-_REFUSALS: tuple[tuple[type[PrivacyError], str], ...] = (
+_REFUSALS: tuple[tuple[type[FedLLMError], str], ...] = (
     (PrivacyBudgetExceededError, "budget"),
     (PolicyError, "policy"),
     (LedgerError, "ledger"),
+    # A deployed site's own data file does not fit the task (schema, shape, labels).
+    (DataError, "data"),
+    (UpdateError, "data"),
 )
 
 

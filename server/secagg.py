@@ -46,12 +46,13 @@ class SecAggFedAvg(SiteAwareFedAvg):
         self.timeout = timeout
         self._grid: Grid | None = None
         self._protocol: SecAggRound | None = None
+        self._unanswered: dict[int, str] = {}  # node -> the key stage it did not answer
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._grid, self._protocol = grid, None
+        self._grid, self._protocol, self._unanswered = grid, None, {}
         if not messages:
             return messages
         try:
@@ -114,6 +115,9 @@ class SecAggFedAvg(SiteAwareFedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         protocol, self._protocol = self._protocol, None
         replies = list(replies)
+        # Every sampled site that did not reply is named, including one lost in key sharing.
+        self._note_dropped("train", server_round, replies, self._unanswered)
+        self._unanswered = {}
         refused: dict[str, dict[str, str]] = {}
         vectors: dict[int, np.ndarray] = {}
         valid: dict[int, Message] = {}
@@ -201,8 +205,11 @@ class SecAggFedAvg(SiteAwareFedAvg):
             node = reply.metadata.src_node_id
             if reply.has_error() or m.SECAGG not in reply.content.config_records:
                 log(WARNING, "secagg %s: node %d dropped: %s", action, node, _why(reply))
+                self._unanswered[node] = f"{action}: {_why(reply)}"
                 continue
             out[node] = reply.content.config_records[m.SECAGG]
+        for node in set(requests) - set(out):
+            self._unanswered.setdefault(node, f"no answer to {action} before the round timeout")
         return out
 
 

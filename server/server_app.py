@@ -68,6 +68,7 @@ def main(grid: Grid, context: Context) -> None:
         SecAggFedAvg(
             SecAggSettings(cfg.secagg_shares, cfg.secagg_threshold),
             cfg.secagg_clip_range,
+            timeout=cfg.round_timeout,
             **sampling,
         )
         if cfg.secagg
@@ -121,6 +122,7 @@ def main(grid: Grid, context: Context) -> None:
             grid=grid,
             initial_arrays=to_arrays(model),
             num_rounds=cfg.num_server_rounds,
+            timeout=cfg.round_timeout,
             train_config=config,
             evaluate_config=ConfigRecord(dict(config)),
             evaluate_fn=central_evaluate,
@@ -157,6 +159,8 @@ def _round_entry(
     entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
     entry["refused"] = strategy.refusals(server_round)
     entry["rejected"] = strategy.rejections(server_round)
+    if strategy.site_dropped.get(server_round):
+        entry["dropped"] = strategy.site_dropped[server_round]
     return entry
 
 

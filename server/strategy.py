@@ -78,12 +78,63 @@ class SiteAwareFedAvg(FedAvg):
         self.site_refused: dict[int, dict[str, dict[str, str]]] = {}
         # Updates (or a whole aggregate) refused by validation: site (or "aggregate") -> why.
         self.site_rejected: dict[int, dict[str, str]] = {}
+        # Sites that were sent a message and did not answer it (killed, disconnected, timed
+        # out), by name where an earlier reply told us the node's name.
+        self.site_dropped: dict[int, dict[str, str]] = {}
+        self.node_names: dict[int, str] = {}
+        self._sent: dict[str, set[int]] = {}
+        self._silent: dict[int, set[int]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
     ) -> Iterable[Message]:
         self.current = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        return self._sending("train", super().configure_train(server_round, arrays, config, grid))
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
+    ) -> Iterable[Message]:
+        messages = super().configure_evaluate(server_round, arrays, config, grid)
+        # A site that did not answer this round's training is not waited for again.
+        silent = self._silent.get(server_round, set())
+        return self._sending(
+            "evaluate", [msg for msg in messages if msg.metadata.dst_node_id not in silent]
+        )
+
+    def _sending(self, stage: str, messages: Iterable[Message]) -> list[Message]:
+        sent = list(messages)
+        self._sent[stage] = {msg.metadata.dst_node_id for msg in sent}
+        return sent
+
+    def _note_dropped(
+        self,
+        stage: str,
+        server_round: int,
+        replies: list[Message],
+        known: dict[int, str] | None = None,
+    ) -> None:
+        """Names every sampled site that did not reply (or replied with a transport error),
+        in the log and in ``site_dropped``; the round goes on with the others. ``known``: why
+        a node was lost earlier in the stage (e.g. in secure aggregation's key sharing)."""
+        answered = {msg.metadata.src_node_id for msg in replies if not msg.has_error()}
+        for msg in replies:
+            if not msg.has_error() and m.SITE in msg.content.config_records:
+                self.node_names[msg.metadata.src_node_id] = site_name(msg)
+        errors = dict(known or {})
+        errors.update({msg.metadata.src_node_id: reason(msg) for msg in replies if msg.has_error()})
+        for node in sorted(self._sent.pop(stage, set()) - answered):
+            name = self.node_names.get(node, f"node-{node}")
+            why = errors.get(node, "no reply before the round timeout")
+            log(
+                WARNING,
+                "fedllm: site %s dropped out of round %d (%s): %s",
+                name,
+                server_round,
+                stage,
+                why,
+            )
+            self.site_dropped.setdefault(server_round, {})[name] = f"{stage}: {why}"
+            self._silent.setdefault(server_round, set()).add(node)
 
     def refusals(self, server_round: int) -> dict[str, dict[str, str]]:
         return self.site_refused.get(server_round, {})
@@ -111,6 +162,8 @@ class SiteAwareFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self._note_dropped("train", server_round, replies)
         accepted = []
         refused: dict[str, dict[str, str]] = {}
         for msg in replies:
@@ -154,6 +207,9 @@ class SiteAwareFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = list(replies)
+        self._note_dropped("evaluate", server_round, replies)
+        # A site that refused (e.g. its data does not fit the task) has no scores to average.
+        replies = [msg for msg in replies if refusal(msg) is None]
         self.site_eval[server_round] = {
             site_name(msg): dict(msg.content[m.METRICS])
             for msg in replies

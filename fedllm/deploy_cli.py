@@ -1,0 +1,152 @@
+"""``fedllm superlink start`` (the operator) and ``fedllm supernode start`` (a site): one command
+each that checks its files, starts the real Flower processes with fedllm's flags
+(:mod:`fedllm.deploy`) and stops them together on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from fedllm import deploy
+from fedllm.crypto import check_node_public_key
+
+
+def add_deploy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    link = commands.add_parser("superlink", help="the operator's SuperLink").add_subparsers(
+        dest="superlink_command", required=True
+    )
+    start = link.add_parser(
+        "start",
+        help="start flower-superlink (TLS, node authentication, state database) and "
+        "register the sites' node keys",
+    )
+    start.add_argument("pki", type=Path, metavar="PKI", help="the folder `fedllm certs init` made")
+    start.add_argument(
+        "--state", type=Path, required=True, help="folder of the state database (keep it)"
+    )
+    start.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all)")
+    start.add_argument("--port", type=int, default=deploy.SUPERLINK_PORT)
+    start.add_argument(
+        "--register",
+        type=Path,
+        action="append",
+        metavar="KEY.pub",
+        help="a site's public key to register (repeatable; default: every PKI/nodes/*.pub)",
+    )
+    start.add_argument(
+        "--connection",
+        default=deploy.CONNECTION,
+        help="name of the [superlink.NAME] entry written to $FLWR_HOME/config.toml "
+        f"(default {deploy.CONNECTION}; `flwr run . NAME`)",
+    )
+    start.set_defaults(run=_superlink_start)
+
+    node = commands.add_parser("supernode", help="a site's SuperNode").add_subparsers(
+        dest="supernode_command", required=True
+    )
+    start = node.add_parser(
+        "start", help="start flower-supernode with the site's key, data and privacy files"
+    )
+    start.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    start.add_argument("--ca", type=Path, required=True, help="the CA certificate (ca.crt)")
+    start.add_argument("--key", type=Path, required=True, help="this site's node key (.key)")
+    start.add_argument("--data", type=Path, required=True, help="this site's data file")
+    start.add_argument(
+        "--site-dir", type=Path, required=True, help="the folder `fedllm site init` made"
+    )
+    start.add_argument("--name", required=True, help="the site's name in metrics and logs")
+    start.add_argument(
+        "--port", type=int, default=deploy.SUPERNODE_PORT, help="its ClientApp Runtime API port"
+    )
+    start.add_argument(
+        "--cold",
+        action="store_true",
+        help="Flower's default isolation: a fresh ClientApp process per message (slower)",
+    )
+    start.set_defaults(run=_supernode_start)
+
+
+def _superlink_start(args: argparse.Namespace) -> int:
+    settings = deploy.SuperLinkSettings(
+        args.pki.resolve(), args.state.resolve(), args.host, args.port
+    )
+    settings.check()
+    keys = [k.resolve() for k in args.register] if args.register else None
+    if keys is None:
+        keys = sorted((settings.pki / "nodes").glob("*.pub"))
+    for key in keys:
+        check_node_public_key(key)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    env = deploy.flower_env()
+    flwr_home = Path(env.get("FLWR_HOME", Path.home() / ".flwr"))
+    env["FLWR_HOME"] = os.environ["FLWR_HOME"] = str(flwr_home)
+    proc = subprocess.Popen(settings.command(deploy.executable("flower-superlink")), env=env)
+    with _stopping([proc]):
+        dial = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        deploy.wait_listening(dial, args.port, proc, 60, None)
+        path = deploy.write_connection(flwr_home, args.connection, settings.address(), settings.ca)
+        print(f"fedllm: connection [superlink.{args.connection}] written to {path}", flush=True)
+        for key, line in zip(keys, deploy.register_nodes(keys, args.connection), strict=True):
+            print(f"fedllm: {line} ({check_node_public_key(key)})", flush=True)
+        print(
+            f"fedllm: SuperLink ready on {settings.address()}; start a run with "
+            f"`flwr run . {args.connection} --stream`",
+            flush=True,
+        )
+        return _wait([proc])
+
+
+def _supernode_start(args: argparse.Namespace) -> int:
+    settings = deploy.SiteSettings(
+        args.superlink,
+        args.ca.resolve(),
+        args.key.resolve(),
+        args.data.resolve(),
+        args.site_dir.resolve(),
+        args.name,
+        args.port,
+        warm=not args.cold,
+    )
+    settings.check()
+    env = deploy.flower_env()
+    node = subprocess.Popen(settings.command(deploy.executable("flower-supernode")), env=env)
+    procs = [node]
+    with _stopping(procs):
+        if settings.warm:
+            procs.append(subprocess.Popen(settings.executor_command(node.pid), env=env))
+        return _wait(procs)
+
+
+class _stopping:
+    """Stops every process on leaving (also on Ctrl-C / SIGTERM, which end the wait)."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+
+    def __enter__(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        deploy.stop(self.procs)
+
+
+def _wait(procs: list[subprocess.Popen[bytes]]) -> int:
+    """Until any process exits (then the others are stopped) or Ctrl-C."""
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    ended = next(p for p in procs if p.returncode is not None)
+    name = os.path.basename(str(ended.args[0]))  # type: ignore[index]
+    print(f"fedllm: {name} exited ({ended.returncode}); stopping", file=sys.stderr)
+    return int(ended.returncode) or 1

@@ -1,0 +1,169 @@
+"""A whole deployment on one machine: a TLS SuperLink with node authentication and N
+SuperNodes, each a separate process with its own key, data file and privacy files, all
+started with the same command lines as ``fedllm superlink start`` / ``fedllm supernode start``.
+
+For the integration tests and the latency benchmark (and for trying a deployment before
+spreading it over machines). Every process starts in its own process group, so ``close()``
+stops it and everything it started, also after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedllm import deploy
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Process:
+    """A started process, its log file and the command that started it."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def send(self, sig: int) -> None:
+        """Signals the whole process group (the process and whatever it started)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.send(sig)
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+
+@dataclass
+class LocalFederation:
+    """``root/`` holds the PKI (``pki/``), the SuperLink state, Flower's home (``flwr/``) and
+    the logs. Start the SuperLink with :meth:`start_superlink`, sites with :meth:`start_site`,
+    runs with :meth:`run`; :meth:`close` stops everything."""
+
+    root: Path
+    prefix: Sequence[str] = ()  # e.g. ("ip", "netns", "exec", NAME) for the SuperLink side
+    processes: list[Process] = field(default_factory=list)
+    superlink: deploy.SuperLinkSettings | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = deploy.flower_env()
+        env["FLWR_HOME"] = str(self.root / "flwr")
+        return env
+
+    def start(
+        self, name: str, command: Sequence[str], prefix: Sequence[str] | None = None
+    ) -> Process:
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                [*(self.prefix if prefix is None else prefix), *command],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.root,
+                start_new_session=True,
+            )
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    def start_superlink(
+        self, keys: Sequence[Path], port: int, host: str = "127.0.0.1", timeout: float = 90
+    ) -> Process:
+        """``fedllm superlink start`` (the operator's command) registering ``keys``; returns
+        once it says it is ready."""
+        self.superlink = deploy.SuperLinkSettings(
+            self.root / "pki", self.root / "superlink-state", host, port
+        )
+        command = [sys.executable, "-m", "fedllm.cli", "superlink", "start", str(self.root / "pki")]
+        command += ["--state", str(self.superlink.state_dir), "--host", host, "--port", str(port)]
+        for key in keys:
+            command += ["--register", str(key)]
+        process = self.start("superlink", command)
+        wait_for(process, "SuperLink ready", timeout)
+        return process
+
+    def start_site(
+        self, site: deploy.SiteSettings, prefix: Sequence[str] | None = None
+    ) -> list[Process]:
+        """The site's SuperNode and, when ``site.warm``, its warm executor."""
+        site.check()
+        node = self.start(site.name, site.command(deploy.executable("flower-supernode")), prefix)
+        started = [node]
+        if site.warm:
+            started.append(self.start(f"{site.name}.executor", site.executor_command(None), prefix))
+        return started
+
+    def run(
+        self,
+        app: Path,
+        run_config: str,
+        timeout: float,
+        connection: str = deploy.CONNECTION,
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr run APP CONNECTION --run-config ... --stream`` until the run ends; its output
+        is also kept in ``logs/run-N.log``."""
+        result = subprocess.run(
+            [
+                *self.prefix,
+                *(deploy.executable("flwr"), "run", str(app), connection, "--stream"),
+                *("--run-config", run_config),
+            ],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        runs = len(list((self.root / "logs").glob("run-*.log")))
+        (self.root / "logs" / f"run-{runs + 1}.log").write_text(result.stdout + result.stderr)
+        return result
+
+    def close(self, grace: float = 8.0) -> None:
+        """SIGTERM to every process group at once, SIGKILL to what is left after ``grace``."""
+        for process in self.processes:
+            process.send(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            process.kill()
+
+
+def wait_for(process: Process, text: str, timeout: float) -> None:
+    """Until ``text`` appears in the process's log; raises if it exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while text not in process.text():
+        if process.popen.poll() is not None:
+            raise deploy.DeployError(
+                f"{process.name} exited ({process.popen.returncode}) before {text!r}:\n"
+                + process.text()[-3000:]
+            )
+        if time.monotonic() > deadline:
+            raise deploy.DeployError(
+                f"{process.name}: no {text!r} after {timeout:.0f} s:\n" + process.text()[-3000:]
+            )
+        time.sleep(0.2)
