@@ -17,6 +17,7 @@ import numpy as np
 from fedllm.errors import ConfigError, DataError
 
 # A speech block of a play starts with the speaker's name alone on a line: `First Citizen:`.
+PROLOGUE = "(before the first speaker)"
 _SPEAKER = re.compile(rb"^([A-Za-z][A-Za-z '&.,-]*):$")
 
 
@@ -39,7 +40,8 @@ class Speech:
 
 def speeches(text: bytes) -> list[Speech]:
     """The play's speech blocks (separated by blank lines, each opening with a `NAME:` line).
-    Text before the first `NAME:` block joins the first speech; a text with none is an error."""
+    Text before the first `NAME:` block is its own speech (speaker PROLOGUE); a text with no
+    `NAME:` block is an error."""
     blocks = [b for b in re.split(rb"\n\s*\n", text) if b.strip()]
     out: list[Speech] = []
     for block in blocks:
@@ -50,8 +52,8 @@ def speeches(text: bytes) -> list[Speech]:
         elif out:
             out[-1] = Speech(out[-1].speaker, out[-1].text + block.strip() + b"\n\n")
         else:
-            out.append(Speech("", block.strip() + b"\n\n"))
-    if not any(s.speaker for s in out):
+            out.append(Speech(PROLOGUE, block.strip() + b"\n\n"))
+    if not any(s.speaker != PROLOGUE for s in out):
         raise DataError(
             "partitioner 'natural' splits a play by speaker, but this text has no speech "
             "blocks opening with a `NAME:` line; use partitioner 'iid'"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedllm.data.text import read_text, sequences, speeches, split_by_speaker
+from fedllm.data.text import PROLOGUE, read_text, sequences, speeches, split_by_speaker
 from fedllm.errors import ConfigError, DataError
 from tests.text_data import play
 
@@ -44,3 +44,9 @@ def test_missing_or_empty_file_names_the_path(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(DataError, match="empty"):
         read_text(tmp_path / "empty.txt")
+
+
+def test_text_before_the_first_speaker_is_kept_as_its_own_speech() -> None:
+    parts = speeches(b"ted the ship\n\nALICE:\nhello\n\nBOB:\nhi\n")
+    assert [s.speaker for s in parts] == [PROLOGUE, "ALICE", "BOB"]
+    assert parts[0].text.startswith(b"ted the ship")
