@@ -38,7 +38,7 @@ FEDERATED: dict[str, object] = {
     "task": "text",
     "partitioner": "natural",
     "num-sites": 10,
-    "num-server-rounds": 5,
+    "num-server-rounds": 3,
     "local-epochs": 1,
     "batch-size": 64,
     "lora-rank": 8,
@@ -49,7 +49,7 @@ FEDERATED: dict[str, object] = {
     "accountant": "prv",
 }
 PUBLIC_FRACTION = 0.5  # the first half of the play pretrains the base
-PRETRAIN = {"steps": 1000, "batch-size": 64, "learning-rate": 3e-3}
+PRETRAIN = {"steps": 500, "batch-size": 32, "learning-rate": 3e-3}
 LR = {"plain": 1.0, "dp": 1.0}  # SGD on the adapters (not tuned)
 EPSILON = 8.0
 # One thread per process: on a shared 2-core machine more threads per process run far slower.
@@ -76,7 +76,9 @@ def stream(cmd: list[str], log: Path, prefix: str) -> None:
         for line in proc.stdout:
             out.write(line)
             if "fedllm round" in line or "pretrain step" in line or "error" in line.lower():
-                print(f"  [{prefix}] {line.strip()[-150:]}", flush=True)
+                text = line.strip()
+                text = text[text.find("fedllm round") :] if "fedllm round" in text else text
+                print(f"  [{prefix}] {text[:170]}", flush=True)
         if proc.wait() != 0:
             raise SystemExit(f"{prefix} failed; see {log}")
 
