@@ -38,7 +38,7 @@ LOSS = "loss"
 ACCURACY = "accuracy"
 AUC = "auc"
 UPDATE_BYTES = "update-bytes"  # bytes of the arrays a site sends in one round
-MODEL_BYTES = "model-bytes"  # bytes of the whole model (what full fine-tuning would send)
+MODEL_BYTES = "model-bytes"  # bytes of the whole model (with any frozen base and adapters)
 
 
 def clean(value: float) -> float | None:

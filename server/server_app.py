@@ -71,7 +71,7 @@ def main(grid: Grid, context: Context) -> None:
         "hidden-units": cfg.hidden_units,
         "num-classes": federation.num_classes,
         "feature-scaling": cfg.feature_scaling,
-        # Per site per round: what an update carries vs what full fine-tuning would send.
+        # Per site per round: what an update carries; the whole model, for comparison.
         m.UPDATE_BYTES: state_bytes(exchanged_state(model)),
         m.MODEL_BYTES: state_bytes(model.state_dict()),
     }
