@@ -141,6 +141,9 @@ def test_play_federation_has_one_site_per_speaker_group(small: Make, tmp_path: P
     assert site.train.x.dtype == torch.int64 and site.train.x.shape[1] == 16
     torch.testing.assert_close(site.train.x[:, 1:], site.train.y[:, :-1])  # next-byte targets
     assert len(fed.central_test) == sum(len(s.test) for s in fed.sites)
+    iid = TextLM().federation(small(data_path=str(path), partitioner="iid", num_sites=3))
+    assert len(iid.sites) == 3
+    assert abs(len(iid.sites[0].train) - len(iid.sites[2].train)) <= 2
     with pytest.raises(ConfigError, match="partitioner"):
         TextLM().federation(small(data_path=str(path), partitioner="dirichlet"))
     with pytest.raises(DataError, match="data-path"):
