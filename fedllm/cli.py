@@ -138,8 +138,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_flower({**default_config(), **overrides})
     settings = Pretraining(args.steps, args.batch_size, args.learning_rate, cfg.seed)
     note = pretrain(cfg, read_text(args.text), settings, args.out, lambda s: print(s, flush=True))
+    from fedllm.tasks.text import file_sha256
+
     print(f"base model: {args.out} (final training loss {note['final-loss']:.3f})")
-    print(f"use it with: -c 'task=\"text\"' -c 'base-model=\"{args.out}\"'")
+    print(
+        f"use it with: -c 'task=\"text\"' -c 'base-model=\"{args.out}\"' "
+        f"-c 'base-model-sha256=\"{file_sha256(args.out)}\"'"
+    )
     return 0
 
 

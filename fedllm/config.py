@@ -58,6 +58,7 @@ class RunConfig:
     run_name: str
     # Language-model task (`text`): architecture, pretrained base, LoRA adapters.
     base_model: str = ""
+    base_model_sha256: str = ""
     context_length: int = 64
     lm_layers: int = 2
     lm_heads: int = 4

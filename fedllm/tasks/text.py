@@ -9,6 +9,7 @@ or an author's whole text).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -161,12 +162,22 @@ def save_base(model: TinyGPT, path: Path, note: dict[str, Any]) -> None:
     )
 
 
-def load_base(path: str | Path, args: GPTArgs) -> dict[str, torch.Tensor]:
-    """The base weights at ``path``, after checking they were saved for ``args``; a mismatch
-    names every differing setting."""
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_base(path: str | Path, args: GPTArgs, sha256: str = "") -> dict[str, torch.Tensor]:
+    """The base weights at ``path``, after checking they were saved for ``args`` (a mismatch
+    names every differing setting) and, when ``sha256`` is given, that the file is that one
+    (every site must fine-tune the same base)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"`base-model` {p} does not exist (write one with `fedllm pretrain`)")
+    if sha256 and file_sha256(p) != sha256.lower():
+        raise ConfigError(
+            f"`base-model` {p} has SHA-256 {file_sha256(p)}, but the run's `base-model-sha256` "
+            f"is {sha256}: this site holds another base than the run fine-tunes"
+        )
     try:
         ckpt = torch.load(p, weights_only=True, map_location="cpu")
     except Exception as err:  # a truncated or foreign file
@@ -211,7 +222,7 @@ class TextLM(Task):
         torch.manual_seed(cfg.seed)
         base = TinyGPT(args)
         if cfg.base_model:
-            base.load_state_dict(load_base(cfg.base_model, args))
+            base.load_state_dict(load_base(cfg.base_model, args, cfg.base_model_sha256))
         torch.manual_seed(cfg.seed + 1)  # adapters: the same at every site and the server
         spec = lora_spec(cfg)
         return add_lora(base, spec) if spec else base
@@ -264,7 +275,7 @@ class TextLM(Task):
         # Bad LoRA keys or a mismatched base fail here, before any site starts.
         lora_spec(cfg)
         if cfg.base_model:
-            load_base(cfg.base_model, GPTArgs.of(cfg))
+            load_base(cfg.base_model, GPTArgs.of(cfg), cfg.base_model_sha256)
         source = self.load_source(cfg, cfg.data_path)
         parts = partition(
             cfg.partitioner,

@@ -17,7 +17,7 @@ def test_pretrain_then_generate_from_the_base(
 ) -> None:
     text, base = write_play(tmp_path / "public.txt", 50), tmp_path / "base.pt"
     assert main(["pretrain", "--text", str(text), "--out", str(base), "--steps", "3", *TINY]) == 0
-    assert "base model" in capsys.readouterr().out
+    assert "base-model-sha256" in capsys.readouterr().out
     assert main(["generate", "--model", str(base), "--prompt", "BOB:\n", "--tokens", "30"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("BOB:\n") and len(out) > len("BOB:\n") + 10  # bytes, some not UTF-8

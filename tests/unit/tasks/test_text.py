@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,15 @@ def test_base_with_another_architecture_is_refused_naming_the_difference(
     )
     with pytest.raises(ConfigError, match="does not exist"):
         TextLM().build_model(small(base_model=str(tmp_path / "missing.pt")), (16,))
+
+
+def test_a_site_holding_another_base_is_refused(small: Make, tmp_path: Path) -> None:
+    path = tmp_path / "base.pt"
+    save_base(TinyGPT(GPTArgs(16, 2, 2, 16)), path, {})
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    TextLM().build_model(small(base_model=str(path), base_model_sha256=digest), (16,))
+    with pytest.raises(ConfigError, match="another base"):
+        TextLM().build_model(small(base_model=str(path), base_model_sha256="0" * 64), (16,))
 
 
 def test_loaded_base_is_the_frozen_part(small: Make, tmp_path: Path) -> None:
