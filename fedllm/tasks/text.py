@@ -251,9 +251,11 @@ class TextLM(Task):
         """Sequences of the text at ``path``; with partitioner natural, grouped by site (one
         per group of speakers of a play)."""
         if not path:
-            raise DataError("task `text` needs `data-path`: a plain text file")
-        text = read_text(path)
+            raise DataError("task `text` needs `data-path`: a plain text file or a folder of them")
         length = GPTArgs.of(cfg).context_length
+        if Path(path).is_dir():
+            return _folder_source(Path(path), length, cfg.partitioner)
+        text = read_text(path)
         if cfg.partitioner == "iid":
             seqs = _sequences(text, length, path)
             return Source(seqs[:, :-1], seqs[:, 1:])
@@ -286,8 +288,9 @@ class TextLM(Task):
                 groups=source.groups,
             ),
         )
+        names = source.group_names or tuple(f"site-{i}" for i in range(len(parts)))
         sites = [
-            _site(f"site-{i}", source, rows, cfg.test_fraction, cfg.seed + i)
+            _site(names[i], source, rows, cfg.test_fraction, cfg.seed + i)
             for i, rows in enumerate(parts)
         ]
         central = Split(torch.cat([s.test.x for s in sites]), torch.cat([s.test.y for s in sites]))
@@ -297,6 +300,26 @@ class TextLM(Task):
         seqs = _sequences(read_text(path), cfg.context_length, path)
         source = Source(seqs[:, :-1], seqs[:, 1:])
         return _site(name, source, np.arange(len(seqs)), cfg.test_fraction, cfg.seed)
+
+
+def _folder_source(folder: Path, length: int, partitioner: str) -> Source:
+    """A folder of `*.txt` files: one site per file (partitioner natural), or all of them
+    pooled and split at random (iid)."""
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise DataError(f"`data-path` {folder} holds no .txt files")
+    parts = [_sequences(read_text(f), length, str(f)) for f in files]
+    seqs = np.concatenate(parts)
+    if partitioner == "iid":
+        return Source(seqs[:, :-1], seqs[:, 1:])
+    if partitioner != "natural":
+        raise ConfigError(
+            f"task `text` takes `partitioner` natural (one site per file) or iid, "
+            f"got {partitioner!r}"
+        )
+    groups = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    names = tuple(f.stem for f in files)
+    return Source(seqs[:, :-1], seqs[:, 1:], groups=groups, group_names=names)
 
 
 def _sequences(text: bytes, length: int, where: str) -> np.ndarray:

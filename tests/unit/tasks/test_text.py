@@ -160,6 +160,15 @@ def test_play_federation_has_one_site_per_speaker_group(small: Make, tmp_path: P
         TextLM().federation(small(data_path=""))
 
 
+def test_a_folder_of_text_files_is_one_site_per_file(small: Make, tmp_path: Path) -> None:
+    for name, seed in (("clinic-a", 1), ("clinic-b", 2), ("clinic-c", 3)):
+        write_play(tmp_path / f"{name}.txt", 40, seed)
+    fed = TextLM().federation(small(data_path=str(tmp_path), partitioner="natural", num_sites=3))
+    assert [s.name for s in fed.sites] == ["clinic-a", "clinic-b", "clinic-c"]
+    with pytest.raises(ConfigError, match="natural split has 3 sites"):
+        TextLM().federation(small(data_path=str(tmp_path), partitioner="natural", num_sites=2))
+
+
 def test_evaluation_reports_accuracy_and_perplexity(small: Make) -> None:
     model = TextLM().build_model(small(), (16,))
     x, y = _batch()
