@@ -66,9 +66,25 @@ class RunConfig:
     checkpoint: str
     checkpoint_key: str
 
+    # Language-model task (`text`): architecture, pretrained base, LoRA adapters.
+    base_model: str = ""
+    base_model_sha256: str = ""
+    context_length: int = 64
+    lm_layers: int = 2
+    lm_heads: int = 4
+    lm_width: int = 128
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "q,k,v,o,up,down"
+
     def __post_init__(self) -> None:
         self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")
         self._check_positive("learning_rate", "dirichlet_alpha", "round_timeout")
+        self._check_positive("context_length", "lm_layers", "lm_heads", "lm_width", "lora_alpha")
+        if self.lora_rank < 0:
+            raise ConfigError(
+                f"`lora-rank` must be >= 0 (0 = full fine-tuning), got {self.lora_rank}"
+            )
         if self.hidden_units < 0:
             raise ConfigError(f"`hidden-units` must be >= 0, got {self.hidden_units}")
         if self.partitioner not in PARTITIONERS:

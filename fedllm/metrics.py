@@ -44,6 +44,8 @@ SECAGG_CLIPPED = "secagg-clipped"  # fraction of update values clipped to secagg
 LOSS = "loss"
 ACCURACY = "accuracy"
 AUC = "auc"
+UPDATE_BYTES = "update-bytes"  # bytes of the arrays a site sends in one round
+MODEL_BYTES = "model-bytes"  # bytes of the whole model (with any frozen base and adapters)
 
 
 def clean(value: float) -> float | None:
@@ -62,6 +64,7 @@ class RunMetrics:
     epsilon: dict[str, float | None] = field(default_factory=dict)
     initial: dict[str, float] = field(default_factory=dict)
     stopped: dict[str, Any] | None = None
+    traffic: dict[str, int] = field(default_factory=dict)  # update-bytes, model-bytes
 
     def stop(self, server_round: int, reason: str, refused: dict[str, dict[str, str]]) -> None:
         """The run ended before its last round because no sampled site could train."""
@@ -78,8 +81,11 @@ class RunMetrics:
         last = self.rounds[-1] if self.rounds else dict(self.initial)
         spent = [e for e in self.epsilon.values() if e is not None]
         out: dict[str, Any] = {
-            k: last[k] for k in (ACCURACY, LOSS, AUC, "federated-accuracy") if k in last
+            k: last[k]
+            for k in (ACCURACY, LOSS, AUC, "perplexity", "federated-accuracy")
+            if k in last
         }
+        out.update(self.traffic)
         out[EPSILON] = max(spent) if spent else None
         out["delta"] = self.delta
         out["epsilon-per-site"] = dict(sorted(self.epsilon.items()))

@@ -104,7 +104,10 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         if cfg.get("dp", True)
         else "DP is off: no privacy guarantee (baseline run)."
     )
-    if cfg.get("feature-scaling") == "site" and cfg.get("task") != "mnist":
+    unit = _privacy_unit(cfg)
+    if unit:
+        privacy += f" The unit of privacy is {unit}."
+    if cfg.get("feature-scaling") == "site" and _fits_scaling(cfg):
         privacy += (
             " Features were standardized with class-balanced statistics of each site's own "
             "training rows, which never left the site; the epsilon covers DP-SGD on the scaled "
@@ -115,6 +118,12 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
             " Feature scaling was federated: each site released the count, sum and sum of "
             "squares of each feature over its training rows, once; these aggregate statistics "
             "are not covered by the epsilon above."
+        )
+    final = metrics["final"]
+    if final.get("update-bytes"):
+        privacy += (
+            f"\n\nEach site sent {final['update-bytes']:,} bytes of parameters per round "
+            f"(the whole model: {final['model-bytes']:,} bytes)."
         )
     text = [
         f"# fedllm run: {cfg['task']}",
@@ -133,3 +142,25 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(text))
+
+
+def _privacy_unit(cfg: dict[str, Any]) -> str:
+    from fedllm.config import RunConfig
+    from fedllm.errors import FedLLMError
+    from fedllm.tasks import get_task
+
+    try:
+        return get_task(str(cfg.get("task"))).privacy_unit(RunConfig.from_flower(cfg))
+    except FedLLMError:  # a report of an older or foreign run: say nothing rather than guess
+        return ""
+
+
+def _fits_scaling(cfg: dict[str, Any]) -> bool:
+    """Whether the task scales features with statistics fitted on a site's rows."""
+    from fedllm.errors import FedLLMError
+    from fedllm.tasks import get_task
+
+    try:
+        return get_task(str(cfg.get("task"))).preprocess() is not None
+    except FedLLMError:
+        return cfg.get("task") != "mnist"

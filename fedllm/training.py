@@ -138,6 +138,7 @@ def evaluate(
     binary = task.num_classes == 2
     predictions = (scores >= 0.5).long() if binary else scores.argmax(dim=-1)
     metrics = {"loss": loss, "accuracy": float((predictions == data.y).float().mean())}
+    metrics.update(task.extra_metrics(metrics))
     labels = data.y.numpy()
     if task.num_classes == 2 and len(np.unique(labels)) == 2:
         from sklearn.metrics import roc_auc_score

@@ -28,7 +28,7 @@ from fedllm.scaling import scale_split, scaler_config
 from fedllm.secagg import SecAggSettings
 from fedllm.tasks import get_task, load_federation
 from fedllm.training import evaluate
-from fedllm.weights import to_arrays
+from fedllm.weights import exchanged_state, load_arrays, state_bytes, to_arrays
 from server.scaling import federated_scaler
 from server.secagg import SecAggFedAvg
 from server.strategy import NoSiteCanTrain, SiteAwareFedAvg
@@ -86,7 +86,16 @@ def main(grid: Grid, context: Context) -> None:
         "hidden-units": cfg.hidden_units,
         "num-classes": federation.num_classes,
         "feature-scaling": cfg.feature_scaling,
+        # Per site per round: what an update carries; the whole model, for comparison.
+        m.UPDATE_BYTES: state_bytes(exchanged_state(model)),
+        m.MODEL_BYTES: state_bytes(model.state_dict()),
     }
+    log(
+        INFO,
+        "fedllm: each site sends %d bytes per round (full model: %d bytes)",
+        model_card[m.UPDATE_BYTES],
+        model_card[m.MODEL_BYTES],
+    )
     if cfg.feature_scaling == "federated":
         scaler = federated_scaler(grid, cfg.min_available_nodes)
         central_test = scale_split(central_test, scaler)
@@ -96,6 +105,7 @@ def main(grid: Grid, context: Context) -> None:
     record = RunMetrics(
         run_dir / "metrics.json", cfg.to_flower(), cfg.target_delta if cfg.dp else None
     )
+    record.traffic = {k: int(model_card[k]) for k in (m.UPDATE_BYTES, m.MODEL_BYTES)}  # type: ignore[call-overload]
     checkpoints = Checkpointer.for_run(
         cfg.checkpoint, cfg.checkpoint_key, run_dir, cfg.to_flower(), model_card
     )
@@ -104,7 +114,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        load_arrays(model, arrays)
         scores = evaluate(task, model, central_test)
         if server_round == 0:
             record.initial = scores
@@ -133,7 +143,7 @@ def main(grid: Grid, context: Context) -> None:
         log(WARNING, "fedllm: stopping early: %s", stop)
         record.stop(stop.server_round, str(stop), stop.refusals)
         final = strategy.current if strategy.current is not None else to_arrays(model)
-    model.load_state_dict(final.to_torch_state_dict())
+    load_arrays(model, final)
     torch.save(model.state_dict(), run_dir / "model.pt")
     (run_dir / "model.json").write_text(json.dumps(model_card, indent=2) + "\n")
     summary = record.to_dict()

@@ -95,6 +95,14 @@ class Task(ABC):
             return torch.sigmoid(logits.squeeze(-1))
         return torch.softmax(logits, dim=-1)
 
+    def privacy_unit(self, cfg: RunConfig) -> str:
+        """What one DP record is, for the report; empty = one row (the default)."""
+        return ""
+
+    def extra_metrics(self, scores: dict[str, float]) -> dict[str, float]:
+        """Task-specific metrics derived from the evaluation scores (e.g. perplexity)."""
+        return {}
+
     def federation(self, cfg: RunConfig) -> Federation:
         """All sites of a simulated federation (partition, split, preprocess per site)."""
         return build_federation(

@@ -8,9 +8,10 @@ from fedllm.config import RunConfig
 from fedllm.errors import ConfigError
 from fedllm.tasks.base import Federation, Task
 from fedllm.tasks.tabular import BreastCancer, Csv, HeartDisease
+from fedllm.tasks.text import TextLM
 from fedllm.tasks.vision import Mnist
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (BreastCancer, HeartDisease, Mnist, Csv)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (BreastCancer, HeartDisease, Mnist, Csv, TextLM)}
 
 
 def get_task(name: str) -> Task:

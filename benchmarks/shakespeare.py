@@ -1,0 +1,263 @@
+"""Federated DP-LoRA on Tiny Shakespeare: one site per group of speakers.
+
+(a) a base pretrained centrally on the first part of the play (the "public" text), alone;
+(b) federated LoRA fine-tuning of that base on the rest, sites split by speaker group, no DP;
+(c) the same with DP-SGD at per-site (cumulative) epsilon 8;
+(d) centralized LoRA fine-tuning on the sites' pooled training text (same steps per epoch).
+All are scored on the same held-out sequences (each site's held-out share of its own text).
+(b) and (c) are the real product (`fedllm simulate`: Flower's simulation engine, fedllm's
+DP-SGD, per-site ledgers); (a) and (d) use the same library code in-process.
+
+    .venv/bin/python benchmarks/shakespeare.py            # ~25 min on 2 shared cores
+    .venv/bin/python benchmarks/shakespeare.py --quick    # a smoke run (~3 min)
+
+Reads ../shared/data/tiny_shakespeare/input.txt (never copied into the repository; the public
+and private parts are written to a temporary folder). Writes results/shakespeare.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = (ROOT / ".." / "shared" / "data" / "tiny_shakespeare" / "input.txt").resolve()
+RESULTS = ROOT / "benchmarks" / "results"
+
+ARCH: dict[str, object] = {"context-length": 64, "lm-layers": 2, "lm-heads": 4, "lm-width": 128}
+FEDERATED: dict[str, object] = {
+    **ARCH,
+    "task": "text",
+    "partitioner": "natural",
+    "num-sites": 10,
+    "num-server-rounds": 3,
+    "local-epochs": 1,
+    "batch-size": 64,
+    "lora-rank": 8,
+    "lora-alpha": 16.0,
+    "lora-targets": "q,k,v,o,up,down",
+    "test-fraction": 0.1,
+    "max-grad-norm": 1.0,
+    "accountant": "prv",
+}
+PUBLIC_FRACTION = 0.5  # the first half of the play pretrains the base
+PRETRAIN = {"steps": 500, "batch-size": 32, "learning-rate": 3e-3}
+LR = {"plain": 1.0, "dp": 1.0}  # SGD on the adapters (not tuned)
+EPSILON = 8.0
+# One thread per process: on a shared 2-core machine more threads per process run far slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+
+
+def toml(value: object) -> str:
+    return (
+        json.dumps(value)
+        if isinstance(value, str)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
+
+
+def stream(cmd: list[str], log: Path, prefix: str) -> None:
+    """Run ``cmd``, echoing progress lines (rounds, pretraining steps) and keeping the log."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if "fedllm round" in line or "pretrain step" in line or "error" in line.lower():
+                text = line.strip()
+                text = text[text.find("fedllm round") :] if "fedllm round" in text else text
+                print(f"  [{prefix}] {text[:170]}", flush=True)
+        if proc.wait() != 0:
+            raise SystemExit(f"{prefix} failed; see {log}")
+
+
+def split_play(text: bytes, fraction: float) -> tuple[bytes, bytes]:
+    """The first ``fraction`` of the bytes (cut at a speech boundary) and the rest."""
+    cut = text.index(b"\n\n", int(len(text) * fraction)) + 2
+    return text[:cut], text[cut:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, 2 rounds")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from fedllm.config import RunConfig
+    from fedllm.simulation import default_config
+    from fedllm.tasks.base import Split
+    from fedllm.tasks.text import TextLM
+    from fedllm.training import LocalTraining, evaluate, train_local
+    from fedllm.weights import exchanged_state, state_bytes
+
+    torch.set_num_threads(1)
+    fed = dict(FEDERATED)
+    pre = dict(PRETRAIN)
+    if args.quick:
+        fed.update({"num-server-rounds": 2})
+        pre.update({"steps": 100})
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="fedllm-shakespeare-"))
+    public, private = split_play(DATA.read_bytes(), PUBLIC_FRACTION)
+    (work / "public.txt").write_bytes(public)
+    (work / "private.txt").write_bytes(private)
+    print(
+        f"fedllm shakespeare: public {len(public):,} bytes, private {len(private):,} bytes; "
+        f"work folder {work}"
+    )
+
+    base = work / "base.pt"
+    cmd = [sys.executable, "-m", "fedllm.cli", "pretrain", "--text", str(work / "public.txt"),
+           "--out", str(base), "--steps", str(pre["steps"]), "--batch-size", str(pre["batch-size"]),
+           "--learning-rate", str(pre["learning-rate"])]  # fmt: skip
+    cmd += [a for k, v in ARCH.items() for a in ("-c", f"{k}={toml(v)}")]
+    print(f"(a) pretraining the base: {pre['steps']} steps", flush=True)
+    t0 = time.monotonic()
+    stream(cmd, work / "pretrain.log", "pretrain")
+    pretrain_s = time.monotonic() - t0
+
+    fed.update({"data-path": str(work / "private.txt"), "base-model": str(base)})
+    cfg = RunConfig.from_flower({**default_config(ROOT), **fed})
+    task = TextLM()
+    federation = task.federation(cfg)
+    test = federation.central_test
+    model = task.build_model(cfg, federation.input_shape)
+    rows: dict[str, dict[str, Any]] = {}
+    rows["a"] = {"setting": "(a) pretrained base alone", **evaluate(task, model, test, 256)}
+    print(f"  base: accuracy {rows['a']['accuracy']:.4f}, perplexity {rows['a']['perplexity']:.3f}")
+    sizes = {s.name: len(s.train) for s in federation.sites}
+    full = replace(cfg, lora_rank=0)
+    full_bytes = state_bytes(exchanged_state(task.build_model(full, federation.input_shape)))
+    result: dict[str, Any] = {
+        "config": {k: v for k, v in fed.items() if k not in ("data-path", "base-model")},
+        "public-fraction": PUBLIC_FRACTION,
+        "pretrain": {**pre, "seconds": round(pretrain_s, 1)},
+        "learning-rate": LR,
+        "site-train-sequences": sizes,
+        "test-sequences": len(test),
+        "rows": rows,
+        "bytes-per-round-per-site": {
+            "lora": state_bytes(exchanged_state(model)),
+            "full": full_bytes,
+        },
+        "quick": args.quick,
+        "complete": False,
+    }
+    save(result, started)
+
+    for key, dp in (("b", False), ("c", True)):
+        name = f"fed-{'dp' if dp else 'plain'}"
+        overrides = {**fed, "dp": dp, "learning-rate": LR["dp" if dp else "plain"],
+                     "target-epsilon": EPSILON, "out-dir": str(work), "run-name": name}  # fmt: skip
+        cmd = [sys.executable, "-m", "fedllm.cli", "simulate"]
+        cmd += [a for k, v in overrides.items() for a in ("-c", f"{k}={toml(v)}")]
+        print(f"({key}) federated LoRA, {'DP epsilon 8' if dp else 'no DP'}", flush=True)
+        t0 = time.monotonic()
+        stream(cmd, work / f"{name}.log", name)
+        metrics = json.loads((work / name / "metrics.json").read_text())
+        final = metrics["final"]
+        rows[key] = {
+            "setting": f"({key}) federated LoRA, " + (f"DP epsilon {EPSILON:g}" if dp else "no DP"),
+            "accuracy": final["accuracy"],
+            "perplexity": final["perplexity"],
+            "loss": final["loss"],
+            "epsilon": final["epsilon"],
+            "seconds": round(time.monotonic() - t0, 1),
+            "update-bytes": final["update-bytes"],
+            "model-bytes": final["model-bytes"],
+        }
+        print(
+            f"  accuracy {final['accuracy']:.4f}, perplexity {final['perplexity']:.3f}, "
+            f"epsilon {final['epsilon']}"
+        )
+        save(result, started)
+
+    print("(d) centralized LoRA fine-tuning on the pooled text", flush=True)
+    t0 = time.monotonic()
+    pooled = Split(
+        torch.cat([s.train.x for s in federation.sites]),
+        torch.cat([s.train.y for s in federation.sites]),
+    )
+    central = task.build_model(cfg, federation.input_shape)
+    epochs = int(fed["num-server-rounds"]) * int(fed["local-epochs"])
+    train_local(
+        task, central, pooled, LocalTraining(epochs, int(fed["batch-size"]), LR["plain"], 0), None
+    )
+    rows["d"] = {
+        "setting": "(d) centralized LoRA fine-tuning, pooled text, no DP",
+        **evaluate(task, central, test, 256),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    print(f"  accuracy {rows['d']['accuracy']:.4f}, perplexity {rows['d']['perplexity']:.3f}")
+
+    result["complete"] = True
+    save(result, started)
+    print(markdown(result))
+    return 0
+
+
+def save(result: dict[str, Any], started: float) -> None:
+    """Write what is measured so far (a run cut short still leaves its rows)."""
+    result["seconds"] = round(time.monotonic() - started, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "shakespeare-quick" if result["quick"] else "shakespeare"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(result))
+
+
+def markdown(r: dict[str, Any]) -> str:
+    cfg = r["config"]
+    lines = [
+        "# Tiny Shakespeare: federated DP-LoRA",
+        "",
+        f"{cfg['num-sites']} sites, one per group of speakers (largest speakers spread evenly), on "
+        f"the last {1 - r['public-fraction']:.0%} of the play; the base is pretrained on the first "
+        f"{r['public-fraction']:.0%} ({r['pretrain']['steps']} AdamW steps, "
+        f"{r['pretrain']['seconds']:.0f} s). Byte-level decoder ({cfg['lm-layers']} layers, width "
+        f"{cfg['lm-width']}, {cfg['lm-heads']} heads, context {cfg['context-length']}); LoRA rank "
+        f"{cfg['lora-rank']}, alpha {cfg['lora-alpha']} on {cfg['lora-targets']}. "
+        f"{cfg['num-server-rounds']} rounds x {cfg['local-epochs']} local epoch, batch "
+        f"{cfg['batch-size']}, SGD learning rate {r['learning-rate']['plain']} (no DP) / "
+        f"{r['learning-rate']['dp']} (DP), clip {cfg['max-grad-norm']}. Scored on "
+        f"{r['test-sequences']} held-out sequences (each site's {cfg['test-fraction']:.0%}). "
+        "The unit of privacy is one sequence of "
+        f"{cfg['context-length'] + 1} bytes.",
+        "",
+        "| setting | next-char accuracy | perplexity | epsilon per site |",
+        "|---|---|---|---|",
+    ]
+    for row in r["rows"].values():
+        eps = row.get("epsilon")
+        lines.append(
+            f"| {row['setting']} | {row['accuracy']:.4f} | {row['perplexity']:.3f} | "
+            f"{'-' if eps is None else f'{eps:.3f}'} |"
+        )
+    b = r["bytes-per-round-per-site"]
+    lines += [
+        "",
+        f"Bytes sent per round per site: LoRA {b['lora']:,}, full fine-tuning {b['full']:,} "
+        f"({b['full'] / b['lora']:.1f}x more).",
+        "",
+        f"Total run time {r['seconds'] / 60:.1f} min"
+        + (" (quick smoke run)" if r["quick"] else "")
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
