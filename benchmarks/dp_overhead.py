@@ -51,17 +51,36 @@ class Model:
     task: Task
     build: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
+    tokens: bool = False  # inputs and labels are byte sequences (the text task)
+
+    def data(self, n: int, gen: torch.Generator) -> Split:
+        if self.tokens:
+            seqs = torch.randint(0, 256, (n, self.input_shape[0] + 1), generator=gen)
+            return Split(seqs[:, :-1], seqs[:, 1:])
+        return Split(
+            torch.randn(n, *self.input_shape, generator=gen),
+            torch.randint(0, self.task.num_classes, (n,), generator=gen),
+        )
 
 
 def task_models() -> list[Model]:
     from fedllm.tasks.tabular import TabularModel
     from fedllm.tasks.vision import SmallCNN
 
-    tabular, mnist = get_task("breast-cancer"), get_task("mnist")
+    tabular, mnist, text = get_task("breast-cancer"), get_task("mnist"), get_task("text")
+    lm = RunConfig.from_flower({**default_config(ROOT), "task": "text"})  # the default LM
     return [
         Model("tabular logistic (30 features)", tabular, lambda: TabularModel(30, 0), (30,)),
         Model("tabular MLP (30-64-1)", tabular, lambda: TabularModel(30, 64), (30,)),
         Model("MNIST CNN (26k params)", mnist, lambda: SmallCNN(10), (1, 28, 28)),
+        Model(
+            f"text LM, LoRA r{lm.lora_rank} ({lm.lm_layers}x{lm.lm_width}, context "
+            f"{lm.context_length})",
+            text,
+            lambda: text.build_model(lm, (lm.context_length,)),
+            (lm.context_length,),
+            tokens=True,
+        ),
     ]
 
 
@@ -120,12 +139,7 @@ def step_times(
     long enough (16-256 steps, about 0.1 s of plain training) for the clock to resolve it."""
 
     def data(steps: int) -> Split:
-        gen = torch.Generator().manual_seed(0)
-        n = steps * batch_size
-        return Split(
-            torch.randn(n, *model.input_shape, generator=gen),
-            torch.randint(0, model.task.num_classes, (n,), generator=gen),
-        )
+        return model.data(steps * batch_size, torch.Generator().manual_seed(0))
 
     probe = min(timed(trainers["plain"], model, data(16), batch_size, 1) for _ in range(3)) / 16
     steps = int(min(256, max(16, 0.1 / probe)))
