@@ -49,7 +49,7 @@ FEDERATED: dict[str, object] = {
     "accountant": "prv",
 }
 PUBLIC_FRACTION = 0.5  # the first half of the play pretrains the base
-PRETRAIN = {"steps": 500, "batch-size": 32, "learning-rate": 3e-3}
+PRETRAIN = {"steps": 600, "batch-size": 32, "learning-rate": 1e-2}
 LR = {"plain": 1.0, "dp": 1.0}  # SGD on the adapters (not tuned)
 EPSILON = 8.0
 # One thread per process: on a shared 2-core machine more threads per process run far slower.

@@ -101,7 +101,7 @@ def _add_lm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     pre.add_argument("--out", type=Path, required=True, help="the base checkpoint to write")
     pre.add_argument("--steps", type=int, default=2000)
     pre.add_argument("--batch-size", type=int, default=64)
-    pre.add_argument("--learning-rate", type=float, default=3e-3, help="AdamW peak rate")
+    pre.add_argument("--learning-rate", type=float, default=1e-2, help="AdamW peak rate")
     pre.add_argument(
         "-c",
         "--run-config",
