@@ -13,7 +13,7 @@ Where the time goes is measured twice: at the server, per protocol stage (setup,
 the training stage with masking at the sites, unmask message, unmask computation); and
 in-process, per primitive (quantization, one AES-CTR mask, key agreement, Shamir shares).
 
-    .venv/bin/python benchmarks/secagg_overhead.py            # ~10 min on 2 shared cores
+    .venv/bin/python benchmarks/secagg_overhead.py            # ~7 min on 2 shared cores
     .venv/bin/python benchmarks/secagg_overhead.py --quick    # 5 sites, 100k, 2 timed rounds
 
 Writes results/secagg_overhead.{json,md}.
