@@ -21,6 +21,7 @@ class LoopbackGrid(Grid):
         }
         self.dropped: dict[int, str] = {}  # node -> first message type it no longer answers
         self._gone: set[int] = set()
+        self.delivered: list[str] = []  # message types, in order
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
@@ -31,6 +32,7 @@ class LoopbackGrid(Grid):
         replies = []
         for msg in messages:
             node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
+            self.delivered.append(kind)
             if self.dropped.get(node) == kind:
                 self._gone.add(node)
             if node in self._gone:

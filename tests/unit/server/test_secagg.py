@@ -20,6 +20,7 @@ from tests.messages import instruction
 NODES = [21, 22, 23, 24, 25]
 CLIP = 8.0
 MALFORMED: set[int] = set()
+GRIDS: list[LoopbackGrid] = []
 
 
 def _local(global_arrays: ArrayRecord, node: int) -> ArrayRecord:
@@ -48,7 +49,7 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 def _round(
-    drop: list[int], malformed: frozenset[int] = frozenset()
+    drop: list[int], malformed: frozenset[int] = frozenset(), rounds: int = 1
 ) -> tuple[SecAggFedAvg, ArrayRecord, ArrayRecord | None]:
     instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
     MALFORMED.clear()
@@ -68,8 +69,12 @@ def _round(
     strategy = SecAggFedAvg(
         SecAggSettings(0, 3), CLIP, min_available_nodes=len(NODES), min_train_nodes=len(NODES)
     )
-    messages = strategy.configure_train(1, current, ConfigRecord(), grid)
-    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    arrays: ArrayRecord | None = current
+    for server_round in range(1, rounds + 1):
+        current = arrays or current
+        messages = strategy.configure_train(server_round, current, ConfigRecord(), grid)
+        arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages))
+    GRIDS.append(grid)
     return strategy, current, arrays
 
 
@@ -106,3 +111,13 @@ def test_a_malformed_masked_vector_is_rejected_and_the_others_summed() -> None:
     expected = _fedavg(current, [21, 22, 23, 24])
     for key, value in expected.items():
         assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
+
+
+def test_from_the_second_round_on_setup_rides_on_the_unmask_stage() -> None:
+    _, current, arrays = _round(drop=[], rounds=2)
+    assert arrays is not None
+    for key, value in _fedavg(current, NODES).items():
+        assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
+    delivered = GRIDS[-1].delivered
+    assert delivered.count("train.secagg_setup") == len(NODES)  # round 1 only
+    assert delivered.count("train.secagg_unmask") == 2 * len(NODES)
