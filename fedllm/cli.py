@@ -472,10 +472,6 @@ def _quote(path: Path) -> str:
     return shlex.quote(str(path))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def _add_checkpoint_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The server's per-round checkpoints: what one holds, and its model as a state_dict."""
     ckpt = commands.add_parser(
@@ -532,3 +528,7 @@ def _checkpoint_export(args: argparse.Namespace) -> int:
     torch.save(loaded.arrays.to_torch_state_dict(), args.out)
     print(f"fedllm: round {loaded.server_round} model of {path} written to {args.out}")
     return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
