@@ -55,13 +55,8 @@ def _answer(msg: Message, values: dict[str, object]) -> Message:
 
 def setup(msg: Message, context: Context) -> Message:
     """Stage 0: fresh key pairs and mask seed for this round; reply with the public keys."""
-    record, server_round = _request(msg)
-    state = SiteSecAgg.setup(
-        msg.metadata.dst_node_id,
-        server_round,
-        int(cast(int, record["threshold"])),
-        int(cast(int, record["num-shares"])),
-    )
+    _, server_round = _request(msg)
+    state = SiteSecAgg.setup(msg.metadata.dst_node_id, server_round)
     _save(context, state)
     return _answer(msg, {"pk1": state.pk1, "pk2": state.pk2})
 
@@ -73,7 +68,9 @@ def share_keys(msg: Message, context: Context) -> Message:
     peers = cast(list[int], record["peers"])
     pk1, pk2 = cast(list[bytes], record["pk1"]), cast(list[bytes], record["pk2"])
     sent = state.share_keys(
-        {int(n): (bytes(a), bytes(b)) for n, a, b in zip(peers, pk1, pk2, strict=True)}
+        {int(n): (bytes(a), bytes(b)) for n, a, b in zip(peers, pk1, pk2, strict=True)},
+        int(cast(int, record["threshold"])),
+        int(cast(int, record["num-shares"])),
     )
     _save(context, state)
     return _answer(msg, {"destinations": list(sent), "ciphertexts": list(sent.values())})
@@ -105,12 +102,17 @@ def masked_update(
 
 
 def unmask(msg: Message, context: Context) -> Message:
-    """Stage 3: the shares the server needs to remove the masks of this site's neighbours."""
+    """Stage 3: the shares the server needs to remove the masks of this site's neighbours;
+    with ``next-round``, also the fresh public keys for that round (its setup, done ahead)."""
     record, server_round = _request(msg)
     state = _state(context, UNMASK, server_round)
     revealed = state.unmask(
         [int(n) for n in cast(list[int], record["alive"])],
         [int(n) for n in cast(list[int], record["dropped"])],
     )
+    answer: dict[str, object] = {"owners": list(revealed), "shares": list(revealed.values())}
+    if "next-round" in record:  # this round's secrets are spent: set up the next one
+        state = SiteSecAgg.setup(state.node_id, int(cast(int, record["next-round"])))
+        answer.update(pk1=state.pk1, pk2=state.pk2)
     _save(context, state)
-    return _answer(msg, {"owners": list(revealed), "shares": list(revealed.values())})
+    return _answer(msg, answer)

@@ -146,15 +146,19 @@ class Checkpointer:
     def for_run(
         cls, mode: str, key_file: str, run_dir: Path, config: dict[str, Any], model: dict[str, Any]
     ) -> Checkpointer | None:
-        """None when ``mode`` is ``off``. The key must not live in the run folder."""
+        """None when ``mode`` is ``off``. The key must not live in a run folder (this one or
+        another holding checkpoints): whoever copies checkpoints must not get the key too."""
         if mode == "off":
             return None
         key = SealKey.resolve(key_file) if mode == "encrypted" else None
         if key is not None and key.source != "FEDLLM_CHECKPOINT_KEY":
-            where = Path(key.source).resolve()
-            if where.is_relative_to(run_dir.resolve().parent):
+            where, runs = Path(key.source).resolve(), run_dir.resolve().parent
+            inside = where.relative_to(runs).parts if where.is_relative_to(runs) else ()
+            if len(inside) > 1 and (
+                runs / inside[0] == run_dir.resolve() or (runs / inside[0] / "checkpoints").is_dir()
+            ):
                 raise CheckpointError(
-                    f"checkpoint key {where} lies inside the runs folder {run_dir.parent}: keep "
+                    f"checkpoint key {where} lies inside the run folder {runs / inside[0]}: keep "
                     "the key apart from the checkpoints it protects"
                 )
         return cls(run_dir, key, config, model)

@@ -143,6 +143,11 @@ class RunConfig:
                 f"`secagg-threshold` ({self.secagg_threshold}) exceeds `secagg-shares` "
                 f"({self.secagg_shares})"
             )
+        if self.secagg and self.num_sites < 2:
+            raise ConfigError(
+                "secure aggregation needs at least 2 sites (one site's sum is its update): "
+                "`num-sites` is 1; set secagg=false for a single site"
+            )
         if self.secagg and self.secagg_threshold > self.num_sites:
             raise ConfigError(
                 f"`secagg-threshold` ({self.secagg_threshold}) exceeds `num-sites` "

@@ -4,7 +4,9 @@
 messages, each carrying the encrypted shares addressed to its site; the sites train, mask
 their weighted update and reply with the masked vector (Flower's round loop sends these).
 ``aggregate_train`` collects the masked vectors, runs the unmask stage, and turns the
-unmasked sum into the new global model. Any stage with fewer live sites than the threshold
+unmasked sum into the new global model. The unmask request also asks each site for its keys
+for the next round, so from the second round on the setup stage needs no message of its own
+(when every sampled site answered). Any stage with fewer live sites than the threshold
 fails closed: the round applies nothing and the previous global model stays.
 """
 
@@ -47,12 +49,18 @@ class SecAggFedAvg(SiteAwareFedAvg):
         self._grid: Grid | None = None
         self._protocol: SecAggRound | None = None
         self._unanswered: dict[int, str] = {}  # node -> the key stage it did not answer
+        # Public keys sites made for the next round while answering this round's unmask
+        # request: when every sampled site has them, the next round skips its setup stage.
+        self._next_keys: dict[int, tuple[bytes, bytes]] = {}
+        self._next_round = 0
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._grid, self._protocol, self._unanswered = grid, None, {}
+        ready = self._next_keys if self._next_round == server_round else {}
+        self._next_keys, self._next_round = {}, 0
         if not messages:
             return messages
         try:
@@ -61,18 +69,22 @@ class SecAggFedAvg(SiteAwareFedAvg):
             protocol = SecAggRound(
                 server_round, threshold, shares, [msg.metadata.dst_node_id for msg in messages]
             )
-            keys = self._exchange(
-                server_round,
-                "secagg_setup",
-                {nid: {"threshold": threshold, "num-shares": shares} for nid in protocol.sampled},
-            )
-            protocol.receive_public_keys(
-                {n: (_blob(r, "pk1"), _blob(r, "pk2")) for n, r in keys.items()}
-            )
+            if set(protocol.sampled) <= set(ready):
+                protocol.receive_public_keys({n: ready[n] for n in protocol.sampled})
+            else:
+                keys = self._exchange(
+                    server_round, "secagg_setup", {nid: {} for nid in protocol.sampled}
+                )
+                protocol.receive_public_keys(
+                    {n: (_blob(r, "pk1"), _blob(r, "pk2")) for n, r in keys.items()}
+                )
             sent = self._exchange(
                 server_round,
                 "secagg_share_keys",
-                {nid: _peers(protocol, nid) for nid in protocol.public_keys},
+                {
+                    nid: {**_peers(protocol, nid), "threshold": threshold, "num-shares": shares}
+                    for nid in protocol.public_keys
+                },
             )
             protocol.receive_ciphertexts(
                 {
@@ -148,10 +160,19 @@ class SecAggFedAvg(SiteAwareFedAvg):
                 server_round,
                 "secagg_unmask",
                 {
-                    nid: dict(zip(("alive", "dropped"), protocol.unmask_request(nid), strict=True))
+                    nid: {
+                        **dict(
+                            zip(("alive", "dropped"), protocol.unmask_request(nid), strict=True)
+                        ),
+                        "next-round": server_round + 1,
+                    }
                     for nid in protocol.masked
                 },
             )
+            self._next_round = server_round + 1
+            self._next_keys = {
+                n: (_blob(r, "pk1"), _blob(r, "pk2")) for n, r in shares.items() if "pk1" in r
+            }
             total = protocol.unmask(
                 {
                     n: dict(

@@ -18,7 +18,7 @@ from fedllm.weights import check_arrays
 
 def site_name(msg: Message) -> str:
     """The site's own name from its reply, or its node id when it sent none."""
-    if m.SITE in msg.content.config_records:
+    if msg.has_content() and m.SITE in msg.content.config_records:
         return str(msg.content.config_records[m.SITE][m.SITE_NAME])
     return f"node-{msg.metadata.src_node_id}"
 

@@ -21,12 +21,12 @@ def secure_sum(
     ``seen`` receives what the server got from each site (its masked vector)."""
     shares, t = SecAggSettings(num_shares, threshold).for_round(len(vectors))
     server = SecAggRound(server_round, t, shares, sorted(vectors))
-    sites = {n: SiteSecAgg.setup(n, server_round, t, shares) for n in vectors}
+    sites = {n: SiteSecAgg.setup(n, server_round) for n in vectors}
     server.receive_public_keys({n: (s.pk1, s.pk2) for n, s in sites.items()})
     sent = {}
     for nid, site in sites.items():
         site.expect(SHARE_KEYS, server_round)
-        sent[nid] = site.share_keys(server.peers_of(nid))
+        sent[nid] = site.share_keys(server.peers_of(nid), t, shares)
     server.receive_ciphertexts(sent)
     masked = {}
     for nid, site in sites.items():

@@ -89,10 +89,10 @@ class SiteSecAgg:
 
     node_id: int
     server_round: int
-    threshold: int
-    num_shares: int
+    threshold: int = 0  # set at key sharing
+    num_shares: int = 0
     stage: str = SETUP
-    sk1: bytes = b""  # the 32-byte seed of the masking key (see masking_key)
+    sk1: bytes = b""  # the 16-byte seed of the masking key (see masking_key)
     pk1: bytes = b""
     sk2: bytes = b""
     pk2: bytes = b""
@@ -103,20 +103,14 @@ class SiteSecAgg:
     _sk2: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def setup(cls, node_id: int, server_round: int, threshold: int, num_shares: int) -> SiteSecAgg:
-        """Stage 0: fresh keys and seed; the public keys go to the server."""
-        if not 2 <= threshold <= num_shares:
-            raise SecAggError(
-                f"the server asked for threshold {threshold} of {num_shares} shares; "
-                "need 2 <= threshold <= shares"
-            )
+    def setup(cls, node_id: int, server_round: int) -> SiteSecAgg:
+        """Stage 0: fresh keys and seed for ``server_round``; the public keys go to the server
+        (in a setup reply, or ahead of time with the previous round's unmask reply)."""
         sk1_seed = os.urandom(SECRET_BYTES)
         sk2, pk2 = generate_key_pairs()
         return cls(
             node_id,
             server_round,
-            threshold,
-            num_shares,
             sk1=sk1_seed,
             pk1=public_key_to_bytes(masking_key(sk1_seed).public_key()),
             sk2=private_key_to_bytes(sk2),
@@ -133,9 +127,18 @@ class SiteSecAgg:
             )
         self.stage = stage
 
-    def share_keys(self, peers: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
-        """Stage 1: Shamir-share the seed and sk1 among ``peers`` (this site included);
-        returns one ciphertext per other peer (destination node id -> ciphertext)."""
+    def share_keys(
+        self, peers: dict[int, tuple[bytes, bytes]], threshold: int, num_shares: int
+    ) -> dict[int, bytes]:
+        """Stage 1: Shamir-share the seed and sk1 among ``peers`` (this site included), any
+        ``threshold`` of them enough to rebuild; returns one ciphertext per other peer
+        (destination node id -> ciphertext)."""
+        if not 2 <= threshold <= num_shares or len(peers) > num_shares:
+            raise SecAggError(
+                f"the server asked for threshold {threshold} of {num_shares} shares among "
+                f"{len(peers)} neighbours; need 2 <= threshold <= shares >= neighbours"
+            )
+        self.threshold, self.num_shares = threshold, num_shares
         if peers.get(self.node_id) != (self.pk1, self.pk2):
             raise SecAggError("secure aggregation: the server relayed a wrong own public key")
         keys = [k for pair in peers.values() for k in pair]

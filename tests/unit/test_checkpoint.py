@@ -89,11 +89,13 @@ def test_the_default_key_is_created_outside_the_run_folder(
     assert writer.key.source == str(key_file) and (key_file.stat().st_mode & 0o777) == 0o600
     path = writer.save(1, _checkpoint().arrays, {})
     assert load_checkpoint(path, SealKey.resolve(create=False)).server_round == 1
-    inside = run.parent / "k.key"
+    inside = run / "checkpoints" / "k.key"  # beside the checkpoints of an earlier run
     inside.write_text(os.urandom(32).hex())
     inside.chmod(0o600)
-    with pytest.raises(CheckpointError, match="inside the runs folder"):
-        Checkpointer.for_run("encrypted", str(inside), run, {}, {})
+    later = run.parent / "r2"
+    later.mkdir()
+    with pytest.raises(CheckpointError, match="inside the run folder .*r1"):
+        Checkpointer.for_run("encrypted", str(inside), later, {}, {})
 
 
 def test_a_key_from_the_environment_and_a_malformed_key(

@@ -59,3 +59,10 @@ def test_unknown_and_missing_keys_are_refused(defaults: dict[str, Any]) -> None:
 def test_dp_off_accepts_toml_and_string_spellings(defaults: dict[str, Any]) -> None:
     assert RunConfig.from_flower({**defaults, "dp": False}).dp is False
     assert RunConfig.from_flower({**defaults, "dp": "off"}).dp is False
+
+
+def test_a_single_site_cannot_run_secure_aggregation(defaults: dict[str, Any]) -> None:
+    one = {**defaults, "num-sites": 1, "min-available-nodes": 1}
+    with pytest.raises(ConfigError, match="secure aggregation needs at least 2 sites"):
+        RunConfig.from_flower(one)
+    assert RunConfig.from_flower({**one, "secagg": False}).num_sites == 1

@@ -34,7 +34,8 @@ def _message(kind: str, arrays: ArrayRecord) -> Message:
 
 
 def _context(defaults: dict[str, Any], data: Path, site: Path) -> Context:
-    run_config = {**defaults, "task": "heart-disease", "num-sites": 1, "min-available-nodes": 1}
+    run_config = {**defaults, "task": "heart-disease", "num-sites": 1, "min-available-nodes": 1,
+                  "secagg": False}  # fmt: skip
     node_config = {
         "data-path": str(data),
         "site-name": "hospital-x",

@@ -75,7 +75,7 @@ def test_one_sampled_site_is_never_aggregated_securely() -> None:
 
 
 def test_a_site_refuses_stages_out_of_order_and_survives_a_record_round_trip() -> None:
-    site = SiteSecAgg.setup(5, 3, 2, 3)
+    site = SiteSecAgg.setup(5, 3)
     with pytest.raises(SecAggError, match="expected 'share-keys' of round 3"):
         site.expect(MASK, 3)
     with pytest.raises(SecAggError, match="round 4"):

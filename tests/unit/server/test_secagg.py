@@ -1,0 +1,123 @@
+"""SecAggFedAvg with the sites' real SecAgg+ handlers over an in-process grid: dropouts,
+fail-closed rounds and malformed masked vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from clients import secagg
+from fedllm import metrics as m
+from fedllm.secagg import SecAggSettings
+from fedllm.secagg.vector import QUANTIZATION_BITS
+from fedllm.tasks.tabular import TabularModel
+from fedllm.weights import to_arrays
+from server.secagg import SecAggFedAvg
+from tests.loopback_grid import LoopbackGrid
+from tests.messages import instruction
+
+NODES = [21, 22, 23, 24, 25]
+CLIP = 8.0
+MALFORMED: set[int] = set()
+GRIDS: list[LoopbackGrid] = []
+
+
+def _local(global_arrays: ArrayRecord, node: int) -> ArrayRecord:
+    return ArrayRecord(
+        {k: Array(a.numpy() + 0.01 * node) for k, a in global_arrays.items()}  # type: ignore[misc]
+    )
+
+
+def _train(msg: Message, context: Context) -> Message:
+    """A site's train reply under secure aggregation: a known update, masked."""
+    arrays = msg.content.array_records[m.ARRAYS]
+    metrics = MetricRecord({m.NUM_EXAMPLES: 10 * context.node_id, m.TRAIN_LOSS: 0.1})
+    masked = secagg.masked_update(
+        msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP
+    )
+    if context.node_id in MALFORMED:
+        masked = ArrayRecord({m.SECAGG_VECTOR: Array(np.zeros(3, dtype=np.uint64))})
+    content = RecordDict(
+        {
+            m.METRICS: metrics,
+            m.SITE: ConfigRecord({m.SITE_NAME: f"site-{context.node_id}"}),
+            m.SECAGG_MASKED: masked,
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def _round(
+    drop: list[int], malformed: frozenset[int] = frozenset(), rounds: int = 1
+) -> tuple[SecAggFedAvg, ArrayRecord, ArrayRecord | None]:
+    instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
+    MALFORMED.clear()
+    MALFORMED.update(malformed)
+    grid = LoopbackGrid(
+        NODES,
+        {
+            "train": _train,
+            "train.secagg_setup": secagg.setup,
+            "train.secagg_share_keys": secagg.share_keys,
+            "train.secagg_unmask": secagg.unmask,
+        },
+    )
+    grid.dropped = dict.fromkeys(drop, "train")  # after key sharing
+    torch.manual_seed(0)
+    current = to_arrays(TabularModel(6, 4))
+    strategy = SecAggFedAvg(
+        SecAggSettings(0, 3), CLIP, min_available_nodes=len(NODES), min_train_nodes=len(NODES)
+    )
+    arrays: ArrayRecord | None = current
+    for server_round in range(1, rounds + 1):
+        current = arrays or current
+        messages = strategy.configure_train(server_round, current, ConfigRecord(), grid)
+        arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages))
+    GRIDS.append(grid)
+    return strategy, current, arrays
+
+
+def _fedavg(current: ArrayRecord, nodes: list[int]) -> dict[str, np.ndarray]:
+    total = sum(10 * n for n in nodes)
+    return {
+        k: sum(_local(current, n)[k].numpy().astype(np.float64) * 10 * n for n in nodes) / total
+        for k in current
+    }
+
+
+def test_one_site_dropping_after_key_sharing_leaves_fedavg_of_the_other_four() -> None:
+    strategy, current, arrays = _round(drop=[23])
+    assert arrays is not None
+    expected = _fedavg(current, [21, 22, 24, 25])
+    for key, value in expected.items():
+        assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
+    assert sorted(strategy.site_train[1]) == ["site-21", "site-22", "site-24", "site-25"]
+    assert strategy.rejections(1) == {}
+
+
+def test_three_sites_dropping_fails_closed_and_keeps_the_model() -> None:
+    strategy, _, arrays = _round(drop=[21, 22, 23])
+    assert arrays is None  # Flower's loop keeps the previous global model
+    why = strategy.rejections(1)["secure aggregation"]
+    assert "stopped after masking" in why and "below the reconstruction threshold 3" in why
+    assert "no partial sum is applied" in why
+
+
+def test_a_malformed_masked_vector_is_rejected_and_the_others_summed() -> None:
+    strategy, current, arrays = _round(drop=[], malformed=frozenset({25}))
+    assert arrays is not None
+    assert "update from site-25" in strategy.rejections(1)
+    expected = _fedavg(current, [21, 22, 23, 24])
+    for key, value in expected.items():
+        assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
+
+
+def test_from_the_second_round_on_setup_rides_on_the_unmask_stage() -> None:
+    _, current, arrays = _round(drop=[], rounds=2)
+    assert arrays is not None
+    for key, value in _fedavg(current, NODES).items():
+        assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
+    delivered = GRIDS[-1].delivered
+    assert delivered.count("train.secagg_setup") == len(NODES)  # round 1 only
+    assert delivered.count("train.secagg_unmask") == 2 * len(NODES)
