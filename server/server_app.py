@@ -90,6 +90,7 @@ def main(grid: Grid, context: Context) -> None:
             record.initial = scores
             return MetricRecord(scores)
         entry = _round_entry(server_round, scores, strategy, cfg)
+        entry["elapsed-s"] = round(time.monotonic() - started, 3)  # since the first round began
         record.add_round(entry)
         _log_progress(entry, cfg, time.monotonic() - started)
         return MetricRecord(scores)
