@@ -269,22 +269,28 @@ def register_nodes(public_keys: Sequence[Path], connection: str) -> list[str]:
     from flwr.cli.flower_config import read_superlink_connection
     from flwr.cli.supernode.register import try_load_public_key
     from flwr.cli.utils import init_http_client_from_connection
-    from flwr.proto.control_pb2 import RegisterNodeRequest
+    from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest
 
     for key in public_keys:
         check_node_public_key(key)
     client = init_http_client_from_connection(read_superlink_connection(connection))
     lines = []
     try:
+        known = {
+            bytes(node.public_key): node.node_id
+            for node in client.ListNodes(ListNodesRequest()).nodes_info
+            if node.status != "unregistered"
+        }
         for key in public_keys:
-            request = RegisterNodeRequest(public_key=try_load_public_key(key), name=key.stem)
+            public = try_load_public_key(key)
+            if public in known:
+                lines.append(f"{key.name}: already registered as SuperNode {known[public]}")
+                continue
+            request = RegisterNodeRequest(public_key=public, name=key.stem)
             try:
                 node_id = client.RegisterNode(request=request).node_id
-            except Exception as err:  # Flower raises its own API errors; keep the message
-                if "already" not in str(err).lower():
-                    raise DeployError(f"registering {key} failed: {err}") from None
-                lines.append(f"{key.name}: already registered")
-                continue
+            except Exception as err:  # Flower's HTTP client raises its own errors
+                raise DeployError(f"registering {key} failed: {err}") from None
             lines.append(f"{key.name}: registered as SuperNode {node_id}")
     finally:
         client.close()
