@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,10 +74,30 @@ def simulate(work: Path, data: Path, rounds: int) -> list[float]:
         command += ["-c", f"{key}={json.dumps(value)}"]
     env = deploy.flower_env()
     env.update({"FLWR_HOME": str(work / "flwr-sim"), "RAY_TMPDIR": str(work / "ray")})
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"simulation failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return round_times(work / "runs" / "simulation" / "metrics.json")
+    # On a loaded machine Ray's raylet sometimes dies at start-up ("Timed out waiting for file
+    # .../metrics_agent_port") and the driver then waits forever: bound it, retry once.
+    for attempt in (1, 2):
+        name = f"simulation-{attempt}"
+        command[command.index("-c", command.index("simulate")) :] = [
+            part
+            for key, value in {**overrides, "run-name": name}.items()
+            for part in ("-c", f"{key}={json.dumps(value)}")
+        ]
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            output = proc.communicate(timeout=900)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+            proc.wait()
+            print(f"simulation attempt {attempt} timed out (Ray start-up?)", file=sys.stderr)
+            continue
+        if proc.returncode == 0:
+            return round_times(work / "runs" / name / "metrics.json")
+        print(f"simulation attempt {attempt} failed:\n{output[-2000:]}", file=sys.stderr)
+    raise RuntimeError("simulation failed twice")
 
 
 def deployed(work: Path, data: Path, rounds: int, warm: bool) -> list[float]:
