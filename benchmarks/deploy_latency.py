@@ -127,7 +127,7 @@ def deployed(work: Path, data: Path, rounds: int, warm: bool) -> list[float]:
             local.start_site(site)
         if warm:  # the executors import torch once, before the run, as a real site would
             for process in local.processes:
-                if process.name.endswith(".executor"):
+                if process.name in CENTERS:
                     _wait_for(process.log, "warm in", 300)
         run_config = config(data, root / "runs", name, rounds)
         text = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())

@@ -65,15 +65,17 @@ class SuperLinkSettings:
         return self.state_dir / STATE_DB
 
     def check(self) -> None:
-        """Fail before starting: valid chain, a certificate naming 127.0.0.1 (the SuperLink's
-        own SuperExec dials it), a private key only its owner reads."""
+        """Fail before starting: valid chain, a certificate naming the address the SuperLink's
+        own SuperExec dials (127.0.0.1 when it listens on all interfaces), a private key only
+        its owner reads."""
         _check_port(self.port)
         info = check_chain(self.pki / "superlink.crt", self.ca)
         check_private_key_mode(self.pki / "superlink.key")
-        if not info.covers("127.0.0.1"):
+        dial = _dial_host(self.host)  # what the SuperLink's own SuperExec dials and verifies
+        if not info.covers(dial):
             raise CertificateError(
-                f"{self.pki / 'superlink.crt'} does not name 127.0.0.1, which the SuperLink's "
-                "own SuperExec dials; recreate it with `fedllm certs init` (which adds it)"
+                f"{self.pki / 'superlink.crt'} does not name {dial}, which the SuperLink's own "
+                "SuperExec dials; recreate it with `fedllm certs init --host ...` naming it"
             )
 
     def command(self, exe: str = "flower-superlink") -> list[str]:
