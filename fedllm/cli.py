@@ -447,7 +447,12 @@ def _certs_init(args: argparse.Namespace) -> int:
     for node in made.nodes:
         print(f"  nodes/{node.site}.pub, .key  {node.fingerprint}; the .key to that site only")
     q = _quote
-    print("\nStart the SuperLink (add --host 0.0.0.0 to accept SuperNodes from other machines):")
+    print(
+        "\nStart the SuperLink in one command (TLS, node authentication, a state database; it "
+        "registers every nodes/*.pub and writes the connection below):"
+    )
+    print(f"  fedllm superlink start {q(folder)} --state ./superlink-state --host 0.0.0.0")
+    print("\nOr by hand (add --host 0.0.0.0 to accept SuperNodes from other machines):")
     print(
         f"  flower-superlink --ssl-ca-certfile {q(made.ca.cert)} "
         f"--ssl-certfile {q(made.superlink.cert)} --ssl-keyfile {q(made.superlink.key)} "
@@ -488,6 +493,10 @@ def _print_node_steps(site: str, pub: Path, key: Path, ca_cert: Path, address: s
     print(
         f"  flower-supernode --superlink {address} --root-certificates {q(ca_cert)} "
         f"--auth-supernode-private-key {q(key)}"
+    )
+    print(
+        f"  or: fedllm supernode start --superlink {address} --ca {q(ca_cert)} --key {q(key)} "
+        f"--name {site} --data DATA_FILE --site-dir SITE_DIR  (SITE_DIR: `fedllm site init`)"
     )
 
 

@@ -65,15 +65,17 @@ class SuperLinkSettings:
         return self.state_dir / STATE_DB
 
     def check(self) -> None:
-        """Fail before starting: valid chain, a certificate naming 127.0.0.1 (the SuperLink's
-        own SuperExec dials it), a private key only its owner reads."""
+        """Fail before starting: valid chain, a certificate naming the address the SuperLink's
+        own SuperExec dials (127.0.0.1 when it listens on all interfaces), a private key only
+        its owner reads."""
         _check_port(self.port)
         info = check_chain(self.pki / "superlink.crt", self.ca)
         check_private_key_mode(self.pki / "superlink.key")
-        if not info.covers("127.0.0.1"):
+        dial = _dial_host(self.host)  # what the SuperLink's own SuperExec dials and verifies
+        if not info.covers(dial):
             raise CertificateError(
-                f"{self.pki / 'superlink.crt'} does not name 127.0.0.1, which the SuperLink's "
-                "own SuperExec dials; recreate it with `fedllm certs init` (which adds it)"
+                f"{self.pki / 'superlink.crt'} does not name {dial}, which the SuperLink's own "
+                "SuperExec dials; recreate it with `fedllm certs init --host ...` naming it"
             )
 
     def command(self, exe: str = "flower-superlink") -> list[str]:
@@ -269,22 +271,28 @@ def register_nodes(public_keys: Sequence[Path], connection: str) -> list[str]:
     from flwr.cli.flower_config import read_superlink_connection
     from flwr.cli.supernode.register import try_load_public_key
     from flwr.cli.utils import init_http_client_from_connection
-    from flwr.proto.control_pb2 import RegisterNodeRequest
+    from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest
 
     for key in public_keys:
         check_node_public_key(key)
     client = init_http_client_from_connection(read_superlink_connection(connection))
     lines = []
     try:
+        known = {
+            bytes(node.public_key): node.node_id
+            for node in client.ListNodes(ListNodesRequest()).nodes_info
+            if node.status != "unregistered"
+        }
         for key in public_keys:
-            request = RegisterNodeRequest(public_key=try_load_public_key(key), name=key.stem)
+            public = try_load_public_key(key)
+            if public in known:
+                lines.append(f"{key.name}: already registered as SuperNode {known[public]}")
+                continue
+            request = RegisterNodeRequest(public_key=public, name=key.stem)
             try:
                 node_id = client.RegisterNode(request=request).node_id
-            except Exception as err:  # Flower raises its own API errors; keep the message
-                if "already" not in str(err).lower():
-                    raise DeployError(f"registering {key} failed: {err}") from None
-                lines.append(f"{key.name}: already registered")
-                continue
+            except Exception as err:  # Flower's HTTP client raises its own errors
+                raise DeployError(f"registering {key} failed: {err}") from None
             lines.append(f"{key.name}: registered as SuperNode {node_id}")
     finally:
         client.close()

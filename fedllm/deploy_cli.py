@@ -5,11 +5,13 @@ each that checks its files, starts the real Flower processes with fedllm's flags
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -123,20 +125,18 @@ def _supernode_start(args: argparse.Namespace) -> int:
         return _wait(procs)
 
 
-class _stopping:
-    """Stops every process on leaving (also on Ctrl-C / SIGTERM, which end the wait)."""
+@contextlib.contextmanager
+def _stopping(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """Stops every process on leaving, also on Ctrl-C or SIGTERM (which end the wait)."""
 
-    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
-        self.procs = procs
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
 
-    def __enter__(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, handler)
-
-    def __exit__(self, *exc: object) -> None:
-        deploy.stop(self.procs)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        deploy.stop(procs)
 
 
 def _wait(procs: list[subprocess.Popen[bytes]]) -> int:

@@ -105,16 +105,15 @@ class LocalFederation:
         wait_for(process, "SuperLink ready", timeout)
         return process
 
-    def start_site(
-        self, site: deploy.SiteSettings, prefix: Sequence[str] | None = None
-    ) -> list[Process]:
-        """The site's SuperNode and, when ``site.warm``, its warm executor."""
-        site.check()
-        node = self.start(site.name, site.command(deploy.executable("flower-supernode")), prefix)
-        started = [node]
-        if site.warm:
-            started.append(self.start(f"{site.name}.executor", site.executor_command(None), prefix))
-        return started
+    def start_site(self, site: deploy.SiteSettings, prefix: Sequence[str] | None = None) -> Process:
+        """``fedllm supernode start`` (the site's command): its SuperNode and, when
+        ``site.warm``, its warm executor, in one process group."""
+        command = [sys.executable, "-m", "fedllm.cli", "supernode", "start"]
+        command += ["--superlink", site.superlink, "--ca", str(site.ca)]
+        command += ["--key", str(site.node_key), "--data", str(site.data_path)]
+        command += ["--site-dir", str(site.site_dir), "--name", site.name]
+        command += ["--port", str(site.port), *(() if site.warm else ("--cold",))]
+        return self.start(site.name, command, prefix)
 
     def run(
         self,

@@ -1,14 +1,18 @@
-"""Deployment mode with real processes on loopback: a TLS SuperLink with SuperNode
-authentication (started by `fedllm superlink start`, which registers the sites' keys) and
-three SuperNodes, each with its own node key, data file, policy, ledger and site key.
+"""Deployment mode with real processes: a TLS SuperLink with SuperNode authentication
+(started by `fedllm superlink start`, which registers the sites' keys) and four SuperNodes,
+each with its own node key, data file, policy, ledger and site key.
 
-One federation serves the whole module (start-up is the expensive part); the test that kills
-a site runs last. Every process is stopped by the fixture, also when a test fails.
+Where `ip netns` works (root), the SuperNodes run in their own network namespace and reach the
+SuperLink across a veth link, so every byte crosses a real interface; elsewhere (or with
+FEDLLM_DEPLOY_NETNS=0) everything runs on loopback. One federation serves the whole module
+(start-up is the expensive part). Every process, and the namespace, is removed by the
+fixture, also when a test fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -24,6 +28,7 @@ from fedllm.crypto import SiteKey, create_deployment
 from fedllm.deploy_local import LocalFederation, free_port
 from fedllm.privacy import SitePolicy
 from tests.conftest import ROOT, write_heart_center
+from tests.integration.netns import Netns
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 DOOMED = "hospital-d"  # a fourth site, killed once round 1 is recorded
@@ -36,6 +41,8 @@ class Federation:
     local: LocalFederation
     root: Path
     sites: dict[str, deploy.SiteSettings]
+    net: Netns | None
+    no_netns: str  # why the SuperNodes share the SuperLink's namespace ("" when they do not)
 
     def run_config(self, name: str, rounds: int = 2, **extra: object) -> str:
         values: dict[str, object] = {
@@ -69,15 +76,24 @@ def make_site(root: Path, name: str, seed: int, rows: int = 40) -> Path:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("deployment")
-    made = create_deployment(root / "pki", ["localhost", "127.0.0.1"], [*SITES, DOOMED, INTRUDER])
+    if os.environ.get("FEDLLM_DEPLOY_NETNS", "1") == "0":
+        made_net: Netns | str = "FEDLLM_DEPLOY_NETNS=0"
+    else:
+        made_net = Netns.create()
+    net = made_net if isinstance(made_net, Netns) else None
+    host = net.host_ip if net else "127.0.0.1"
+    node_prefix = net.prefix if net else []
+    hosts = ["localhost", "127.0.0.1", host]
+    made = create_deployment(root / "pki", hosts, [*SITES, DOOMED, INTRUDER])
     (root / "held-out").mkdir()
     write_heart_center(root / "held-out" / "processed.cleveland.data", 45, 99)
     local = LocalFederation(root)
     try:
         members = [n for n in made.nodes if n.site != INTRUDER]
-        local.start_superlink([n.pub for n in members], free_port())
+        local.start_superlink([n.pub for n in members], free_port(host), host=host)
         assert local.superlink is not None
-        start_refused(local, made.ca.cert, made.nodes[0].key, root / "pki" / "nodes")
+        nodes = root / "pki" / "nodes"
+        start_refused(local, made.ca.cert, made.nodes[0].key, nodes, node_prefix)
         sites = {}
         for seed, node in enumerate(members):
             folder = make_site(root, node.site, seed)
@@ -90,11 +106,13 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 node.site,
                 port=free_port(),
             )
-            local.start_site(site)
+            local.start_site(site, node_prefix)
             sites[node.site] = site
-        yield Federation(local, root, sites)
+        yield Federation(local, root, sites, net, "" if net else str(made_net))
     finally:
         local.close()
+        if net is not None:
+            net.delete()
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +181,9 @@ def test_a_killed_site_drops_out_and_the_run_completes(run: tuple[dict[str, Any]
 REFUSED = ("intruder", "no-ca", "plaintext")
 
 
-def start_refused(local: LocalFederation, ca: Path, member_key: Path, nodes: Path) -> None:
+def start_refused(
+    local: LocalFederation, ca: Path, member_key: Path, nodes: Path, prefix: list[str]
+) -> None:
     """Three SuperNodes that must not get in, started with the federation so they overlap its
     start-up: an unregistered key, no CA (the system's trust store instead), and a plaintext
     client (--insecure; Flower refuses node keys without TLS, so it has none)."""
@@ -179,7 +199,7 @@ def start_refused(local: LocalFederation, ca: Path, member_key: Path, nodes: Pat
         if tls[-1] == "--auth-supernode-private-key":
             command.append(str(key))
         command += ["--port", str(free_port()), "--max-retries", "2", "--max-wait-time", "20"]
-        local.start(name, command)
+        local.start(name, command, prefix)
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +235,22 @@ def test_plaintext_client_cannot_talk_to_the_tls_superlink(
     assert "Connection attempt failed" in refused["plaintext"]
     # The same at the byte level: a plaintext HTTP request gets no HTTP answer.
     assert federation.local.superlink is not None
-    port = federation.local.superlink.port
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    link = federation.local.superlink
+    with socket.create_connection((link.host, link.port), timeout=10) as sock:
         sock.sendall(b"POST /v1/fleet/activate-node HTTP/1.1\r\nHost: x\r\n\r\n")
         answer = sock.recv(1024)
     assert not answer.startswith(b"HTTP/")
+
+
+def test_sites_reach_the_superlink_across_a_veth_link(
+    federation: Federation, run: tuple[dict[str, Any], str]
+) -> None:
+    if federation.net is None:
+        pytest.skip(f"SuperNodes ran on loopback: no network namespace ({federation.no_netns})")
+    net = federation.net
+    assert net.received_bytes() > 50_000  # the FAB, the global models, the replies
+    superlink = federation.local.processes[0].text()
+    assert f"{net.ns_ip}:" in superlink  # the SuperLink saw the sites' veth address
+    assert "127.0.0.1:" not in "".join(
+        line for line in superlink.splitlines() if "/v1/fleet/" in line
+    )  # no fleet call came over loopback
