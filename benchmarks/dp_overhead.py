@@ -8,7 +8,7 @@ least disturbed by the shared machine, as ``timeit`` advises), so per-round set-
 wrapping) is excluded from the step time and included in the round time. Threads default to 1:
 in simulation each site gets one CPU (Ray sets OMP_NUM_THREADS=1).
 
-    .venv/bin/python benchmarks/dp_overhead.py              # ~6 min on 2 cores
+    .venv/bin/python benchmarks/dp_overhead.py              # ~11 min on 2 cores (text model: 6)
     .venv/bin/python benchmarks/dp_overhead.py --quick      # ~1 min, fewer repeats
 
 Writes results/dp_overhead.{json,md}.
@@ -136,13 +136,16 @@ def step_times(
     model: Model, batch_size: int, trainers: dict[str, Trainer], reps: int
 ) -> dict[str, float]:
     """Milliseconds per step for each trainer: the slope between 1 and 4 epochs, an epoch being
-    long enough (16-256 steps, about 0.1 s of plain training) for the clock to resolve it."""
+    long enough (16-256 steps, about 0.1 s of plain training) for the clock to resolve it; a
+    model whose plain step takes over 50 ms gets 4-step epochs and at most 3 repeats."""
 
     def data(steps: int) -> Split:
         return model.data(steps * batch_size, torch.Generator().manual_seed(0))
 
     probe = min(timed(trainers["plain"], model, data(16), batch_size, 1) for _ in range(3)) / 16
     steps = int(min(256, max(16, 0.1 / probe)))
+    if probe > 0.05:  # a step the clock resolves alone (the text model): 4 steps, 3 repeats
+        steps, reps = 4, min(reps, 3)
     rows = data(steps)
     short, long = 1, 4
     shorts: dict[str, list[float]] = {name: [] for name in trainers}
