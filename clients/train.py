@@ -31,7 +31,7 @@ from fedllm.privacy import (
 from fedllm.scaling import scale_site, scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
 from fedllm.training import LocalTraining, train_local
-from fedllm.weights import load_arrays, state_bytes, to_arrays
+from fedllm.weights import exchanged_state, load_arrays, state_bytes, to_arrays
 
 PARTITION_ID, NUM_PARTITIONS, DATA_PATH = "partition-id", "num-partitions", "data-path"
 SITE_NAME = "site-name"
@@ -171,9 +171,8 @@ def train_round(
         run = [e for e in ledger.entries if e.run_id == run_id]
         metrics[m.EPSILON] = history_epsilon(run, cfg.target_delta, cfg.accountant)
         metrics[m.SITE_EPSILON] = site_epsilon
-    update = to_arrays(model)
-    metrics[m.UPDATE_BYTES] = state_bytes(update.to_torch_state_dict())
-    return update, metrics
+    metrics[m.UPDATE_BYTES] = state_bytes(exchanged_state(model))  # sizes only: no copy
+    return to_arrays(model), metrics
 
 
 def _check_run_target(ledger: LedgerState, run_id: str, planned: DPEvent, cfg: RunConfig) -> None:

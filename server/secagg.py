@@ -129,7 +129,6 @@ class SecAggFedAvg(SiteAwareFedAvg):
         replies = list(replies)
         # Every sampled site that did not reply is named, including one lost in key sharing.
         self._note_dropped("train", server_round, replies, self._unanswered)
-        self._unanswered = {}
         refused: dict[str, dict[str, str]] = {}
         vectors: dict[int, np.ndarray] = {}
         valid: dict[int, Message] = {}
