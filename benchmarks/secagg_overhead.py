@@ -50,6 +50,7 @@ from clients import secagg as site_secagg  # noqa: E402
 from fedllm import metrics as m  # noqa: E402
 from fedllm.secagg import Layout, SecAggSettings, prg, weighted_vector  # noqa: E402
 from fedllm.weights import to_arrays  # noqa: E402
+from server.grid import polling  # noqa: E402
 from server.secagg import SecAggFedAvg  # noqa: E402
 from server.strategy import SiteAwareFedAvg  # noqa: E402
 
@@ -95,9 +96,10 @@ def train(msg: Message, context: Context) -> Message:
     )
     if m.SECAGG in msg.content.config_records:
         started = time.perf_counter()
-        masked = site_secagg.masked_update(msg, context, arrays, update, metrics, CLIP)
+        records = site_secagg.masked_update(msg, context, arrays, update, metrics, CLIP)
         metrics["mask-seconds"] = time.perf_counter() - started
-        content[m.SECAGG_MASKED] = masked
+        for key, record in records.items():
+            content[key] = record
     else:
         content[m.ARRAYS] = update
     return Message(content=content, reply_to=msg)
@@ -150,7 +152,7 @@ def bench(grid: Grid, context: Context) -> None:
             )
             marks: list[float] = []
             strategy.start(
-                grid=grid,
+                grid=polling(grid),  # as fedllm's ServerApp does
                 initial_arrays=initial,
                 num_rounds=PLAN["rounds"],
                 train_config=ConfigRecord({"hidden": HIDDEN[size], "local-steps": PLAN["steps"]}),
@@ -171,8 +173,8 @@ def bench(grid: Grid, context: Context) -> None:
                 "site_train_s": statistics.median(s["train-seconds"] for s in sites),
             }
             if isinstance(strategy, TimedSecAgg):
-                # Mean per timed round (setup runs in round 1 only; later rounds get their keys
-                # with the previous round's unmask stage).
+                # Mean per timed round (setup and key sharing run in round 1 only; later
+                # rounds get their keys and shares with the previous round's messages).
                 row["stages_s"] = {k: sum(v[1:]) / len(times) for k, v in strategy.stages.items()}
                 row["site_mask_s"] = statistics.median(s["mask-seconds"] for s in sites)
             PLAN["rows"].append(row)

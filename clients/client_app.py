@@ -42,11 +42,12 @@ def train(msg: Message, context: Context) -> Message:
     except (PrivacyError, DataError, UpdateError) as err:
         return _refuse(msg, site.data.name, server_round, err)
     if m.SECAGG in msg.content.config_records:  # secure aggregation: only the masked vector
-        masked = secagg.masked_update(
+        records = secagg.masked_update(
             msg, context, arrays, update, metrics, site.cfg.secagg_clip_range
         )
         reply = _reply(msg, site.data.name, None, metrics)
-        reply.content[m.SECAGG_MASKED] = masked
+        for key, record in records.items():
+            reply.content[key] = record
         return reply
     return _reply(msg, site.data.name, update, metrics)
 

@@ -5,6 +5,11 @@ Setup, key sharing and unmasking touch no data and load no model: they read and 
 protocol state in ``context.state``. Training happens in the ordinary ``train`` message, which
 also carries the shares addressed to this site; the reply holds the masked vector instead of
 the model arrays (the ledger entry for the round is written before, by ``train_round``).
+
+From the second round on the key stages ride on the messages of the round before: the train
+reply carries fresh public keys for the next round (its setup), and the unmask request carries
+the neighbours' next-round keys, so the unmask answer also holds this site's encrypted shares
+for the next round (its key sharing). A steady round is then two messages: train and unmask.
 """
 
 from __future__ import annotations
@@ -65,10 +70,8 @@ def share_keys(msg: Message, context: Context) -> Message:
     """Stage 1: encrypted shares of the seed and sk1, one per neighbour."""
     record, server_round = _request(msg)
     state = _state(context, SHARE_KEYS, server_round)
-    peers = cast(list[int], record["peers"])
-    pk1, pk2 = cast(list[bytes], record["pk1"]), cast(list[bytes], record["pk2"])
     sent = state.share_keys(
-        {int(n): (bytes(a), bytes(b)) for n, a, b in zip(peers, pk1, pk2, strict=True)},
+        _peer_keys(record),
         int(cast(int, record["threshold"])),
         int(cast(int, record["num-shares"])),
     )
@@ -83,9 +86,10 @@ def masked_update(
     update: ArrayRecord,
     metrics: MetricRecord,
     clip_range: float,
-) -> ArrayRecord:
-    """Stage 2: the weighted, quantized, masked update (``[n, n * q(update - global)]``).
-    Records in ``metrics`` the fraction of values clipped to ``clip_range``."""
+) -> dict[str, ArrayRecord | ConfigRecord]:
+    """Stage 2: the weighted, quantized, masked update (``[n, n * q(update - global)]``), and
+    the public keys of a fresh setup for the next round: the records to add to the train
+    reply. Records in ``metrics`` the fraction of values clipped to ``clip_range``."""
     record, server_round = _request(msg)
     state = _state(context, MASK, server_round)
     layout = Layout.of(global_arrays)
@@ -98,12 +102,20 @@ def masked_update(
     ciphertexts = [bytes(c) for c in cast(list[bytes], record["ciphertexts"])]
     masked = state.mask(vector, dict(zip(sources, ciphertexts, strict=True)))
     _save(context, state)
-    return ArrayRecord({m.SECAGG_VECTOR: Array(masked)})
+    ahead = SiteSecAgg.setup(state.node_id, server_round + 1)
+    context.state[m.STATE_SECAGG_NEXT] = ConfigRecord(state_to_config(ahead))  # type: ignore[arg-type]
+    return {
+        m.SECAGG_MASKED: ArrayRecord({m.SECAGG_VECTOR: Array(masked)}),
+        m.SECAGG: ConfigRecord(
+            {"next-round": server_round + 1, "pk1": ahead.pk1, "pk2": ahead.pk2}
+        ),
+    }
 
 
 def unmask(msg: Message, context: Context) -> Message:
     """Stage 3: the shares the server needs to remove the masks of this site's neighbours;
-    with ``next-round``, also the fresh public keys for that round (its setup, done ahead)."""
+    with ``next-peers`` (the next round's neighbours and their keys), also this site's
+    encrypted shares for the next round: that round's key sharing, done ahead."""
     record, server_round = _request(msg)
     state = _state(context, UNMASK, server_round)
     revealed = state.unmask(
@@ -111,8 +123,24 @@ def unmask(msg: Message, context: Context) -> Message:
         [int(n) for n in cast(list[int], record["dropped"])],
     )
     answer: dict[str, object] = {"owners": list(revealed), "shares": list(revealed.values())}
-    if "next-round" in record:  # this round's secrets are spent: set up the next one
-        state = SiteSecAgg.setup(state.node_id, int(cast(int, record["next-round"])))
-        answer.update(pk1=state.pk1, pk2=state.pk2)
+    ahead = context.state.config_records.get(m.STATE_SECAGG_NEXT)
+    if ahead is not None:
+        del context.state[m.STATE_SECAGG_NEXT]
+    if "next-peers" in record and ahead is not None:
+        state = state_from_config(dict(ahead))
+        state.expect(SHARE_KEYS, int(cast(int, record["next-round"])))
+        sent = state.share_keys(
+            _peer_keys(record, "next-"),
+            int(cast(int, record["next-threshold"])),
+            int(cast(int, record["next-num-shares"])),
+        )
+        answer.update(destinations=list(sent), ciphertexts=list(sent.values()))
     _save(context, state)
     return _answer(msg, answer)
+
+
+def _peer_keys(record: ConfigRecord, prefix: str = "") -> dict[int, tuple[bytes, bytes]]:
+    peers = cast(list[int], record[f"{prefix}peers"])
+    pk1 = cast(list[bytes], record[f"{prefix}pk1"])
+    pk2 = cast(list[bytes], record[f"{prefix}pk2"])
+    return {int(n): (bytes(a), bytes(b)) for n, a, b in zip(peers, pk1, pk2, strict=True)}

@@ -34,6 +34,7 @@ SECAGG_VECTOR = "vector"
 # Client state (context.state) keys.
 STATE_CALIBRATION = "privacy-calibration"
 STATE_SECAGG = "secagg-state"
+STATE_SECAGG_NEXT = "secagg-state-next"  # keys made ahead for the next round
 # Metric names.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"

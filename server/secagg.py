@@ -4,10 +4,16 @@
 messages, each carrying the encrypted shares addressed to its site; the sites train, mask
 their weighted update and reply with the masked vector (Flower's round loop sends these).
 ``aggregate_train`` collects the masked vectors, runs the unmask stage, and turns the
-unmasked sum into the new global model. The unmask request also asks each site for its keys
-for the next round, so from the second round on the setup stage needs no message of its own
-(when every sampled site answered). Any stage with fewer live sites than the threshold
-fails closed: the round applies nothing and the previous global model stays.
+unmasked sum into the new global model.
+
+From the second round on neither key stage needs a message of its own. Each train reply also
+carries the site's public keys for the next round (its setup, done ahead); the unmask request
+forwards to each site its next-round neighbours' keys, and the unmask answer carries its
+encrypted shares for the next round (key sharing, done ahead). When the next round samples
+exactly the sites that shared keys ahead, its train messages go out at once: two messages per
+round (train, unmask) against plain FedAvg's one. Otherwise (first round, a changed sample)
+the two key stages run as messages of their own. Any stage with fewer live sites than the
+threshold fails closed: the round applies nothing and the previous global model stays.
 """
 
 from __future__ import annotations
@@ -49,55 +55,30 @@ class SecAggFedAvg(SiteAwareFedAvg):
         self._grid: Grid | None = None
         self._protocol: SecAggRound | None = None
         self._unanswered: dict[int, str] = {}  # node -> the key stage it did not answer
-        # Public keys sites made for the next round while answering this round's unmask
-        # request: when every sampled site has them, the next round skips its setup stage.
-        self._next_keys: dict[int, tuple[bytes, bytes]] = {}
-        self._next_round = 0
+        # The next round's protocol with keys and shares exchanged ahead (see the module doc).
+        self._ahead: SecAggRound | None = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._grid, self._protocol, self._unanswered = grid, None, {}
-        ready = self._next_keys if self._next_round == server_round else {}
-        self._next_keys, self._next_round = {}, 0
+        ahead, self._ahead = self._ahead, None
         if not messages:
             return messages
+        sampled = [msg.metadata.dst_node_id for msg in messages]
         try:
             Layout.of(arrays)  # float arrays only, checked before any site works
             shares, threshold = self.settings.for_round(len(messages))
-            protocol = SecAggRound(
-                server_round, threshold, shares, [msg.metadata.dst_node_id for msg in messages]
-            )
-            if set(protocol.sampled) <= set(ready):
-                protocol.receive_public_keys({n: ready[n] for n in protocol.sampled})
+            if (
+                ahead is not None
+                and ahead.server_round == server_round
+                and ahead.keyed == set(sampled)
+                and (ahead.num_shares, ahead.threshold) == (shares, threshold)
+            ):
+                protocol = ahead  # keys set up and shared during the last unmask stage
             else:
-                keys = self._exchange(
-                    server_round, "secagg_setup", {nid: {} for nid in protocol.sampled}
-                )
-                protocol.receive_public_keys(
-                    {n: (_blob(r, "pk1"), _blob(r, "pk2")) for n, r in keys.items()}
-                )
-            sent = self._exchange(
-                server_round,
-                "secagg_share_keys",
-                {
-                    nid: {**_peers(protocol, nid), "threshold": threshold, "num-shares": shares}
-                    for nid in protocol.public_keys
-                },
-            )
-            protocol.receive_ciphertexts(
-                {
-                    n: dict(
-                        zip(
-                            cast(list[int], r["destinations"]),
-                            cast(list[bytes], r["ciphertexts"]),
-                            strict=True,
-                        )
-                    )
-                    for n, r in sent.items()
-                }
-            )
+                protocol = self._share_keys(server_round, sampled, shares, threshold)
         except SecAggError as err:
             self.reject(server_round, "secure aggregation", str(err))
             return []
@@ -121,6 +102,26 @@ class SecAggFedAvg(SiteAwareFedAvg):
                 Message(content=content, dst_node_id=nid, message_type=msg.metadata.message_type)
             )
         return out
+
+    def _share_keys(
+        self, server_round: int, sampled: list[int], shares: int, threshold: int
+    ) -> SecAggRound:
+        """The setup and key-sharing stages as messages of their own."""
+        protocol = SecAggRound(server_round, threshold, shares, sampled)
+        keys = self._exchange(server_round, "secagg_setup", {nid: {} for nid in sampled})
+        protocol.receive_public_keys(
+            {n: (_blob(r, "pk1"), _blob(r, "pk2")) for n, r in keys.items()}
+        )
+        sent = self._exchange(
+            server_round,
+            "secagg_share_keys",
+            {
+                nid: {**_peers(protocol, nid), "threshold": threshold, "num-shares": shares}
+                for nid in protocol.public_keys
+            },
+        )
+        protocol.receive_ciphertexts({n: _ciphertexts(r) for n, r in sent.items()})
+        return protocol
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -155,6 +156,7 @@ class SecAggFedAvg(SiteAwareFedAvg):
             return None, None  # failed closed in configure_train (already recorded)
         try:
             protocol.receive_masked(vectors)
+            ahead = self._ahead_of(server_round + 1, {n: valid[n] for n in protocol.masked})
             shares = self._exchange(
                 server_round,
                 "secagg_unmask",
@@ -163,15 +165,12 @@ class SecAggFedAvg(SiteAwareFedAvg):
                         **dict(
                             zip(("alive", "dropped"), protocol.unmask_request(nid), strict=True)
                         ),
-                        "next-round": server_round + 1,
+                        **_ahead_request(ahead, nid),
                     }
                     for nid in protocol.masked
                 },
             )
-            self._next_round = server_round + 1
-            self._next_keys = {
-                n: (_blob(r, "pk1"), _blob(r, "pk2")) for n, r in shares.items() if "pk1" in r
-            }
+            self._receive_ahead(ahead, shares)
             total = protocol.unmask(
                 {
                     n: dict(
@@ -204,6 +203,34 @@ class SecAggFedAvg(SiteAwareFedAvg):
         log(INFO, "secagg: round %d, sum of %d sites unmasked", server_round, len(summed))
         metrics = aggregate_train_metrics([msg.content for msg in summed], m.NUM_EXAMPLES)
         return self.validated(server_round, arrays), metrics
+
+    def _ahead_of(self, next_round: int, replies: dict[int, Message]) -> SecAggRound | None:
+        """The next round's protocol over the sites whose train replies carried public keys
+        for it; None (that round sets up with messages of its own) when they cannot make one."""
+        keys = {}
+        for nid, msg in replies.items():
+            record = msg.content.config_records.get(m.SECAGG)
+            if record is not None and record.get("next-round") == next_round:
+                keys[nid] = (_blob(record, "pk1"), _blob(record, "pk2"))
+        try:
+            shares, threshold = self.settings.for_round(len(keys))
+            ahead = SecAggRound(next_round, threshold, shares, sorted(keys))
+            ahead.receive_public_keys(keys)
+        except SecAggError:
+            return None
+        return ahead
+
+    def _receive_ahead(self, ahead: SecAggRound | None, answers: dict[int, ConfigRecord]) -> None:
+        """Keep the next round's protocol when every site's shares for it came back."""
+        if ahead is None:
+            return
+        try:
+            ahead.receive_ciphertexts(
+                {n: _ciphertexts(r) for n, r in answers.items() if "destinations" in r}
+            )
+        except SecAggError:
+            return
+        self._ahead = ahead
 
     def _exchange(
         self, server_round: int, action: str, requests: dict[int, dict[str, Any]]
@@ -240,6 +267,30 @@ def _peers(protocol: SecAggRound, nid: int) -> dict[str, Any]:
         "pk1": [k[0] for k in peers.values()],
         "pk2": [k[1] for k in peers.values()],
     }
+
+
+def _ahead_request(ahead: SecAggRound | None, nid: int) -> dict[str, Any]:
+    """What ``nid`` needs to share its next-round keys with its next-round neighbours."""
+    if ahead is None or nid not in ahead.public_keys:
+        return {}
+    peers = _peers(ahead, nid)
+    return {
+        "next-round": ahead.server_round,
+        "next-threshold": ahead.threshold,
+        "next-num-shares": ahead.num_shares,
+        **{f"next-{key}": value for key, value in peers.items()},
+    }
+
+
+def _ciphertexts(record: ConfigRecord) -> dict[int, bytes]:
+    """A key-sharing answer: destination node id -> encrypted shares."""
+    return dict(
+        zip(
+            [int(n) for n in cast(list[int], record["destinations"])],
+            [bytes(c) for c in cast(list[bytes], record["ciphertexts"])],
+            strict=True,
+        )
+    )
 
 
 def _blob(record: ConfigRecord, key: str) -> bytes:

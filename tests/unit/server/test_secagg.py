@@ -33,23 +33,28 @@ def _train(msg: Message, context: Context) -> Message:
     """A site's train reply under secure aggregation: a known update, masked."""
     arrays = msg.content.array_records[m.ARRAYS]
     metrics = MetricRecord({m.NUM_EXAMPLES: 10 * context.node_id, m.TRAIN_LOSS: 0.1})
-    masked = secagg.masked_update(
+    records = secagg.masked_update(
         msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP
     )
     if context.node_id in MALFORMED:
-        masked = ArrayRecord({m.SECAGG_VECTOR: Array(np.zeros(3, dtype=np.uint64))})
+        records[m.SECAGG_MASKED] = ArrayRecord(
+            {m.SECAGG_VECTOR: Array(np.zeros(3, dtype=np.uint64))}
+        )
     content = RecordDict(
         {
             m.METRICS: metrics,
             m.SITE: ConfigRecord({m.SITE_NAME: f"site-{context.node_id}"}),
-            m.SECAGG_MASKED: masked,
+            **records,
         }
     )
     return Message(content=content, reply_to=msg)
 
 
 def _round(
-    drop: list[int], malformed: frozenset[int] = frozenset(), rounds: int = 1
+    drop: list[int],
+    malformed: frozenset[int] = frozenset(),
+    rounds: int = 1,
+    stage: str = "train",
 ) -> tuple[SecAggFedAvg, ArrayRecord, ArrayRecord | None]:
     instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
     MALFORMED.clear()
@@ -63,7 +68,7 @@ def _round(
             "train.secagg_unmask": secagg.unmask,
         },
     )
-    grid.dropped = dict.fromkeys(drop, "train")  # after key sharing
+    grid.dropped = dict.fromkeys(drop, stage)  # by default after key sharing
     torch.manual_seed(0)
     current = to_arrays(TabularModel(6, 4))
     strategy = SecAggFedAvg(
@@ -113,11 +118,25 @@ def test_a_malformed_masked_vector_is_rejected_and_the_others_summed() -> None:
         assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
 
 
-def test_from_the_second_round_on_setup_rides_on_the_unmask_stage() -> None:
-    _, current, arrays = _round(drop=[], rounds=2)
+def test_from_the_second_round_on_both_key_stages_ride_on_the_round_before() -> None:
+    _, current, arrays = _round(drop=[], rounds=3)
     assert arrays is not None
     for key, value in _fedavg(current, NODES).items():
         assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
     delivered = GRIDS[-1].delivered
     assert delivered.count("train.secagg_setup") == len(NODES)  # round 1 only
-    assert delivered.count("train.secagg_unmask") == 2 * len(NODES)
+    assert delivered.count("train.secagg_share_keys") == len(NODES)  # round 1 only
+    assert delivered.count("train") == 3 * len(NODES)
+    assert delivered.count("train.secagg_unmask") == 3 * len(NODES)
+
+
+def test_a_site_lost_in_the_unmask_stage_sends_the_next_round_back_to_full_setup() -> None:
+    # Site 23 answers round 1's training, then stops: round 1's unmask goes on without it
+    # (its seed is rebuilt from the others' shares), and round 2 cannot use keys shared
+    # ahead, since 23 shared none: it runs setup and key sharing again, then 23 drops.
+    strategy, _, arrays = _round(drop=[23], rounds=2, stage="train.secagg_unmask")
+    delivered = GRIDS[-1].delivered
+    assert delivered.count("train.secagg_setup") == 2 * len(NODES)
+    assert arrays is not None
+    assert sorted(strategy.site_train[1]) == [f"site-{n}" for n in NODES]
+    assert sorted(strategy.site_train[2]) == ["site-21", "site-22", "site-24", "site-25"]
