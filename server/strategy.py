@@ -88,8 +88,6 @@ class SiteAwareFedAvg(FedAvg):
     is not started (:class:`SiteLevelBudgetSpent`)."""
 
     def __init__(self, client_dp: ClientDPAccountant | None = None, **kwargs: Any) -> None:
-        if client_dp is not None:
-            kwargs["weighted_by_key"] = m.CLIENT_DP_WEIGHT
         super().__init__(train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
         self.client_dp = client_dp
         self.client_sampled: dict[int, int] = {}  # round -> sites sharing the noise
@@ -260,7 +258,13 @@ class SiteAwareFedAvg(FedAvg):
             for msg in accepted
             if not msg.has_error()  # type: ignore[arg-type]
         }
-        arrays, metrics = super().aggregate_train(server_round, accepted)
+        weighted_by = self.weighted_by_key
+        if self.client_dp is not None:  # training only: sites weigh 1 each (evaluation: examples)
+            self.weighted_by_key = m.CLIENT_DP_WEIGHT
+        try:
+            arrays, metrics = super().aggregate_train(server_round, accepted)
+        finally:
+            self.weighted_by_key = weighted_by
         if arrays is not None:  # the server has seen each summed site's noised update
             self.account_client_dp(server_round, len(self.site_train[server_round]))
         return self.validated(server_round, arrays), metrics

@@ -167,6 +167,25 @@ def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted
     assert strategy.client_rounds[1][m.CLIENT_EPSILON] == pytest.approx(
         epsilon([DPEvent(dp.noise_multiplier, 1.0, 1)], 1e-3, "rdp")
     )
+    # Evaluation still averages by examples (the sites send no client-dp weight there).
+    evals = [
+        Message(
+            RecordDict(
+                {
+                    m.METRICS: MetricRecord({m.NUM_EXAMPLES: n, m.LOSS: 0.1, m.ACCURACY: acc}),
+                    m.SITE: ConfigRecord({m.SITE_NAME: f"site-{msg.metadata.dst_node_id}"}),
+                }
+            ),
+            reply_to=msg,
+        )
+        for msg, (n, acc) in zip(
+            strategy.configure_evaluate(1, current, ConfigRecord(), grid),
+            [(1, 0.0), (3, 1.0)],
+            strict=True,
+        )
+    ]
+    scores = strategy.aggregate_evaluate(1, evals)
+    assert scores is not None and scores[m.ACCURACY] == pytest.approx(0.75)
 
 
 def test_a_site_refuses_without_a_sampled_count_or_with_an_impossible_one(
