@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from clients import secagg
+from clients import client_dp, secagg
 from clients.site import SiteGuard
 from clients.train import SiteRuntime, node_site_name, privacy_request, train_round
 from fedllm import metrics as m
@@ -34,16 +34,29 @@ def train(msg: Message, context: Context) -> Message:
     except (DataError, UpdateError) as err:
         return _refuse(msg, node_site_name(context), server_round, err)
     arrays = msg.content.array_records[m.ARRAYS]
+    secure = m.SECAGG in msg.content.config_records
     try:
         guard = _guard(context, site, config)
+        noise = (
+            client_dp.site_noise(site.cfg, config, context.state) if site.cfg.client_dp else None
+        )
         update, metrics = train_round(
             site, guard, arrays, server_round, str(context.run_id), context.state
         )
     except (PrivacyError, DataError, UpdateError) as err:
         return _refuse(msg, site.data.name, server_round, err)
-    if m.SECAGG in msg.content.config_records:  # secure aggregation: only the masked vector
+    if noise is not None:  # client-level DP: clipped and noised before it leaves the site
+        clip_range = site.cfg.secagg_clip_range if secure else None
+        update = client_dp.privatize(arrays, update, noise, metrics, clip_range)
+    if secure:  # secure aggregation: only the masked vector
         records = secagg.masked_update(
-            msg, context, arrays, update, metrics, site.cfg.secagg_clip_range
+            msg,
+            context,
+            arrays,
+            update,
+            metrics,
+            site.cfg.secagg_clip_range,
+            weight=1 if noise is not None else None,  # client-level DP: sites count equally
         )
         reply = _reply(msg, site.data.name, None, metrics)
         for key, record in records.items():

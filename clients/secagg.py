@@ -86,18 +86,19 @@ def masked_update(
     update: ArrayRecord,
     metrics: MetricRecord,
     clip_range: float,
+    weight: int | None = None,
 ) -> dict[str, ArrayRecord | ConfigRecord]:
     """Stage 2: the weighted, quantized, masked update (``[n, n * q(update - global)]``), and
     the public keys of a fresh setup for the next round: the records to add to the train
-    reply. Records in ``metrics`` the fraction of values clipped to ``clip_range``."""
+    reply. ``n`` is the site's example count unless ``weight`` is given (1 under client-level
+    DP). Records in ``metrics`` the fraction of values clipped to ``clip_range``."""
     record, server_round = _request(msg)
     state = _state(context, MASK, server_round)
     layout = Layout.of(global_arrays)
     delta = layout.flatten(update) - layout.flatten(global_arrays)  # (P,)
     metrics[m.SECAGG_CLIPPED] = float(np.mean(np.abs(delta) > clip_range))
-    vector = weighted_vector(
-        delta, int(cast(int, metrics[m.NUM_EXAMPLES])), clip_range, np.random.default_rng()
-    )
+    n = int(cast(int, metrics[m.NUM_EXAMPLES])) if weight is None else weight
+    vector = weighted_vector(delta, n, clip_range, np.random.default_rng())
     sources = [int(n) for n in cast(list[int], record["sources"])]
     ciphertexts = [bytes(c) for c in cast(list[bytes], record["ciphertexts"])]
     masked = state.mask(vector, dict(zip(sources, ciphertexts, strict=True)))

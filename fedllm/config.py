@@ -65,6 +65,12 @@ class RunConfig:
     secagg_clip_range: float
     checkpoint: str
     checkpoint_key: str
+    # Client-level (site-level) DP: each site's whole update clipped to `client-clip` and
+    # noised before masking so the released sum is (client-epsilon, client-delta)-DP per site.
+    client_dp: bool
+    client_epsilon: float
+    client_delta: float
+    client_clip: float
 
     # Language-model task (`text`): architecture, pretrained base, LoRA adapters.
     base_model: str = ""
@@ -124,6 +130,7 @@ class RunConfig:
             raise ConfigError(f"`target-delta` must be in (0, 1), got {self.target_delta}")
 
         self._check_secagg()
+        self._check_client_dp()
         if self.checkpoint not in CHECKPOINT_MODES:
             raise ConfigError(
                 f"`checkpoint` must be one of {', '.join(CHECKPOINT_MODES)}, "
@@ -154,6 +161,20 @@ class RunConfig:
                 f"({self.num_sites}): no round could ever be unmasked"
             )
         self._check_positive("secagg_clip_range")
+
+    def _check_client_dp(self) -> None:
+        """Site-level DP: validated even when off, so a typo does not wait for client-dp."""
+        self._check_positive("client_epsilon", "client_clip")
+        if not 0.0 < self.client_delta < 1.0:
+            raise ConfigError(f"`client-delta` must be in (0, 1), got {self.client_delta}")
+        # With delta >= 1/N a mechanism that releases one random site's update in the clear
+        # meets (0, delta)-DP at the site level: such a delta protects no one.
+        if self.client_dp and self.client_delta >= 1.0 / self.num_sites:
+            raise ConfigError(
+                f"`client-delta` ({self.client_delta}) must be below 1 / `num-sites` "
+                f"(1/{self.num_sites} = {1.0 / self.num_sites:.3g}): a larger delta allows "
+                "releasing a whole site's update in the clear"
+            )
 
     def _check_positive(self, *names: str) -> None:
         for name in names:

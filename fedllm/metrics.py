@@ -35,6 +35,16 @@ SECAGG_VECTOR = "vector"
 STATE_CALIBRATION = "privacy-calibration"
 STATE_SECAGG = "secagg-state"
 STATE_SECAGG_NEXT = "secagg-state-next"  # keys made ahead for the next round
+STATE_CLIENT_CALIBRATION = "client-dp-calibration"
+# Client-level DP: the sites sampled this round (train config; each site's noise share is
+# 1/sqrt of it), the equal weight every site reports, and the server's per-round accounting.
+CLIENT_DP_SAMPLED = "client-dp-sampled"
+CLIENT_DP_WEIGHT = "client-dp-weight"
+CLIENT_EPSILON = "client-epsilon"  # cumulative site-level epsilon of the released sums
+CLIENT_DELTA = "client-delta"
+CLIENT_NOISE_MULTIPLIER = "client-noise-multiplier"  # realized: z * sqrt(summed / sampled)
+CLIENT_CLIP = "client-clip"
+CLIENT_SUMMED = "client-sites-summed"
 # Metric names.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
@@ -90,6 +100,10 @@ class RunMetrics:
         out[EPSILON] = max(spent) if spent else None
         out["delta"] = self.delta
         out["epsilon-per-site"] = dict(sorted(self.epsilon.items()))
+        if self.config.get("client-dp"):  # site-level DP, beside the record-level epsilon
+            spent_sums = [r[CLIENT_EPSILON] for r in self.rounds if CLIENT_EPSILON in r]
+            out[CLIENT_EPSILON] = spent_sums[-1] if spent_sums else 0.0
+            out[CLIENT_DELTA] = self.config.get(CLIENT_DELTA)
         out["rounds-completed"] = len(self.rounds)
         out["stopped"] = self.stopped
         return out

@@ -24,11 +24,19 @@ def final_table(metrics: dict[str, Any]) -> str:
             f"{site:<16}{shown:>22}{_fmt(target) if dp else '-':>10}"
             f"{_fmt(final.get('delta')) if dp else '-':>10}"
         )
+    if metrics["config"].get("client-dp"):
+        lines += [
+            "",
+            f"{'site-level (client DP)':<24}{_fmt(final.get('client-epsilon')):>14}"
+            f"{_fmt(metrics['config'].get('client-epsilon')):>10}"
+            f"{_fmt(final.get('client-delta')):>10}",
+        ]
     refused = {s: r for entry in metrics["rounds"] for s, r in entry.get("refused", {}).items()}
     stopped = final.get("stopped")
     if stopped:
         refused.update(stopped["refused"])
-        lines += ["", f"stopped in round {stopped['round']}: no sampled site could train"]
+        why = "no sampled site could train" if stopped["refused"] else stopped["reason"]
+        lines += ["", f"stopped in round {stopped['round']}: {why}"]
     if refused:
         lines += ["", "sites that refused to train (last reason):"]
         lines += [f"  {site} ({r['kind']}): {r['reason']}" for site, r in sorted(refused.items())]
@@ -104,6 +112,14 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         if cfg.get("dp", True)
         else "DP is off: no privacy guarantee (baseline run)."
     )
+    if cfg.get("client-dp"):
+        privacy += (
+            f" Site-level (client) DP: ({cfg['client-epsilon']}, {cfg['client-delta']})-DP "
+            f"target for a whole site's participation, over the released sums of every round: "
+            f"each site's update clipped to L2 norm {cfg['client-clip']} and Gaussian noise "
+            "added at the sites before masking, accounted per round at the noise actually "
+            "summed (fewer sites summed, less noise); sites weighted equally."
+        )
     unit = _privacy_unit(cfg)
     if unit:
         privacy += f" The unit of privacy is {unit}."

@@ -183,13 +183,19 @@ class SecAggFedAvg(SiteAwareFedAvg):
                     for n, r in shares.items()
                 }
             )
+            self.account_client_dp(server_round, len(protocol.masked))  # the sum is known now
             weight, delta = average_delta(total, self.clip_range)
             summed = [valid[n] for n in sorted(protocol.masked)]
-            reported = sum(int(cast(int, msg.content[m.METRICS][m.NUM_EXAMPLES])) for msg in summed)
+            # Client-level DP: every site weighs 1, so the weight is the number summed.
+            reported = (
+                len(summed)
+                if self.client_dp is not None
+                else sum(int(cast(int, msg.content[m.METRICS][m.NUM_EXAMPLES])) for msg in summed)
+            )
             if weight != reported:
                 raise SecAggError(
                     f"round {server_round}: the secure aggregate's weight {weight} differs from "
-                    f"the {reported} examples the sites reported"
+                    f"the {reported} {'sites' if self.client_dp else 'examples'} the sites reported"
                 )
         except SecAggError as err:
             self.reject(server_round, "secure aggregation", str(err))

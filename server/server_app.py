@@ -21,7 +21,9 @@ from flwr.serverapp import Grid, ServerApp
 from fedllm import metrics as m
 from fedllm.checkpoint import Checkpointer
 from fedllm.config import RunConfig
+from fedllm.errors import ConfigError
 from fedllm.metrics import RunMetrics, clean
+from fedllm.privacy.client_dp import ClientDPAccountant, clip_range_needed, site_noise_std
 from fedllm.report import final_table, plot_run, write_report
 from fedllm.rundir import create_run_dir
 from fedllm.scaling import scale_split, scaler_config
@@ -32,7 +34,7 @@ from fedllm.weights import exchanged_state, load_arrays, state_bytes, to_arrays
 from server.grid import polling
 from server.scaling import federated_scaler
 from server.secagg import SecAggFedAvg
-from server.strategy import NoSiteCanTrain, SiteAwareFedAvg
+from server.strategy import NoSiteCanTrain, SiteAwareFedAvg, SiteLevelBudgetSpent
 
 app = ServerApp()
 
@@ -63,6 +65,7 @@ def main(grid: Grid, context: Context) -> None:
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,
         "min_available_nodes": cfg.min_available_nodes,
+        "client_dp": _client_dp(cfg),
     }
     # SecAgg+ (default): the server sees only the sum of the sites' weighted updates.
     strategy = (
@@ -124,7 +127,10 @@ def main(grid: Grid, context: Context) -> None:
         entry["elapsed-s"] = round(time.monotonic() - started, 3)  # since the first round began
         record.add_round(entry)
         if checkpoints is not None:
-            spend = {m.EPSILON: dict(record.epsilon), "delta": record.delta}
+            spend: dict[str, object] = {m.EPSILON: dict(record.epsilon), "delta": record.delta}
+            if m.CLIENT_EPSILON in entry:
+                spend[m.CLIENT_EPSILON] = entry[m.CLIENT_EPSILON]
+                spend[m.CLIENT_DELTA] = cfg.client_delta
             checkpoints.save(server_round, arrays, spend)
         _log_progress(entry, cfg, time.monotonic() - started)
         return MetricRecord(scores)
@@ -140,8 +146,9 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=central_evaluate,
         )
         final = result.arrays
-    except NoSiteCanTrain as stop:
-        # Not a failure: the sites' own budgets ended the run. Keep the last global model.
+    except (NoSiteCanTrain, SiteLevelBudgetSpent) as stop:
+        # Not a failure: the sites' own budgets (or the site-level budget) ended the run.
+        # Keep the last global model.
         log(WARNING, "fedllm: stopping early: %s", stop)
         record.stop(stop.server_round, str(stop), stop.refusals)
         final = strategy.current if strategy.current is not None else to_arrays(model)
@@ -154,6 +161,39 @@ def main(grid: Grid, context: Context) -> None:
     for line in final_table(summary).splitlines():
         log(INFO, "%s", line)
     log(INFO, "fedllm: results in %s", run_dir)
+
+
+def _client_dp(cfg: RunConfig) -> ClientDPAccountant | None:
+    """Site-level DP: the noise calibrated for the planned rounds (every sampled site summed),
+    and a refusal when secure aggregation's clip range would cut into the noise."""
+    if not cfg.client_dp:
+        return None
+    dp = ClientDPAccountant.calibrated(
+        cfg.client_epsilon, cfg.client_delta, cfg.client_clip, cfg.num_server_rounds, cfg.accountant
+    )
+    planned = max(int(cfg.num_sites * cfg.fraction_train), 2 if cfg.secagg else 1)
+    std = site_noise_std(dp.noise_multiplier, cfg.client_clip, planned)
+    needed = clip_range_needed(cfg.client_clip, std)
+    if cfg.secagg and cfg.secagg_clip_range < needed:
+        raise ConfigError(
+            f"`secagg-clip-range` ({cfg.secagg_clip_range}) does not cover a site's clipped, "
+            f"noised update (client-clip {cfg.client_clip} + 8 x noise std {std:.4g} with "
+            f"{planned} sampled sites): set it to at least {needed:.4g}"
+        )
+    log(
+        INFO,
+        "fedllm: client-level DP on: target epsilon %s at delta %g per site over %d rounds, "
+        "clip %s, noise multiplier %.4f (%s accountant; each of %d sampled sites adds std %.4g)",
+        cfg.client_epsilon,
+        cfg.client_delta,
+        cfg.num_server_rounds,
+        cfg.client_clip,
+        dp.noise_multiplier,
+        cfg.accountant,
+        planned,
+        std,
+    )
+    return dp
 
 
 def _round_entry(
@@ -171,6 +211,12 @@ def _round_entry(
     entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
     entry["refused"] = strategy.refusals(server_round)
     entry["rejected"] = strategy.rejections(server_round)
+    if cfg.client_dp:  # site-level: cumulative over the released sums, realized noise
+        dp = strategy.client_dp
+        entry.update(
+            strategy.client_rounds.get(server_round)
+            or {m.CLIENT_EPSILON: dp.epsilon if dp else None, m.CLIENT_NOISE_MULTIPLIER: None}
+        )
     if strategy.site_dropped.get(server_round):
         entry["dropped"] = strategy.site_dropped[server_round]
     return entry
@@ -182,6 +228,9 @@ def _log_progress(entry: dict[str, object], cfg: RunConfig, elapsed: float) -> N
     refused = cast(dict[str, dict[str, str]], entry.get("refused", {}))
     if refused:
         spent += " | refused: " + ", ".join(f"{s} ({r['kind']})" for s, r in refused.items())
+    shown = spent if cfg.dp else "n/a (DP off)"
+    if cfg.client_dp and entry.get(m.CLIENT_EPSILON) is not None:
+        shown += f" | site-level epsilon {entry[m.CLIENT_EPSILON]:.3f}"
     log(
         INFO,
         "fedllm round %d/%d (%.0fs): accuracy %.4f, auc %s | epsilon %s",
@@ -190,5 +239,5 @@ def _log_progress(entry: dict[str, object], cfg: RunConfig, elapsed: float) -> N
         elapsed,
         entry["accuracy"],
         f"{entry['auc']:.4f}" if entry.get("auc") is not None else "-",
-        spent if cfg.dp else "n/a (DP off)",
+        shown,
     )

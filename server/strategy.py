@@ -4,7 +4,7 @@ records sites that refuse to train (their budget, policy or ledger) without fail
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import ERROR, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedllm import metrics as m
 from fedllm.errors import FedLLMError, UpdateError
+from fedllm.privacy.client_dp import ClientDPAccountant
 from fedllm.weights import check_arrays
 
 
@@ -39,6 +40,18 @@ class NoSiteCanTrain(FedLLMError):
             f"{site} ({r[m.REFUSAL_KIND]}): {r[m.REFUSAL_REASON]}" for site, r in refusals.items()
         )
         super().__init__(f"round {server_round}: no sampled site can train: {why}")
+
+
+class SiteLevelBudgetSpent(FedLLMError):
+    """The next round would take the site-level (client) epsilon past `client-epsilon`."""
+
+    def __init__(self, server_round: int, spent: float, after: float, target: float) -> None:
+        self.server_round = server_round
+        self.refusals: dict[str, dict[str, str]] = {}  # no site refused: the run's budget did
+        super().__init__(
+            f"round {server_round} would take the site-level epsilon from {spent:.4f} to "
+            f"{after:.4f}, above `client-epsilon` {target}"
+        )
 
 
 def refusal(msg: Message) -> dict[str, str] | None:
@@ -68,10 +81,17 @@ def aggregate_train_metrics(replies: list[RecordDict], weight_key: str) -> Metri
 
 class SiteAwareFedAvg(FedAvg):
     """FedAvg (McMahan et al. 2017) that records per-site train/eval metrics each round and
-    refuses replies whose arrays do not match the current global model."""
+    refuses replies whose arrays do not match the current global model.
 
-    def __init__(self, **kwargs: Any) -> None:
+    With ``client_dp`` (site-level DP), every site weighs the same, each round's released sum
+    is accounted at its realized noise, and a round that would exceed the site-level budget
+    is not started (:class:`SiteLevelBudgetSpent`)."""
+
+    def __init__(self, client_dp: ClientDPAccountant | None = None, **kwargs: Any) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
+        self.client_dp = client_dp
+        self.client_sampled: dict[int, int] = {}  # round -> sites sharing the noise
+        self.client_rounds: dict[int, dict[str, float | int | None]] = {}
         self.current: ArrayRecord | None = None
         self.site_train: dict[int, dict[str, dict[str, float]]] = {}
         self.site_eval: dict[int, dict[str, dict[str, float]]] = {}
@@ -89,7 +109,45 @@ class SiteAwareFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
     ) -> Iterable[Message]:
         self.current = arrays
-        return self._sending("train", super().configure_train(server_round, arrays, config, grid))
+        dp = self.client_dp
+        if dp is not None:
+            after = dp.epsilon_after_full_round()
+            if after > dp.target_epsilon:
+                raise SiteLevelBudgetSpent(server_round, dp.epsilon, after, dp.target_epsilon)
+        messages = self._sending(
+            "train", super().configure_train(server_round, arrays, config, grid)
+        )
+        if dp is not None:  # the sites split the noise among the sampled (one shared record)
+            config[m.CLIENT_DP_SAMPLED] = self.client_sampled[server_round] = len(messages)
+        return messages
+
+    def account_client_dp(self, server_round: int, summed: int) -> None:
+        """Step the site-level accountant for a sum of ``summed`` sites that the server saw
+        (0: nothing released, nothing spent); the round's figures go to ``client_rounds``."""
+        dp = self.client_dp
+        if dp is None:
+            return
+        sampled = self.client_sampled.get(server_round, 0)
+        z = dp.record(summed, sampled) if summed > 0 else None
+        self.client_rounds[server_round] = {
+            m.CLIENT_EPSILON: dp.epsilon,
+            m.CLIENT_NOISE_MULTIPLIER: z,
+            m.CLIENT_CLIP: dp.clip,
+            m.CLIENT_SUMMED: summed,
+            m.CLIENT_DP_SAMPLED: sampled,
+        }
+        log(
+            INFO,
+            "client-dp: round %d, sum of %d of %d sampled sites at noise multiplier %s: "
+            "site-level epsilon %.4f (target %s, delta %g)",
+            server_round,
+            summed,
+            sampled,
+            "-" if z is None else f"{z:.4f}",
+            dp.epsilon,
+            dp.target_epsilon,
+            dp.delta,
+        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
@@ -200,7 +258,15 @@ class SiteAwareFedAvg(FedAvg):
             for msg in accepted
             if not msg.has_error()  # type: ignore[arg-type]
         }
-        arrays, metrics = super().aggregate_train(server_round, accepted)
+        weighted_by = self.weighted_by_key
+        if self.client_dp is not None:  # training only: sites weigh 1 each (evaluation: examples)
+            self.weighted_by_key = m.CLIENT_DP_WEIGHT
+        try:
+            arrays, metrics = super().aggregate_train(server_round, accepted)
+        finally:
+            self.weighted_by_key = weighted_by
+        if arrays is not None:  # the server has seen each summed site's noised update
+            self.account_client_dp(server_round, len(self.site_train[server_round]))
         return self.validated(server_round, arrays), metrics
 
     def aggregate_evaluate(

@@ -37,6 +37,10 @@ def test_round_trip_keeps_kebab_case(defaults: dict[str, Any]) -> None:
         ("secagg-threshold", 5, "`secagg-threshold` (5) exceeds `num-sites` (4)"),
         ("secagg-shares", 1, "`secagg-shares` must be 0 (all) or >= 2, got 1"),
         ("secagg-clip-range", 0.0, "`secagg-clip-range` must be > 0"),
+        ("client-epsilon", 0.0, "`client-epsilon` must be > 0, got 0.0"),
+        ("client-clip", -1.0, "`client-clip` must be > 0, got -1.0"),
+        ("client-delta", 1.0, "`client-delta` must be in (0, 1), got 1.0"),
+        ("client-dp", "yes", "`client-dp` must be true or false"),
     ],
 )
 def test_bad_values_name_the_key_and_value(
@@ -66,3 +70,10 @@ def test_a_single_site_cannot_run_secure_aggregation(defaults: dict[str, Any]) -
     with pytest.raises(ConfigError, match="secure aggregation needs at least 2 sites"):
         RunConfig.from_flower(one)
     assert RunConfig.from_flower({**one, "secagg": False}).num_sites == 1
+
+
+def test_client_delta_must_be_below_one_over_the_sites(defaults: dict[str, Any]) -> None:
+    loose = {**defaults, "client-dp": True, "client-delta": 0.3}
+    with pytest.raises(ConfigError, match=r"`client-delta` \(0.3\) must be below 1 / `num-sites`"):
+        RunConfig.from_flower(loose)
+    assert RunConfig.from_flower({**loose, "client-dp": False}).client_delta == 0.3

@@ -1,0 +1,106 @@
+"""Client-level (site-level) DP: clip a site's whole update, add distributed Gaussian noise,
+and account the released sum across rounds (DP-FedAvg, McMahan et al. 2018; distributed
+noise before secure aggregation as in Kairouz et al. 2021).
+
+Each of the ``m`` sampled sites clips its update (local minus global model) to L2 norm ``C``
+and adds ``N(0, (z C)^2 / m)`` per value before masking; the sum of the ``k`` sites that are
+actually summed then carries ``N(0, (z C)^2 k / m)``: a Gaussian mechanism of sensitivity
+``C`` (one site added or removed) at noise multiplier ``z sqrt(k / m)``. Dropouts lower the
+realized noise, so every round is accounted at its own realized multiplier.
+
+The server samples a fixed number of sites per round (Flower's ``sample_nodes``), not Poisson:
+Opacus's subsampled-Gaussian accountants do not cover that, so no amplification by the
+server's sampling is claimed (sample rate 1 per round, an upper bound), as for record-level DP.
+
+Pure math here; :class:`ClientDPAccountant` holds the history of one run's rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedllm.errors import PrivacyError
+from fedllm.privacy.accounting import DPEvent, DPSchedule, calibrate_noise, epsilon
+
+SITE_SAMPLE_RATE = 1.0  # no amplification by the server's (fixed-size) sampling of sites
+
+
+def calibrate_client_noise(
+    target_epsilon: float, delta: float, rounds: int, accountant: str
+) -> float:
+    """Noise multiplier ``z`` whose epsilon after ``rounds`` full rounds (every sampled site
+    summed) is at most ``target_epsilon`` at ``delta``, by the Opacus accountant."""
+    schedule = DPSchedule(sample_rate=SITE_SAMPLE_RATE, steps_per_round=1, rounds=rounds)
+    return calibrate_noise(target_epsilon, delta, schedule, accountant)
+
+
+def site_noise_std(noise_multiplier: float, clip: float, sampled: int) -> float:
+    """Per-value noise std each of ``sampled`` sites adds: ``z C / sqrt(m)``."""
+    if sampled < 1:
+        raise PrivacyError(f"client-level DP needs at least one sampled site, got {sampled}")
+    return noise_multiplier * clip / math.sqrt(sampled)
+
+
+def realized_noise_multiplier(noise_multiplier: float, summed: int, sampled: int) -> float:
+    """The multiplier of the released sum when ``summed`` of ``sampled`` sites' noise is in it."""
+    if not 1 <= summed <= sampled:
+        raise PrivacyError(f"summed sites ({summed}) must be in 1..{sampled} (sampled)")
+    return noise_multiplier * math.sqrt(summed / sampled)
+
+
+def clip_update(delta: np.ndarray, clip: float) -> np.ndarray:
+    """``delta * min(1, C / ||delta||_2)``: shape unchanged, L2 norm at most ``clip``."""
+    norm = float(np.linalg.norm(delta))
+    return delta * min(1.0, clip / norm) if norm > 0 else delta.copy()
+
+
+def privatize_update(
+    delta: np.ndarray, clip: float, noise_std: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A site's share of the distributed mechanism: its clipped update plus its noise (P,)."""
+    return clip_update(delta, clip) + rng.normal(0.0, noise_std, delta.shape)
+
+
+def clip_range_needed(clip: float, noise_std: float, tail: float = 8.0) -> float:
+    """The smallest secure-aggregation clip range a noised value stays within (clipped value
+    at most ``C``, plus ``tail`` standard deviations of noise: exceeded with probability
+    about 1e-15 per value). Clipping a noised value would break the sum's Gaussian noise."""
+    return clip + tail * noise_std
+
+
+@dataclass
+class ClientDPAccountant:
+    """Site-level epsilon of one run: one Gaussian event per round at its realized noise."""
+
+    noise_multiplier: float  # z, calibrated for the planned rounds
+    clip: float
+    delta: float
+    target_epsilon: float
+    accountant: str
+    events: list[DPEvent] = field(default_factory=list)
+
+    @classmethod
+    def calibrated(
+        cls, target_epsilon: float, delta: float, clip: float, rounds: int, accountant: str
+    ) -> ClientDPAccountant:
+        z = calibrate_client_noise(target_epsilon, delta, rounds, accountant)
+        return cls(z, clip, delta, target_epsilon, accountant)
+
+    @property
+    def epsilon(self) -> float:
+        """Cumulative site-level epsilon of every round released so far."""
+        return epsilon(self.events, self.delta, self.accountant)
+
+    def epsilon_after_full_round(self) -> float:
+        """The epsilon the next round would bring with every sampled site summed."""
+        planned = DPEvent(self.noise_multiplier, SITE_SAMPLE_RATE, 1)
+        return epsilon([*self.events, planned], self.delta, self.accountant)
+
+    def record(self, summed: int, sampled: int) -> float:
+        """Account one released sum of ``summed`` of ``sampled`` sites; the realized z."""
+        z = realized_noise_multiplier(self.noise_multiplier, summed, sampled)
+        self.events.append(DPEvent(z, SITE_SAMPLE_RATE, 1))
+        return z

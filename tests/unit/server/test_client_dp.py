@@ -1,0 +1,206 @@
+"""Client-level DP end to end in one process: the strategies with the sites' real client-DP
+and SecAgg+ handlers over an in-process grid (no training: each site's update is known)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from clients import client_dp, secagg
+from fedllm import metrics as m
+from fedllm.config import RunConfig
+from fedllm.errors import ConfigError, PrivacyError
+from fedllm.privacy import DPEvent, epsilon
+from fedllm.privacy.client_dp import ClientDPAccountant, clip_update
+from fedllm.secagg import SecAggSettings
+from server.secagg import SecAggFedAvg
+from server.server_app import _client_dp
+from server.strategy import SiteAwareFedAvg, SiteLevelBudgetSpent
+from tests.loopback_grid import LoopbackGrid
+from tests.messages import instruction
+
+NODES = [21, 22, 23, 24, 25]
+BLOCK = 4000  # each site's update lives on its own block of values
+SIZE = BLOCK * len(NODES)
+CLIP, CLIP_RANGE = 1.0, 8.0
+SITES: dict[str, RunConfig] = {}
+
+
+def _run_config(defaults: dict[str, Any], **values: Any) -> RunConfig:
+    base = {"num-sites": len(NODES), "client-dp": True, "accountant": "rdp", "client-clip": CLIP}
+    return RunConfig.from_flower({**defaults, **base, **values})
+
+
+def _update(node: int) -> np.ndarray:
+    """Site ``node``'s update: norm 3 on its own block (clipped to norm 1), 0 elsewhere."""
+    out = np.zeros(SIZE)
+    i = NODES.index(node)
+    out[i * BLOCK : (i + 1) * BLOCK] = 3.0 / math.sqrt(BLOCK)
+    return out
+
+
+def _train(msg: Message, context: Context) -> Message:
+    """What the ClientApp does after training under client DP and secure aggregation."""
+    cfg = SITES["cfg"]
+    arrays = msg.content.array_records[m.ARRAYS]
+    config = msg.content.config_records[m.CONFIG]
+    # Very unequal example counts: example weighting would all but drop site 21's block.
+    examples = 1 if context.node_id == 21 else 1000
+    metrics = MetricRecord({m.NUM_EXAMPLES: examples, m.TRAIN_LOSS: 0.1})
+    noise = client_dp.site_noise(cfg, config, context.state)
+    local = ArrayRecord({"w": Array(arrays["w"].numpy() + _update(context.node_id))})
+    update = client_dp.privatize(arrays, local, noise, metrics, cfg.secagg_clip_range)
+    records = secagg.masked_update(
+        msg, context, arrays, update, metrics, cfg.secagg_clip_range, weight=1
+    )
+    content = RecordDict(
+        {
+            m.METRICS: metrics,
+            m.SITE: ConfigRecord({m.SITE_NAME: f"site-{context.node_id}"}),
+            **records,
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def _secagg_rounds(
+    cfg: RunConfig, rounds: int, drop: list[int]
+) -> tuple[SecAggFedAvg, list[ArrayRecord | None]]:
+    instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
+    SITES["cfg"] = cfg
+    grid = LoopbackGrid(
+        NODES,
+        {
+            "train": _train,
+            "train.secagg_setup": secagg.setup,
+            "train.secagg_share_keys": secagg.share_keys,
+            "train.secagg_unmask": secagg.unmask,
+        },
+    )
+    grid.dropped = dict.fromkeys(drop, "train")  # after key sharing: its noise is missing
+    dp = ClientDPAccountant.calibrated(
+        cfg.client_epsilon, cfg.client_delta, CLIP, cfg.num_server_rounds, cfg.accountant
+    )
+    strategy = SecAggFedAvg(
+        SecAggSettings(0, 3),
+        CLIP_RANGE,
+        client_dp=dp,
+        min_available_nodes=len(NODES),
+        min_train_nodes=len(NODES),
+    )
+    current = ArrayRecord({"w": Array(np.zeros(SIZE, dtype=np.float32))})
+    out: list[ArrayRecord | None] = []
+    config = ConfigRecord()
+    for server_round in range(1, rounds + 1):
+        messages = strategy.configure_train(server_round, current, config, grid)
+        arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages))
+        out.append(arrays)
+    return strategy, out
+
+
+@pytest.mark.parametrize("drop", [[], [23]])
+def test_secure_round_gives_the_mean_of_clipped_updates_plus_the_noise_of_the_sum(
+    defaults: dict[str, Any], drop: list[int]
+) -> None:
+    cfg = _run_config(defaults, **{"client-epsilon": 60.0, "num-server-rounds": 1})
+    strategy, (arrays,) = _secagg_rounds(cfg, 1, drop)
+    assert arrays is not None and strategy.rejections(1) == {}
+    summed = [n for n in NODES if n not in drop]
+    mean = sum(clip_update(_update(n), CLIP) for n in summed) / len(summed)
+    residual = arrays["w"].numpy().astype(np.float64) - mean  # (SIZE,)
+    z = strategy.client_dp.noise_multiplier  # type: ignore[union-attr]
+    # Sum of k sites' noise, each N(0, (zC)^2 / m), divided by k.
+    expected_std = z * CLIP * math.sqrt(len(summed) / len(NODES)) / len(summed)
+    assert np.std(residual) == pytest.approx(expected_std, rel=0.03)
+    # Equal weights: every summed site's block holds 1/k of its clipped update (site 21's
+    # one example would make it ~0 under example weighting), to within 4 noise deviations.
+    for i, node in enumerate(NODES):
+        block = arrays["w"].numpy()[i * BLOCK : (i + 1) * BLOCK].mean()
+        want = 0.0 if node in drop else 1.0 / math.sqrt(BLOCK) / len(summed)
+        assert abs(block - want) < 4 * expected_std / math.sqrt(BLOCK)
+    realized = z * math.sqrt(len(summed) / len(NODES))
+    record = strategy.client_rounds[1]
+    assert record[m.CLIENT_NOISE_MULTIPLIER] == pytest.approx(realized)
+    assert record[m.CLIENT_SUMMED] == len(summed) and record[m.CLIENT_DP_SAMPLED] == len(NODES)
+    reference = epsilon([DPEvent(realized, 1.0, 1)], cfg.client_delta, "rdp")
+    assert record[m.CLIENT_EPSILON] == pytest.approx(reference)
+
+
+def test_the_run_stops_before_a_round_past_the_site_level_budget(
+    defaults: dict[str, Any],
+) -> None:
+    cfg = _run_config(defaults, **{"client-epsilon": 6.0, "num-server-rounds": 2})
+    with pytest.raises(SiteLevelBudgetSpent, match=r"round 2 would take the site-level epsilon"):
+        _secagg_rounds(cfg, 2, drop=[23])  # round 1 summed 4 of 5: less noise than planned
+
+
+def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted() -> None:
+    dp = ClientDPAccountant.calibrated(8.0, 1e-3, CLIP, 10, "rdp")
+    strategy = SiteAwareFedAvg(client_dp=dp, min_available_nodes=1, min_train_nodes=1)
+    grid = LoopbackGrid(NODES[:2], {})
+    current = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+    config = ConfigRecord()
+    messages = list(strategy.configure_train(1, current, config, grid))
+    assert config[m.CLIENT_DP_SAMPLED] == 2
+    replies = []
+    for msg, (value, examples) in zip(messages, [(1.0, 1), (3.0, 99)], strict=True):
+        metrics = MetricRecord({m.NUM_EXAMPLES: examples, m.TRAIN_LOSS: 0.1})
+        noise = client_dp.SiteNoise(CLIP, 0.0, 2)  # noise-free here: the weights are the point
+        local = ArrayRecord({"w": Array(np.full(4, value / 2, dtype=np.float32))})
+        sent = client_dp.privatize(current, local, noise, metrics, None)
+        content = RecordDict(
+            {
+                m.ARRAYS: sent,
+                m.METRICS: metrics,
+                m.SITE: ConfigRecord({m.SITE_NAME: f"site-{msg.metadata.dst_node_id}"}),
+            }
+        )
+        replies.append(Message(content=content, reply_to=msg))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    # Site 1: norm 1 (unclipped), site 2: norm 3 clipped to 1; equal weights: 0.5 each.
+    assert np.allclose(arrays["w"].numpy(), 0.5)
+    assert strategy.client_rounds[1][m.CLIENT_EPSILON] == pytest.approx(
+        epsilon([DPEvent(dp.noise_multiplier, 1.0, 1)], 1e-3, "rdp")
+    )
+    # Evaluation still averages by examples (the sites send no client-dp weight there).
+    evals = [
+        Message(
+            RecordDict(
+                {
+                    m.METRICS: MetricRecord({m.NUM_EXAMPLES: n, m.LOSS: 0.1, m.ACCURACY: acc}),
+                    m.SITE: ConfigRecord({m.SITE_NAME: f"site-{msg.metadata.dst_node_id}"}),
+                }
+            ),
+            reply_to=msg,
+        )
+        for msg, (n, acc) in zip(
+            strategy.configure_evaluate(1, current, ConfigRecord(), grid),
+            [(1, 0.0), (3, 1.0)],
+            strict=True,
+        )
+    ]
+    scores = strategy.aggregate_evaluate(1, evals)
+    assert scores is not None and scores[m.ACCURACY] == pytest.approx(0.75)
+
+
+def test_a_site_refuses_without_a_sampled_count_or_with_an_impossible_one(
+    defaults: dict[str, Any],
+) -> None:
+    cfg = _run_config(defaults)
+    with pytest.raises(PrivacyError, match="does not say how many sites were sampled"):
+        client_dp.site_noise(cfg, ConfigRecord(), RecordDict())
+    with pytest.raises(PrivacyError, match=r"9 sites share .* must be in 1..5"):
+        client_dp.site_noise(cfg, ConfigRecord({m.CLIENT_DP_SAMPLED: 9}), RecordDict())
+
+
+def test_a_clip_range_that_would_cut_the_noise_is_refused_at_start(
+    defaults: dict[str, Any],
+) -> None:
+    cfg = _run_config(defaults, **{"secagg-clip-range": 2.0, "client-epsilon": 1.0})
+    with pytest.raises(ConfigError, match=r"`secagg-clip-range` \(2.0\) does not cover"):
+        _client_dp(cfg)

@@ -1,0 +1,37 @@
+"""The run's summary reports the site-level (client DP) epsilon beside the record-level one,
+and why a run stopped on the site-level budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedllm import metrics as m
+from fedllm.metrics import RunMetrics
+from fedllm.report import final_table, write_report
+
+
+def test_site_level_epsilon_and_its_stop_are_reported(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    config = {**defaults, "client-dp": True, "client-epsilon": 6.0, "client-delta": 1e-3}
+    record = RunMetrics(tmp_path / "metrics.json", config, 1e-5)
+    for server_round, (eps, site_eps) in enumerate([(0.5, 4.4), (0.7, 6.0)], start=1):
+        record.add_round(
+            {
+                "round": server_round,
+                m.ACCURACY: 0.9,
+                m.EPSILON: {"site-0": eps},
+                m.CLIENT_EPSILON: site_eps,
+            }
+        )
+    record.stop(3, "round 3 would take the site-level epsilon from 6.0000 to 7.1000", {})
+    summary = record.to_dict()
+    assert summary["final"][m.CLIENT_EPSILON] == 6.0
+    assert summary["final"][m.CLIENT_DELTA] == 1e-3
+    table = final_table(summary)
+    assert "site-0" in table and "0.7000" in table
+    assert "site-level (client DP)          6.0000    6.0000    0.0010" in table
+    assert "stopped in round 3: round 3 would take the site-level epsilon" in table
+    write_report(summary, tmp_path / "report.md")
+    assert "Site-level (client) DP: (6.0, 0.001)-DP" in (tmp_path / "report.md").read_text()
