@@ -8,8 +8,13 @@ All are scored on the same held-out sequences (each site's held-out share of its
 (b) and (c) are the real product (`fedllm simulate`: Flower's simulation engine, fedllm's
 DP-SGD, per-site ledgers); (a) and (d) use the same library code in-process.
 
-    .venv/bin/python benchmarks/shakespeare.py            # ~25 min on 2 shared cores
+    .venv/bin/python benchmarks/shakespeare.py            # ~30 min on 2 cores
+    .venv/bin/python benchmarks/shakespeare.py --base B   # reuse a base from the same pretraining
     .venv/bin/python benchmarks/shakespeare.py --quick    # a smoke run (~3 min)
+
+``--base`` takes a checkpoint written by the pretraining command this script runs (printed at
+its start; the checkpoint's own note, steps and loss, is what the table reports), so the
+federated part can be re-run without pretraining again.
 
 Reads ../shared/data/tiny_shakespeare/input.txt (never copied into the repository; the public
 and private parts are written to a temporary folder). Writes results/shakespeare.{md,json}.
@@ -32,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data" / "tiny_shakespeare" / "input.txt").resolve()
 RESULTS = ROOT / "benchmarks" / "results"
 
-ARCH: dict[str, object] = {"context-length": 64, "lm-layers": 2, "lm-heads": 4, "lm-width": 128}
+ARCH: dict[str, object] = {"context-length": 128, "lm-layers": 4, "lm-heads": 4, "lm-width": 128}
 FEDERATED: dict[str, object] = {
     **ARCH,
     "task": "text",
@@ -49,7 +54,7 @@ FEDERATED: dict[str, object] = {
     "accountant": "prv",
 }
 PUBLIC_FRACTION = 0.5  # the first half of the play pretrains the base
-PRETRAIN = {"steps": 600, "batch-size": 32, "learning-rate": 1e-2}
+PRETRAIN = {"steps": 2400, "batch-size": 32, "learning-rate": 3e-3}
 LR = {"plain": 1.0, "dp": 1.0}  # SGD on the adapters (not tuned)
 EPSILON = 8.0
 # One thread per process: on a shared 2-core machine more threads per process run far slower.
@@ -92,6 +97,9 @@ def split_play(text: bytes, fraction: float) -> tuple[bytes, bytes]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, 2 rounds")
+    parser.add_argument(
+        "--base", type=Path, help="a base already pretrained by this script's command"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch
@@ -124,10 +132,24 @@ def main(argv: list[str] | None = None) -> int:
            "--out", str(base), "--steps", str(pre["steps"]), "--batch-size", str(pre["batch-size"]),
            "--learning-rate", str(pre["learning-rate"])]  # fmt: skip
     cmd += [a for k, v in ARCH.items() for a in ("-c", f"{k}={toml(v)}")]
-    print(f"(a) pretraining the base: {pre['steps']} steps", flush=True)
-    t0 = time.monotonic()
-    stream(cmd, work / "pretrain.log", "pretrain")
-    pretrain_s = time.monotonic() - t0
+    print("pretraining command: " + " ".join(cmd), flush=True)
+    if args.base:
+        note = torch.load(args.base, weights_only=True, map_location="cpu")["note"]
+        if (note["steps"], note["batch-size"], note["learning-rate"]) != (
+            pre["steps"],
+            pre["batch-size"],
+            pre["learning-rate"],
+        ) or note["text-bytes"] != len(public):
+            raise SystemExit(f"{args.base} was not pretrained by this command: {note}")
+        base = args.base.resolve()
+        pretrain_s = float(note["seconds"])
+        print(f"(a) reusing the base {base}: {note}", flush=True)
+    else:
+        print(f"(a) pretraining the base: {pre['steps']} steps", flush=True)
+        t0 = time.monotonic()
+        stream(cmd, work / "pretrain.log", "pretrain")
+        pretrain_s = time.monotonic() - t0
+        note = torch.load(base, weights_only=True, map_location="cpu")["note"]
 
     fed.update({"data-path": str(work / "private.txt"), "base-model": str(base)})
     cfg = RunConfig.from_flower({**default_config(ROOT), **fed})
@@ -144,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "config": {k: v for k, v in fed.items() if k not in ("data-path", "base-model")},
         "public-fraction": PUBLIC_FRACTION,
-        "pretrain": {**pre, "seconds": round(pretrain_s, 1)},
+        "pretrain": {**pre, "seconds": round(pretrain_s, 1), "final-loss": note["final-loss"]},
         "learning-rate": LR,
         "site-train-sequences": sizes,
         "test-sequences": len(test),
@@ -225,8 +247,10 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"{cfg['num-sites']} sites, one per group of speakers (largest speakers spread evenly), on "
         f"the last {1 - r['public-fraction']:.0%} of the play; the base is pretrained on the first "
-        f"{r['public-fraction']:.0%} ({r['pretrain']['steps']} AdamW steps, "
-        f"{r['pretrain']['seconds']:.0f} s). Byte-level decoder ({cfg['lm-layers']} layers, width "
+        f"{r['public-fraction']:.0%} ({r['pretrain']['steps']} AdamW steps of batch "
+        f"{r['pretrain']['batch-size']}, {r['pretrain']['seconds']:.0f} s, final training loss "
+        f"{r['pretrain'].get('final-loss', float('nan')):.3f}). Byte-level decoder "
+        f"({cfg['lm-layers']} layers, width "
         f"{cfg['lm-width']}, {cfg['lm-heads']} heads, context {cfg['context-length']}); LoRA rank "
         f"{cfg['lora-rank']}, alpha {cfg['lora-alpha']} on {cfg['lora-targets']}. "
         f"{cfg['num-server-rounds']} rounds x {cfg['local-epochs']} local epoch, batch "

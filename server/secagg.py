@@ -83,7 +83,13 @@ class SecAggFedAvg(SiteAwareFedAvg):
             self.reject(server_round, "secure aggregation", str(err))
             return []
         self._protocol = protocol
-        log(INFO, "secagg: round %d, keys shared by %d sites", server_round, len(protocol.keyed))
+        log(
+            INFO,
+            "secagg: round %d, keys shared by %d sites%s",
+            server_round,
+            len(protocol.keyed),
+            " (ahead, with the last round's messages)" if protocol is ahead else "",
+        )
         out = []
         for msg in messages:
             nid = msg.metadata.dst_node_id
