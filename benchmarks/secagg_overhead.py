@@ -68,9 +68,8 @@ def mlp(hidden: int) -> nn.Module:
 
 # ---------------------------------------------------------------- the virtual sites
 client_app = ClientApp()
-client_app.train("secagg_setup")(site_secagg.setup)
-client_app.train("secagg_share_keys")(site_secagg.share_keys)
-client_app.train("secagg_unmask")(site_secagg.unmask)
+for _action, _handler in site_secagg.HANDLERS.items():
+    client_app.train(_action)(_handler)
 
 
 @client_app.train()

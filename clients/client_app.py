@@ -82,9 +82,8 @@ def _refuse(msg: Message, name: str, server_round: int, err: FedLLMError) -> Mes
 
 
 # SecAgg+ stages around the train message: no data is loaded for these.
-app.train("secagg_setup")(secagg.setup)
-app.train("secagg_share_keys")(secagg.share_keys)
-app.train("secagg_unmask")(secagg.unmask)
+for _action, _handler in secagg.HANDLERS.items():
+    app.train(_action)(_handler)
 
 
 def _guard(context: Context, site: SiteRuntime, config: ConfigRecord) -> SiteGuard:

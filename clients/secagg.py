@@ -145,3 +145,7 @@ def _peer_keys(record: ConfigRecord, prefix: str = "") -> dict[int, tuple[bytes,
     pk1 = cast(list[bytes], record[f"{prefix}pk1"])
     pk2 = cast(list[bytes], record[f"{prefix}pk2"])
     return {int(n): (bytes(a), bytes(b)) for n, a, b in zip(peers, pk1, pk2, strict=True)}
+
+
+# The stages around the train message, by ClientApp action (``train.<action>``).
+HANDLERS = {"secagg_setup": setup, "secagg_share_keys": share_keys, "secagg_unmask": unmask}

@@ -74,12 +74,7 @@ def _secagg_rounds(
     SITES["cfg"] = cfg
     grid = LoopbackGrid(
         NODES,
-        {
-            "train": _train,
-            "train.secagg_setup": secagg.setup,
-            "train.secagg_share_keys": secagg.share_keys,
-            "train.secagg_unmask": secagg.unmask,
-        },
+        {"train": _train, **{f"train.{k}": v for k, v in secagg.HANDLERS.items()}},
     )
     grid.dropped = dict.fromkeys(drop, "train")  # after key sharing: its noise is missing
     dp = ClientDPAccountant.calibrated(

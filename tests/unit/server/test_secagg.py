@@ -61,12 +61,7 @@ def _round(
     MALFORMED.update(malformed)
     grid = LoopbackGrid(
         NODES,
-        {
-            "train": _train,
-            "train.secagg_setup": secagg.setup,
-            "train.secagg_share_keys": secagg.share_keys,
-            "train.secagg_unmask": secagg.unmask,
-        },
+        {"train": _train, **{f"train.{k}": v for k, v in secagg.HANDLERS.items()}},
     )
     grid.dropped = dict.fromkeys(drop, stage)  # by default after key sharing
     torch.manual_seed(0)
