@@ -16,6 +16,7 @@ from fedllm.privacy import DPSchedule, epsilon
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 1.0
+E2E = ("num-sites=3", "num-server-rounds=3", 'partitioner="iid"', f"target-epsilon={TARGET}")
 
 
 def simulate(out: Path, name: str, *overrides: str) -> subprocess.CompletedProcess[str]:
@@ -34,9 +35,8 @@ def simulate(out: Path, name: str, *overrides: str) -> subprocess.CompletedProce
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("runs")
-    proc = simulate(out, "e2e", "num-sites=3", "num-server-rounds=3", 'partitioner="iid"',
-                    f"target-epsilon={TARGET}")  # fmt: skip
-    return out / "e2e", proc.stdout
+    proc = simulate(out, "e2e", *E2E)  # secure aggregation on: the default
+    return out / "e2e", proc.stdout + proc.stderr
 
 
 def test_run_folder_holds_metrics_model_plot_and_report(finished_run: tuple[Path, str]) -> None:
@@ -117,3 +117,21 @@ def test_a_banks_csv_with_a_site_column_trains_one_site_per_value(tmp_path: Path
     assert set(final["epsilon-per-site"]) == {"east", "north", "south"}
     assert max(final["epsilon-per-site"].values()) <= 3.0
     assert final["auc"] > 0.75
+
+
+def test_dp_with_secure_aggregation_converges_like_dp_alone(
+    finished_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """DP + SecAgg+ (the module's run) against the same run, same seed, without SecAgg."""
+    run, log = finished_run
+    simulate(tmp_path, "plain", *E2E, "secagg=false")
+    secure = json.loads((run / "metrics.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert "secure aggregation on (SecAgg+)" in log
+    assert "secagg: round 3, sum of 3 sites unmasked" in log
+    assert "secagg: round 3, keys shared by 3 sites (ahead" in log  # two messages a round
+    assert abs(secure["final"]["accuracy"] - plain["final"]["accuracy"]) <= 0.02
+    assert secure["final"]["epsilon-per-site"] == pytest.approx(plain["final"]["epsilon-per-site"])
+    for entry in secure["rounds"]:
+        assert entry["rejected"] == {}
+        assert all("secagg-clipped" in site for site in entry["sites"].values())

@@ -175,7 +175,7 @@ attempts = st.lists(
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(attempts=attempts, max_epsilon=st.sampled_from([0.5, 2.0, 8.0]))
 def test_the_spend_never_exceeds_the_maximum_and_replays_exactly(
