@@ -108,23 +108,15 @@ def deployed(work: Path, data: Path, rounds: int, warm: bool) -> list[float]:
     local = LocalFederation(root)
     try:
         local.start_superlink([n.pub for n in made.nodes], free_port())
-        assert local.superlink is not None
         for node in made.nodes:
             folder = root / "sites" / node.site
             folder.mkdir(parents=True)
             SitePolicy(max_epsilon=10.0, delta=1e-5).write(folder / "policy.toml")
             SiteKey.generate(folder / "site-key.pem")
-            site = deploy.SiteSettings(
-                local.superlink.address(),
-                made.ca.cert,
-                node.key,
-                data / f"processed.{node.site}.data",
-                folder,
-                node.site,
-                port=free_port(),
+            local.start_node(
+                made.ca.cert, node.key, data / f"processed.{node.site}.data", folder, node.site,
                 warm=warm,
-            )
-            local.start_site(site)
+            )  # fmt: skip
         if warm:  # the executors import torch once, before the run, as a real site would
             for process in local.processes:
                 if process.name in CENTERS:

@@ -115,6 +115,34 @@ class LocalFederation:
         command += ["--port", str(site.port), *(() if site.warm else ("--cold",))]
         return self.start(site.name, command, prefix)
 
+    def start_node(
+        self,
+        ca: Path,
+        node_key: Path,
+        data_path: Path,
+        site_dir: Path,
+        name: str,
+        *,
+        warm: bool = True,
+        prefix: Sequence[str] | None = None,
+    ) -> deploy.SiteSettings:
+        """A site dialling this federation's SuperLink, on a free port: its settings, once
+        :meth:`start_site` has started it."""
+        if self.superlink is None:
+            raise RuntimeError("start the SuperLink before the sites")
+        site = deploy.SiteSettings(
+            self.superlink.address(),
+            ca,
+            node_key,
+            data_path,
+            site_dir,
+            name,
+            port=free_port(),
+            warm=warm,
+        )
+        self.start_site(site, prefix)
+        return site
+
     def run(
         self,
         app: Path,

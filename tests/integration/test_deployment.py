@@ -91,23 +91,15 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     try:
         members = [n for n in made.nodes if n.site != INTRUDER]
         local.start_superlink([n.pub for n in members], free_port(host), host=host)
-        assert local.superlink is not None
         nodes = root / "pki" / "nodes"
         start_refused(local, made.ca.cert, made.nodes[0].key, nodes, node_prefix)
         sites = {}
         for seed, node in enumerate(members):
             folder = make_site(root, node.site, seed)
-            site = deploy.SiteSettings(
-                local.superlink.address(),
-                made.ca.cert,
-                node.key,
-                folder / f"processed.{node.site}.data",
-                folder,
-                node.site,
-                port=free_port(),
-            )
-            local.start_site(site, node_prefix)
-            sites[node.site] = site
+            sites[node.site] = local.start_node(
+                made.ca.cert, node.key, folder / f"processed.{node.site}.data", folder, node.site,
+                prefix=node_prefix,
+            )  # fmt: skip
         yield Federation(local, root, sites, net, "" if net else str(made_net))
     finally:
         local.close()
