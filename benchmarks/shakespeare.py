@@ -43,9 +43,8 @@ FEDERATED: dict[str, object] = {
     "task": "text",
     "partitioner": "natural",
     "num-sites": 10,
-    "num-server-rounds": 3,
+    "num-server-rounds": 4,
     "local-epochs": 1,
-    "batch-size": 64,
     "lora-rank": 8,
     "lora-alpha": 16.0,
     "lora-targets": "q,k,v,o,up,down",
@@ -55,9 +54,15 @@ FEDERATED: dict[str, object] = {
 }
 PUBLIC_FRACTION = 0.5  # the first half of the play pretrains the base
 PRETRAIN = {"steps": 2400, "batch-size": 32, "learning-rate": 3e-3}
-LR = {"plain": 1.0, "dp": 1.0}  # SGD on the adapters (not tuned)
+# Local training of the adapters, per row. Adam (lr 1e-2) beat SGD (lr 1.0) by about 1.5
+# points after 4 rounds in a short in-process sweep; small batches mean more steps per epoch,
+# while DP-SGD wants larger ones (the noise is divided by the batch size).
+LOCAL = {
+    "plain": {"optimizer": "adam", "batch-size": 16, "learning-rate": 1e-2},
+    "dp": {"optimizer": "adam", "batch-size": 64, "learning-rate": 1e-2},
+}
 EPSILON = 8.0
-CENTRAL_EPOCHS = 3  # (d): passes over the pooled text (more costs minutes per epoch on 2 cores)
+CENTRAL_EPOCHS = 3  # (d): passes over the pooled text, with LOCAL["plain"]
 # One thread per process: on a shared 2-core machine more threads per process run far slower.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
 
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: v for k, v in fed.items() if k not in ("data-path", "base-model")},
         "public-fraction": PUBLIC_FRACTION,
         "pretrain": {**pre, "seconds": round(pretrain_s, 1), "final-loss": note["final-loss"]},
-        "learning-rate": LR,
+        "local-training": LOCAL,
         "site-train-sequences": sizes,
         "test-sequences": len(test),
         "rows": rows,
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for key, dp in (("b", False), ("c", True)):
         name = f"fed-{'dp' if dp else 'plain'}"
-        overrides = {**fed, "dp": dp, "learning-rate": LR["dp" if dp else "plain"],
+        overrides = {**fed, "dp": dp, **LOCAL["dp" if dp else "plain"],
                      "target-epsilon": EPSILON, "out-dir": str(work), "run-name": name}  # fmt: skip
         cmd = [sys.executable, "-m", "fedllm.cli", "simulate"]
         cmd += [a for k, v in overrides.items() for a in ("-c", f"{k}={toml(v)}")]
@@ -216,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     central = task.build_model(cfg, federation.input_shape)
     epochs = 1 if args.quick else CENTRAL_EPOCHS
-    train_local(
-        task, central, pooled, LocalTraining(epochs, int(fed["batch-size"]), LR["plain"], 0), None
+    plain = LOCAL["plain"]
+    settings = LocalTraining(
+        epochs, int(plain["batch-size"]), float(plain["learning-rate"]), 0, str(plain["optimizer"])
     )
+    train_local(task, central, pooled, settings, None)
     rows["d"] = {
         "setting": f"(d) centralized LoRA fine-tuning, pooled text, {epochs} epochs, no DP",
         **evaluate(task, central, test, 256),
@@ -241,6 +248,13 @@ def save(result: dict[str, Any], started: float) -> None:
     (RESULTS / f"{name}.md").write_text(markdown(result))
 
 
+def local(settings: dict[str, Any]) -> str:
+    return (
+        f"{ {'adam': 'Adam', 'sgd': 'SGD'}[settings['optimizer']] } "
+        f"at learning rate {settings['learning-rate']:g}, batch {settings['batch-size']}"
+    )
+
+
 def markdown(r: dict[str, Any]) -> str:
     cfg = r["config"]
     lines = [
@@ -254,9 +268,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"({cfg['lm-layers']} layers, width "
         f"{cfg['lm-width']}, {cfg['lm-heads']} heads, context {cfg['context-length']}); LoRA rank "
         f"{cfg['lora-rank']}, alpha {cfg['lora-alpha']} on {cfg['lora-targets']}. "
-        f"{cfg['num-server-rounds']} rounds x {cfg['local-epochs']} local epochs, batch "
-        f"{cfg['batch-size']}, SGD learning rate {r['learning-rate']['plain']} (no DP) / "
-        f"{r['learning-rate']['dp']} (DP), clip {cfg['max-grad-norm']}. Scored on "
+        f"{cfg['num-server-rounds']} rounds x {cfg['local-epochs']} local epochs; local "
+        f"training {local(r['local-training']['plain'])} without DP (and for (d)), "
+        f"{local(r['local-training']['dp'])} with DP, clip {cfg['max-grad-norm']}. Scored on "
         f"{r['test-sequences']} held-out sequences (each site's {cfg['test-fraction']:.0%}). "
         "The unit of privacy is one sequence of "
         f"{cfg['context-length'] + 1} bytes.",

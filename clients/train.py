@@ -145,6 +145,7 @@ def train_round(
             cfg.batch_size,
             cfg.learning_rate,
             seed=cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index,
+            optimizer=cfg.optimizer,
         )
         model = site.model(arrays)
         result = train_local(site.task, model, site.data.train, settings, dp)

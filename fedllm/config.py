@@ -21,6 +21,8 @@ from fedllm.privacy.engine import GRAD_SAMPLE_MODES
 FEATURE_SCALING = ("site", "federated")
 # Server checkpoints each round: AES-256-GCM (default), plain (research), or none.
 CHECKPOINT_MODES = ("encrypted", "plain", "off")
+# The sites' local optimizer (DP-SGD noises the gradient either way; Adam only post-processes it).
+OPTIMIZERS = ("sgd", "adam")
 
 
 def _key(name: str) -> str:
@@ -82,6 +84,8 @@ class RunConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "q,k,v,o,up,down"
+    # Local optimizer: plain SGD, or Adam (state fresh each round, as local Adam in FL is).
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")
@@ -106,6 +110,10 @@ class RunConfig:
             raise ConfigError(
                 f"`grad-sample-mode` must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
                 f"got {self.grad_sample_mode!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(

@@ -21,6 +21,7 @@ class LocalTraining:
     batch_size: int
     learning_rate: float
     seed: int
+    optimizer: str = "sgd"  # or "adam" (fresh state each call: each round starts anew)
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,7 @@ def train_local(
     model.to(device)
     x, y = data.x.to(device), data.y.to(device)
     n = len(y)
-    optimizer: torch.optim.Optimizer = torch.optim.SGD(
-        model.parameters(), lr=settings.learning_rate
-    )
+    optimizer = local_optimizer(model, settings)
     model.train()
     private = make_private(model, optimizer, task.loss, n, settings.batch_size, dp) if dp else None
     module = private.module if private else model
@@ -84,6 +83,17 @@ def train_local(
     rate = 1.0 / math.ceil(n / settings.batch_size) if n else 0.0
     events = [DPEvent(dp.noise_multiplier, rate, steps)] if dp and steps else []
     return TrainResult(mean_loss, steps, events)
+
+
+def local_optimizer(model: torch.nn.Module, settings: LocalTraining) -> torch.optim.Optimizer:
+    """SGD or Adam over the trainable parameters. Under DP the optimizer only sees the
+    clipped, noised gradient, so the choice costs no privacy."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.learning_rate)
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.learning_rate)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r} (sgd or adam)")
 
 
 def default_device() -> torch.device:

@@ -41,6 +41,7 @@ def test_round_trip_keeps_kebab_case(defaults: dict[str, Any]) -> None:
         ("client-clip", -1.0, "`client-clip` must be > 0, got -1.0"),
         ("client-delta", 1.0, "`client-delta` must be in (0, 1), got 1.0"),
         ("client-dp", "yes", "`client-dp` must be true or false"),
+        ("optimizer", "lamb", "`optimizer` must be one of sgd, adam, got 'lamb'"),
     ],
 )
 def test_bad_values_name_the_key_and_value(

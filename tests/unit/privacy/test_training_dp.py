@@ -51,6 +51,27 @@ def test_zero_noise_and_no_clipping_equals_plain_training() -> None:
         torch.testing.assert_close(value, plain[key], rtol=1e-5, atol=1e-6)
 
 
+def test_adam_takes_the_same_private_gradient_as_sgd() -> None:
+    """With zero noise and no clipping, DP training with Adam equals plain Adam step by step
+    (the optimizer only post-processes the privatized gradient), and differs from SGD."""
+    dp = DPParams(noise_multiplier=0.0, max_grad_norm=1e9, poisson_sampling=False)
+    private = _model()
+    train_local(TASK, private, _data(), LocalTraining(2, 32, 0.05, 1, "adam"), dp)
+    reference = _model()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.05)
+    data = _data()
+    for _ in range(2):
+        for i in range(0, len(data), 32):
+            optimizer.zero_grad()
+            TASK.loss(reference(data.x[i : i + 32]), data.y[i : i + 32]).backward()
+            optimizer.step()
+    sgd = _model()
+    train_local(TASK, sgd, _data(), LocalTraining(2, 32, 0.05, 1, "sgd"), dp)
+    for key, value in private.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[key], rtol=1e-4, atol=1e-5)
+    assert any(not torch.allclose(v, sgd.state_dict()[k]) for k, v in private.state_dict().items())
+
+
 def test_dp_with_noise_differs_between_seeds_and_repeats_with_the_same_seed() -> None:
     dp = DPParams(noise_multiplier=1.0, max_grad_norm=1.0)
     a, b, c = _train(dp, seed=1), _train(dp, seed=2), _train(dp, seed=1)
