@@ -32,20 +32,31 @@ def _train(dp: DPParams | None, seed: int = 1) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def test_zero_noise_and_no_clipping_equals_plain_training() -> None:
-    model = _model()  # without Poisson sampling the batches come in order, as below
-    dp = DPParams(noise_multiplier=0.0, max_grad_norm=1e9, poisson_sampling=False)
-    train_local(TASK, model, _data(), LocalTraining(2, 32, 0.3, 1), dp)
-    private = model.state_dict()
+def _plain(optimizer: str, lr: float) -> dict[str, torch.Tensor]:
+    """Two epochs of plain training, batches of 32 in order, written out by hand."""
     reference = _model()
-    optimizer = torch.optim.SGD(reference.parameters(), lr=0.3)
+    opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(
+        reference.parameters(), lr=lr
+    )
     data = _data()
     for _ in range(2):
         for i in range(0, len(data), 32):
-            optimizer.zero_grad()
+            opt.zero_grad()
             TASK.loss(reference(data.x[i : i + 32]), data.y[i : i + 32]).backward()
-            optimizer.step()
-    plain = reference.state_dict()
+            opt.step()
+    return reference.state_dict()
+
+
+def _private_without_noise(optimizer: str, lr: float) -> dict[str, torch.Tensor]:
+    """DP training at zero noise and no clipping (batches in order, as in :func:`_plain`)."""
+    model = _model()
+    dp = DPParams(noise_multiplier=0.0, max_grad_norm=1e9, poisson_sampling=False)
+    train_local(TASK, model, _data(), LocalTraining(2, 32, lr, 1, optimizer), dp)
+    return model.state_dict()
+
+
+def test_zero_noise_and_no_clipping_equals_plain_training() -> None:
+    private, plain = _private_without_noise("sgd", 0.3), _plain("sgd", 0.3)
     assert set(private) == set(plain)  # no `_module.` keys leak out of the wrapped model
     for key, value in private.items():
         torch.testing.assert_close(value, plain[key], rtol=1e-5, atol=1e-6)
@@ -54,22 +65,11 @@ def test_zero_noise_and_no_clipping_equals_plain_training() -> None:
 def test_adam_takes_the_same_private_gradient_as_sgd() -> None:
     """With zero noise and no clipping, DP training with Adam equals plain Adam step by step
     (the optimizer only post-processes the privatized gradient), and differs from SGD."""
-    dp = DPParams(noise_multiplier=0.0, max_grad_norm=1e9, poisson_sampling=False)
-    private = _model()
-    train_local(TASK, private, _data(), LocalTraining(2, 32, 0.05, 1, "adam"), dp)
-    reference = _model()
-    optimizer = torch.optim.Adam(reference.parameters(), lr=0.05)
-    data = _data()
-    for _ in range(2):
-        for i in range(0, len(data), 32):
-            optimizer.zero_grad()
-            TASK.loss(reference(data.x[i : i + 32]), data.y[i : i + 32]).backward()
-            optimizer.step()
-    sgd = _model()
-    train_local(TASK, sgd, _data(), LocalTraining(2, 32, 0.05, 1, "sgd"), dp)
-    for key, value in private.state_dict().items():
-        torch.testing.assert_close(value, reference.state_dict()[key], rtol=1e-4, atol=1e-5)
-    assert any(not torch.allclose(v, sgd.state_dict()[k]) for k, v in private.state_dict().items())
+    private, plain = _private_without_noise("adam", 0.05), _plain("adam", 0.05)
+    for key, value in private.items():
+        torch.testing.assert_close(value, plain[key], rtol=1e-4, atol=1e-5)
+    sgd = _private_without_noise("sgd", 0.05)
+    assert any(not torch.allclose(v, sgd[k]) for k, v in private.items())
 
 
 def test_dp_with_noise_differs_between_seeds_and_repeats_with_the_same_seed() -> None:
