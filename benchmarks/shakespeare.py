@@ -144,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print("pretraining command: " + " ".join(cmd), flush=True)
     if args.base:
         note = torch.load(args.base, weights_only=True, map_location="cpu")["note"]
-        if (note["steps"], note["batch-size"], note["learning-rate"]) != (
-            pre["steps"],
-            pre["batch-size"],
-            pre["learning-rate"],
-        ) or note["text-bytes"] != len(public):
+        if {k: note[k] for k in pre} != pre or note["text-bytes"] != len(public):
             raise SystemExit(f"{args.base} was not pretrained by this command: {note}")
         base = args.base.resolve()
         pretrain_s = float(note["seconds"])
