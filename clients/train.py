@@ -101,7 +101,12 @@ def noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) ->
 
 def privacy_request(cfg: RunConfig) -> PrivacyRequest:
     return PrivacyRequest(
-        cfg.dp, cfg.target_epsilon, cfg.target_delta, cfg.max_grad_norm, cfg.accountant
+        cfg.dp,
+        cfg.target_epsilon,
+        cfg.target_delta,
+        cfg.max_grad_norm,
+        cfg.accountant,
+        reproducible_noise=cfg.reproducible_noise,
     )
 
 
@@ -140,12 +145,16 @@ def train_round(
             check_budget(
                 ledger, planned, cfg.target_delta, cfg.accountant, guard.policy.max_epsilon
             )
+        public_seed = cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index
         settings = LocalTraining(
             cfg.local_epochs,
             cfg.batch_size,
             cfg.learning_rate,
-            seed=cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index,
+            seed=public_seed,
             optimizer=cfg.optimizer,
+            # DP noise and batches: fresh OS entropy, unless the site's policy allowed
+            # reproducible-noise (checked above), which derives them from the public seed.
+            noise_seed=public_seed if cfg.reproducible_noise else None,
         )
         model = site.model(arrays)
         result = train_local(site.task, model, site.data.train, settings, dp)

@@ -86,6 +86,9 @@ class RunConfig:
     lora_targets: str = "q,k,v,o,up,down"
     # Local optimizer: plain SGD, or Adam (state fresh each round, as local Adam in FL is).
     optimizer: str = "sgd"
+    # Research only: DP noise and Poisson batches derived from `seed` (public) instead of fresh
+    # OS entropy; not private against the coordinator. Site policies refuse it by default.
+    reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")

@@ -5,12 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+NOT_PRIVATE = (
+    "NOT PRIVATE: reproducible-noise was on, so the sites' DP noise and batch sampling were "
+    "derived from the run's public seed; whoever knows the run config can regenerate the noise "
+    "and subtract it. The epsilons below do not hold against the coordinator."
+)
+
 
 def final_table(metrics: dict[str, Any]) -> str:
     """Final accuracy, AUC and cumulative epsilon per site, as a plain-text table."""
     final = metrics["final"]
     dp = metrics["config"].get("dp", True)
+    warning = [NOT_PRIVATE, ""] if dp and metrics["config"].get("reproducible-noise") else []
     lines = [
+        *warning,
         f"accuracy {_fmt(final.get('accuracy'))}   auc {_fmt(final.get('auc'))}   "
         f"loss {_fmt(final.get('loss'))}   (central held-out set, "
         f"{final.get('rounds-completed', 0)} rounds)",
@@ -141,7 +149,12 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
             f"\n\nEach site sent {final['update-bytes']:,} bytes of parameters per round "
             f"(the whole model: {final['model-bytes']:,} bytes)."
         )
+    # A run whose noise the coordinator can regenerate says so before anything else.
+    warning = (
+        [f"**{NOT_PRIVATE}**", ""] if cfg.get("dp", True) and cfg.get("reproducible-noise") else []
+    )
     text = [
+        *warning,
         f"# fedllm run: {cfg['task']}",
         "",
         privacy,

@@ -11,17 +11,23 @@ import numpy as np
 import torch
 
 from fedllm.privacy.accounting import DPEvent
-from fedllm.privacy.engine import DPParams, make_private
+from fedllm.privacy.engine import DPParams, PrivateStep, make_private
+from fedllm.privacy.randomness import NoiseSource
 from fedllm.tasks.base import Split, Task
 
 
 @dataclass(frozen=True)
 class LocalTraining:
+    """One round's local schedule. ``seed`` drives what may be public (plain training's
+    shuffles); DP noise and Poisson sampling come from fresh OS entropy unless ``noise_seed``
+    is set (research: reproducible noise, not private against whoever knows it)."""
+
     epochs: int
     batch_size: int
     learning_rate: float
     seed: int
     optimizer: str = "sgd"  # or "adam" (fresh state each call: each round starts anew)
+    noise_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,17 +50,29 @@ def train_local(
 
     Batches are drawn by indexing the site's tensors, never example by example: DP-SGD uses
     Poisson sampling (each row in each step with probability ``q = 1 / ceil(n / B)``, as
-    Opacus's DPDataLoader draws it), plain SGD a shuffled pass per epoch. Runs on the GPU when
-    there is one; the model comes back on the CPU.
+    Opacus's DPDataLoader draws it), plain SGD a shuffled pass per epoch. Under DP the noise
+    and the Poisson batches come from :class:`NoiseSource` (secret unless ``noise_seed``). Runs
+    on the GPU when there is one; the model comes back on the CPU.
     """
-    torch.manual_seed(settings.seed)  # initial noise state
+    torch.manual_seed(settings.seed)  # model-side randomness only (e.g. dropout), not DP's
     device = default_device()
     model.to(device)
     x, y = data.x.to(device), data.y.to(device)
     n = len(y)
     optimizer = local_optimizer(model, settings)
     model.train()
-    private = make_private(model, optimizer, task.loss, n, settings.batch_size, dp) if dp else None
+    private: PrivateStep | None = None
+    sampling = np.random.default_rng(settings.seed)  # used only by DP's Poisson sampling
+    if dp is not None:
+        source = (
+            NoiseSource.from_os_entropy(device)
+            if settings.noise_seed is None
+            else NoiseSource.reproducible(settings.noise_seed, device)
+        )
+        private = make_private(
+            model, optimizer, task.loss, n, settings.batch_size, dp, source.noise
+        )
+        sampling = source.sampling
     module = private.module if private else model
     losses: list[torch.Tensor] = []
     steps = 0
@@ -63,7 +81,9 @@ def train_local(
         # gradient; PyTorch warns about that on every backward pass. It is expected.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for epoch in range(settings.epochs):
-            for rows in _batches(n, settings.batch_size, dp, settings.seed * 7919 + epoch):
+            for rows in _batches(
+                n, settings.batch_size, dp, sampling, settings.seed * 7919 + epoch
+            ):
                 rows = rows.to(device, non_blocking=True)
                 xb, yb = x[rows], y[rows]
                 if private is not None:
@@ -121,10 +141,12 @@ def poisson_rows(n: int, rate: float, rng: np.random.Generator) -> torch.Tensor:
     return torch.from_numpy(rows[rows < n])
 
 
-def _batches(n: int, batch_size: int, dp: DPParams | None, seed: int) -> Iterator[torch.Tensor]:
-    """Row indices of one epoch's batches: ceil(n / B) of them."""
+def _batches(
+    n: int, batch_size: int, dp: DPParams | None, rng: np.random.Generator, seed: int
+) -> Iterator[torch.Tensor]:
+    """Row indices of one epoch's batches: ceil(n / B) of them. DP: Poisson draws from
+    ``rng`` (the secret source); plain training: a shuffle from the public ``seed``."""
     count = math.ceil(n / batch_size) if n else 0
-    rng = np.random.default_rng(seed)
     if dp is not None and dp.poisson_sampling:
         for _ in range(count):
             yield poisson_rows(n, 1.0 / count, rng)

@@ -82,6 +82,7 @@ class BookkeepingDPSGD:
         noise_multiplier: float,
         max_grad_norm: float,
         expected_batch_size: int,
+        generator: torch.Generator | None = None,
     ) -> None:
         bad = unsupported_layers(model)
         if bad:
@@ -90,6 +91,9 @@ class BookkeepingDPSGD:
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.expected_batch_size = expected_batch_size
+        # The noise's source (see fedllm.privacy.randomness); None: PyTorch's global one
+        # (tests of the norms only: DP training always passes a secret generator).
+        self.generator = generator
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.records: list[_Record] = []
         for module in model.modules():
@@ -149,7 +153,7 @@ class BookkeepingDPSGD:
             if mean is None:
                 mean = torch.zeros_like(p)
             # N(mean, std) draws exactly what mean + N(0, std) would, in one operation.
-            p.grad = torch.normal(mean, std) if std > 0 else mean
+            p.grad = torch.normal(mean, std, generator=self.generator) if std > 0 else mean
         for record in self.records:
             record.inputs = record.output = None
 

@@ -80,14 +80,16 @@ def make_private(
     num_examples: int,
     batch_size: int,
     params: DPParams,
+    generator: torch.Generator,
 ) -> PrivateStep:
     """DP-SGD machinery for ``model``: per-sample clipping to ``max_grad_norm``, Gaussian noise
-    of std ``noise_multiplier * max_grad_norm`` (Abadi et al. 2016), the sum divided by the
-    expected batch size ``int(n * q)`` with ``q = 1 / ceil(n / batch_size)``, as Opacus does."""
+    of std ``noise_multiplier * max_grad_norm`` (Abadi et al. 2016) drawn from ``generator``
+    (secret: :class:`fedllm.privacy.randomness.NoiseSource`), the sum divided by the expected
+    batch size ``int(n * q)`` with ``q = 1 / ceil(n / batch_size)``, as Opacus does."""
     mode = choose_mode(model, params.grad_sample_mode)
     if mode == "bookkeeping":
-        return _Bookkeeping(model, optimizer, loss, num_examples, batch_size, params)
-    return _Opacus(model, optimizer, loss, num_examples, batch_size, params, mode)
+        return _Bookkeeping(model, optimizer, loss, num_examples, batch_size, params, generator)
+    return _Opacus(model, optimizer, loss, num_examples, batch_size, params, mode, generator)
 
 
 class _Bookkeeping(PrivateStep):
@@ -99,6 +101,7 @@ class _Bookkeeping(PrivateStep):
         num_examples: int,
         batch_size: int,
         params: DPParams,
+        generator: torch.Generator,
     ) -> None:
         batches = -(-num_examples // batch_size)
         self.module, self.optimizer, self.loss = model, optimizer, loss
@@ -107,6 +110,7 @@ class _Bookkeeping(PrivateStep):
             params.noise_multiplier,
             params.max_grad_norm,
             expected_batch_size=int(num_examples * (1 / batches)),
+            generator=generator,
         )
 
     def backward_and_step(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -143,6 +147,7 @@ class _Opacus(PrivateStep):
         batch_size: int,
         params: DPParams,
         mode: str,
+        generator: torch.Generator,
     ) -> None:
         from opacus import PrivacyEngine
 
@@ -153,7 +158,8 @@ class _Opacus(PrivateStep):
         )
         criterion = _Criterion(loss)
         with warnings.catch_warnings():
-            # Documented in README: noise comes from PyTorch's PRNG (torchcsprng is unavailable).
+            # Documented in README: the noise generator is PyTorch's, seeded from OS entropy
+            # (fedllm.privacy.randomness); Opacus's secure_mode needs torchcsprng (unavailable).
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             wrapped = PrivacyEngine(accountant=params.accountant).make_private(
                 module=model,
@@ -164,6 +170,7 @@ class _Opacus(PrivateStep):
                 max_grad_norm=params.max_grad_norm,
                 poisson_sampling=False,
                 grad_sample_mode=mode,
+                noise_generator=generator,
             )
         self.module, self.optimizer = wrapped[0], wrapped[1]
         self.criterion = wrapped[2] if mode == "ghost" else criterion

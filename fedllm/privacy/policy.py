@@ -12,6 +12,7 @@ min-noise-multiplier = 0.5   # the smallest DP-SGD noise multiplier accepted
 max-clip-norm = 1.0          # the largest per-example clipping norm accepted
 accountants = ["prv", "rdp"] # accountants the site accepts
 allow-non-dp = false         # train without DP at all (only for research baselines)
+allow-reproducible-noise = false  # DP noise derived from the run's public seed (research only)
 ```
 """
 
@@ -38,6 +39,7 @@ class PrivacyRequest:
     target_delta: float
     max_grad_norm: float
     accountant: str
+    reproducible_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class SitePolicy:
     max_clip_norm: float = math.inf
     accountants: tuple[str, ...] = ACCOUNTANTS
     allow_non_dp: bool = False
+    allow_reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_epsilon) and self.max_epsilon > 0):
@@ -78,6 +81,7 @@ class SitePolicy:
             max_clip_norm=request.max_grad_norm,
             accountants=(request.accountant,),
             allow_non_dp=not request.dp,
+            allow_reproducible_noise=request.reproducible_noise,
         )
 
     @classmethod
@@ -89,6 +93,7 @@ class SitePolicy:
             "max-clip-norm",
             "accountants",
             "allow-non-dp",
+            "allow-reproducible-noise",
         }
         unknown = sorted(set(values) - known)
         if unknown:
@@ -100,9 +105,7 @@ class SitePolicy:
             accountants = values.get("accountants", list(ACCOUNTANTS))
             if isinstance(accountants, str) or not isinstance(accountants, list):
                 raise PolicyError(f"{source}: `accountants` must be a list, got {accountants!r}")
-            allow = values.get("allow-non-dp", False)
-            if not isinstance(allow, bool):
-                raise PolicyError(f"{source}: `allow-non-dp` must be true or false, got {allow!r}")
+            allow = _flag(values, "allow-non-dp", source)
             return cls(
                 max_epsilon=_number(values, "max-epsilon", source),
                 delta=_number(values, "delta", source),
@@ -110,6 +113,7 @@ class SitePolicy:
                 max_clip_norm=_number(values, "max-clip-norm", source, math.inf),
                 accountants=tuple(str(a) for a in accountants),
                 allow_non_dp=allow,
+                allow_reproducible_noise=_flag(values, "allow-reproducible-noise", source),
             )
         except PolicyError as err:
             message = str(err)
@@ -138,6 +142,8 @@ class SitePolicy:
             lines.append(f"max-clip-norm = {self.max_clip_norm!r}")
         lines.append("accountants = [" + ", ".join(f'"{a}"' for a in self.accountants) + "]")
         lines.append(f"allow-non-dp = {'true' if self.allow_non_dp else 'false'}")
+        if self.allow_reproducible_noise:
+            lines.append("allow-reproducible-noise = true")
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> None:
@@ -150,6 +156,11 @@ class SitePolicy:
             if not self.allow_non_dp:
                 raise PolicyError("the run asks to train without DP; the site policy forbids it")
             return
+        if request.reproducible_noise and not self.allow_reproducible_noise:
+            raise PolicyError(
+                "the run asks for reproducible-noise (DP noise derived from the run's public "
+                "seed, which the coordinator could regenerate); the site policy forbids it"
+            )
         problems = []
         if request.target_epsilon > self.max_epsilon:
             problems.append(
@@ -181,6 +192,13 @@ class SitePolicy:
                 f"the run's schedule needs noise multiplier {noise_multiplier:.4f}, below the "
                 f"site's min-noise-multiplier {self.min_noise_multiplier}"
             )
+
+
+def _flag(values: Mapping[str, Any], key: str, source: str) -> bool:
+    value = values.get(key, False)
+    if not isinstance(value, bool):
+        raise PolicyError(f"{source}: `{key}` must be true or false, got {value!r}")
+    return value
 
 
 def _number(

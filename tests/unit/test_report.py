@@ -35,3 +35,17 @@ def test_site_level_epsilon_and_its_stop_are_reported(
     assert "stopped in round 3: round 3 would take the site-level epsilon" in table
     write_report(summary, tmp_path / "report.md")
     assert "Site-level (client) DP: (6.0, 0.001)-DP" in (tmp_path / "report.md").read_text()
+
+
+def test_a_reproducible_noise_run_says_first_that_it_is_not_private(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    record = RunMetrics(tmp_path / "metrics.json", {**defaults, "reproducible-noise": True}, 1e-5)
+    record.add_round({"round": 1, m.ACCURACY: 0.9, m.EPSILON: {"site-0": 0.5}})
+    summary = record.to_dict()
+    assert final_table(summary).startswith("NOT PRIVATE: reproducible-noise was on")
+    write_report(summary, tmp_path / "report.md")
+    assert (tmp_path / "report.md").read_text().startswith("**NOT PRIVATE: reproducible-noise")
+    secret = RunMetrics(tmp_path / "other.json", dict(defaults), 1e-5)
+    secret.add_round({"round": 1, m.ACCURACY: 0.9, m.EPSILON: {"site-0": 0.5}})
+    assert "NOT PRIVATE" not in final_table(secret.to_dict())

@@ -135,3 +135,40 @@ def test_a_deployed_site_trains_under_its_own_policy_ledger_and_key(
     entries = PrivacyLedger(tmp_path / "ledger.jsonl").read(key.public).entries
     assert [(e.site, e.round) for e in entries] == [("cleveland", 1)]
     assert entries[0].epsilon == metrics[m.SITE_EPSILON]
+
+
+def _update(run_config: dict[str, Any], folder: Path, server_round: int = 1) -> dict[str, Any]:
+    site, guard, context = _site(run_config, folder)
+    update, _ = train_round(site, guard, _arrays(site), server_round, "run-a", context.state)
+    return update.to_numpy_ndarrays()  # type: ignore[return-value]
+
+
+def test_two_sites_with_the_same_public_config_and_data_draw_different_noise(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    """The production path: identical run config (seed included) and data, two trainings:
+    the updates differ, so the coordinator cannot regenerate the noise from what it sent."""
+    run_config = {**defaults, "num-server-rounds": 2, "accountant": "rdp"}
+    a = _update(run_config, tmp_path / "a")
+    b = _update(run_config, tmp_path / "b")
+    assert all((x != y).any() for x, y in zip(a, b, strict=True))
+
+
+def test_reproducible_noise_is_refused_by_a_site_policy_that_does_not_allow_it(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    SitePolicy(max_epsilon=1.0, delta=1e-5).write(tmp_path / "site" / "policy.toml")
+    run_config = {**defaults, "accountant": "rdp", "reproducible-noise": True}
+    site, guard, context = _site(run_config, tmp_path / "site")
+    with pytest.raises(PolicyError, match="reproducible-noise .* the site policy forbids it"):
+        train_round(site, guard, _arrays(site), 1, "run-a", context.state)
+    assert guard.ledger.entries() == []
+
+
+def test_reproducible_noise_where_the_policy_allows_it_repeats_the_update(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    run_config = {**defaults, "accountant": "rdp", "reproducible-noise": True}
+    a = _update(run_config, tmp_path / "a")
+    b = _update(run_config, tmp_path / "b")
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))

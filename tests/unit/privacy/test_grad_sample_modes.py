@@ -57,8 +57,10 @@ def _update(name: str, mode: str, noise: float, clip: float) -> dict[str, torch.
     torch.manual_seed(0)
     model = build()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    step = make_private(model, optimizer, loss, 48, 12, DPParams(noise, clip, "rdp", True, mode))
-    torch.manual_seed(123)  # the noise
+    draws = torch.Generator().manual_seed(123)  # the same noise draws for every mode
+    step = make_private(
+        model, optimizer, loss, 48, 12, DPParams(noise, clip, "rdp", True, mode), draws
+    )
     step.backward_and_step(step.module(x), y)
     step.close()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

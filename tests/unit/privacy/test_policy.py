@@ -75,3 +75,13 @@ def test_the_simulated_policy_is_exactly_the_request() -> None:
     policy = SitePolicy.from_request(STRICT)
     policy.check(STRICT)
     assert policy.max_epsilon == 1.0 and policy.accountants == ("prv",)
+
+
+def test_reproducible_noise_needs_the_policy_to_allow_it(tmp_path: Path) -> None:
+    request = PrivacyRequest(True, 1.0, 1e-5, 1.0, "prv", reproducible_noise=True)
+    with pytest.raises(PolicyError, match="reproducible-noise"):
+        SitePolicy(max_epsilon=1.0, delta=1e-5).check(request)
+    allowing = SitePolicy(max_epsilon=1.0, delta=1e-5, allow_reproducible_noise=True)
+    allowing.check(request)
+    allowing.write(tmp_path / "policy.toml")
+    assert SitePolicy.load(tmp_path / "policy.toml") == allowing

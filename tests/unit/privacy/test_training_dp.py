@@ -26,9 +26,11 @@ def _model(hidden: int = 4) -> TabularModel:
     return TabularModel(6, hidden)
 
 
-def _train(dp: DPParams | None, seed: int = 1) -> dict[str, torch.Tensor]:
+def _train(
+    dp: DPParams | None, seed: int = 1, noise_seed: int | None = None
+) -> dict[str, torch.Tensor]:
     model = _model()
-    train_local(TASK, model, _data(), LocalTraining(2, 32, 0.3, seed), dp)
+    train_local(TASK, model, _data(), LocalTraining(2, 32, 0.3, seed, noise_seed=noise_seed), dp)
     return model.state_dict()
 
 
@@ -72,11 +74,23 @@ def test_adam_takes_the_same_private_gradient_as_sgd() -> None:
     assert any(not torch.allclose(v, sgd[k]) for k, v in private.items())
 
 
-def test_dp_with_noise_differs_between_seeds_and_repeats_with_the_same_seed() -> None:
+@pytest.mark.parametrize("mode", ["bookkeeping", "hooks"])
+def test_dp_noise_is_secret_the_same_public_seed_gives_different_updates(mode: str) -> None:
+    """The run's seed is public (the coordinator sends it): two DP trainings with the same
+    seed and data must not repeat their noise or batches, or the server could subtract it."""
+    dp = DPParams(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
+    a, b = _train(dp, seed=1), _train(dp, seed=1)
+    assert all(not torch.equal(a[k], b[k]) for k in a)
+    plain_a, plain_b = _train(None, seed=1), _train(None, seed=1)  # the seed still rules plain
+    assert all(torch.equal(plain_a[k], plain_b[k]) for k in plain_a)
+
+
+def test_reproducible_noise_repeats_with_the_same_noise_seed_only() -> None:
     dp = DPParams(noise_multiplier=1.0, max_grad_norm=1.0)
-    a, b, c = _train(dp, seed=1), _train(dp, seed=2), _train(dp, seed=1)
-    assert any(not torch.equal(a[k], b[k]) for k in a)
-    assert all(torch.equal(a[k], c[k]) for k in a)
+    a, b = _train(dp, noise_seed=7), _train(dp, noise_seed=7)
+    c = _train(dp, noise_seed=8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
 def test_training_reports_the_steps_the_accountant_counted() -> None:
