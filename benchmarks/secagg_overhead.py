@@ -47,7 +47,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from clients import secagg as site_secagg  # noqa: E402
-from fedllm import metrics as m  # noqa: E402
+from fedllm import protocol as proto  # noqa: E402
 from fedllm.secagg import Layout, SecAggSettings, prg, weighted_vector  # noqa: E402
 from fedllm.weights import to_arrays  # noqa: E402
 from server.grid import polling  # noqa: E402
@@ -74,8 +74,8 @@ for _action, _handler in site_secagg.HANDLERS.items():
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    config = msg.content.config_records[m.CONFIG]
-    arrays = msg.content.array_records[m.ARRAYS]
+    config = msg.content.config_records[proto.CONFIG]
+    arrays = msg.content.array_records[proto.ARRAYS]
     started = time.perf_counter()
     torch.set_num_threads(1)
     model = mlp(int(config["hidden"]))  # type: ignore[call-overload]
@@ -88,19 +88,19 @@ def train(msg: Message, context: Context) -> Message:
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     update = to_arrays(model)
-    metrics = MetricRecord({m.NUM_EXAMPLES: 100 + context.node_id % 97, m.TRAIN_LOSS: 0.0})
+    metrics = MetricRecord({proto.NUM_EXAMPLES: 100 + context.node_id % 97, proto.TRAIN_LOSS: 0.0})
     metrics["train-seconds"] = time.perf_counter() - started
     content = RecordDict(
-        {m.METRICS: metrics, m.SITE: ConfigRecord({m.SITE_NAME: f"n{context.node_id}"})}
+        {proto.METRICS: metrics, proto.SITE: ConfigRecord({proto.SITE_NAME: f"n{context.node_id}"})}
     )
-    if m.SECAGG in msg.content.config_records:
+    if proto.SECAGG in msg.content.config_records:
         started = time.perf_counter()
         records = site_secagg.masked_update(msg, context, arrays, update, metrics, CLIP)
         metrics["mask-seconds"] = time.perf_counter() - started
         for key, record in records.items():
             content[key] = record
     else:
-        content[m.ARRAYS] = update
+        content[proto.ARRAYS] = update
     return Message(content=content, reply_to=msg)
 
 

@@ -13,7 +13,7 @@ from flwr.common.logger import log
 from clients import client_dp, secagg
 from clients.site import SiteGuard
 from clients.train import SiteRuntime, node_site_name, privacy_request, train_round
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.data.tabular import FeatureMoments
 from fedllm.errors import DataError, FedLLMError, PrivacyError, UpdateError, refusal_kind
 from fedllm.scaling import moments_record
@@ -27,14 +27,14 @@ def train(msg: Message, context: Context) -> Message:
     """Train one round, or refuse with the reason (a reply, not an error) when the request is
     outside the site's policy, past its budget, its ledger does not verify, or the site's
     own data file does not fit the task."""
-    config = msg.content.config_records[m.CONFIG]
-    server_round = int(config[m.SERVER_ROUND])  # type: ignore[arg-type]
+    config = msg.content.config_records[proto.CONFIG]
+    server_round = int(config[proto.SERVER_ROUND])  # type: ignore[arg-type]
     try:
         site = SiteRuntime.from_context(context).scaled(config)
     except (DataError, UpdateError) as err:
         return _refuse(msg, node_site_name(context), server_round, err)
-    arrays = msg.content.array_records[m.ARRAYS]
-    secure = m.SECAGG in msg.content.config_records
+    arrays = msg.content.array_records[proto.ARRAYS]
+    secure = proto.SECAGG in msg.content.config_records
     try:
         guard = _guard(context, site, config)
         noise = (
@@ -70,12 +70,12 @@ def _refuse(msg: Message, name: str, server_round: int, err: FedLLMError) -> Mes
     kind = refusal_kind(err)
     level = ERROR if kind == "data" else WARNING
     log(level, "%s refuses round %d (%s): %s", name, server_round, kind, err)
-    refusal = ConfigRecord({m.REFUSAL_KIND: kind, m.REFUSAL_REASON: str(err)})
+    refusal = ConfigRecord({proto.REFUSAL_KIND: kind, proto.REFUSAL_REASON: str(err)})
     content = RecordDict(
         {
-            m.METRICS: MetricRecord({m.NUM_EXAMPLES: 0}),
-            m.SITE: ConfigRecord({m.SITE_NAME: name}),
-            m.REFUSAL: refusal,
+            proto.METRICS: MetricRecord({proto.NUM_EXAMPLES: 0}),
+            proto.SITE: ConfigRecord({proto.SITE_NAME: name}),
+            proto.REFUSAL: refusal,
         }
     )
     return Message(content=content, reply_to=msg)
@@ -90,27 +90,29 @@ def _guard(context: Context, site: SiteRuntime, config: ConfigRecord) -> SiteGua
     if site.deployed:
         return SiteGuard.deployed(context)
     root = (
-        Path(site.cfg.ledger_dir) if site.cfg.ledger_dir else Path(str(config[m.RUN_DIR])) / "sites"
+        Path(site.cfg.ledger_dir)
+        if site.cfg.ledger_dir
+        else Path(str(config[proto.RUN_DIR])) / "sites"
     )
     return SiteGuard.simulated(root / site.data.name, privacy_request(site.cfg))
 
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    config = msg.content.config_records[m.CONFIG]
+    config = msg.content.config_records[proto.CONFIG]
     try:
         site = SiteRuntime.from_context(context).scaled(config)
-        model = site.model(msg.content.array_records[m.ARRAYS])
+        model = site.model(msg.content.array_records[proto.ARRAYS])
     except (DataError, UpdateError) as err:
-        server_round = int(config.get(m.SERVER_ROUND, 0))  # type: ignore[arg-type]
+        server_round = int(config.get(proto.SERVER_ROUND, 0))  # type: ignore[arg-type]
         return _refuse(msg, node_site_name(context), server_round, err)
     scores = evaluate(site.task, model, site.data.test)
     # AUC needs both classes, which a small site's test rows may lack: keys must agree.
     metrics = MetricRecord(
         {
-            m.LOSS: scores[m.LOSS],
-            m.ACCURACY: scores[m.ACCURACY],
-            m.NUM_EXAMPLES: len(site.data.test),
+            proto.LOSS: scores[proto.LOSS],
+            proto.ACCURACY: scores[proto.ACCURACY],
+            proto.NUM_EXAMPLES: len(site.data.test),
         }
     )
     return _reply(msg, site.data.name, None, metrics)
@@ -125,7 +127,9 @@ def feature_moments(msg: Message, context: Context) -> Message:
 
 
 def _reply(msg: Message, name: str, arrays: ArrayRecord | None, metrics: MetricRecord) -> Message:
-    content = RecordDict({m.METRICS: metrics, m.SITE: ConfigRecord({m.SITE_NAME: name})})
+    content = RecordDict(
+        {proto.METRICS: metrics, proto.SITE: ConfigRecord({proto.SITE_NAME: name})}
+    )
     if arrays is not None:
-        content[m.ARRAYS] = arrays
+        content[proto.ARRAYS] = arrays
     return Message(content=content, reply_to=msg)

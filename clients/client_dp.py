@@ -14,7 +14,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.errors import PrivacyError
 from fedllm.privacy.client_dp import calibrate_client_noise, privatize_update, site_noise_std
@@ -33,25 +33,25 @@ class SiteNoise:
 def noise_multiplier(cfg: RunConfig, state: RecordDict) -> float:
     """The run's site-level noise multiplier z, calibrated once per run and cached."""
     key = f"{cfg.client_epsilon!r}|{cfg.client_delta!r}|{cfg.num_server_rounds}|{cfg.accountant}"
-    cached = state.config_records.get(m.STATE_CLIENT_CALIBRATION)
+    cached = state.config_records.get(proto.STATE_CLIENT_CALIBRATION)
     if cached is not None and cached["key"] == key:
         return float(cached["noise-multiplier"])  # type: ignore[arg-type]
     z = calibrate_client_noise(
         cfg.client_epsilon, cfg.client_delta, cfg.num_server_rounds, cfg.accountant
     )
-    state[m.STATE_CLIENT_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": z})
+    state[proto.STATE_CLIENT_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": z})
     return z
 
 
 def site_noise(cfg: RunConfig, config: ConfigRecord, state: RecordDict) -> SiteNoise:
     """Checked before training: the server must say how many sites share the noise, and no
     more than the federation holds (each site's share would be too small)."""
-    if m.CLIENT_DP_SAMPLED not in config:
+    if proto.CLIENT_DP_SAMPLED not in config:
         raise PrivacyError(
             "client-dp is on but the server's train message does not say how many sites were "
-            f"sampled (`{m.CLIENT_DP_SAMPLED}`): refusing to send an update without its noise"
+            f"sampled (`{proto.CLIENT_DP_SAMPLED}`): refusing to send an update without its noise"
         )
-    sampled = int(config[m.CLIENT_DP_SAMPLED])  # type: ignore[arg-type]
+    sampled = int(config[proto.CLIENT_DP_SAMPLED])  # type: ignore[arg-type]
     if not 1 <= sampled <= cfg.num_sites:
         raise PrivacyError(
             f"the server says {sampled} sites share the client-level noise; it must be in "
@@ -82,5 +82,5 @@ def privatize(
             "(the sum's noise is then not exactly Gaussian): raise secagg-clip-range",
             secagg_clip_range,
         )
-    metrics[m.CLIENT_DP_WEIGHT] = 1
+    metrics[proto.CLIENT_DP_WEIGHT] = 1
     return layout.unflatten(base + noised)

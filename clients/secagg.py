@@ -19,7 +19,7 @@ from typing import cast
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.errors import SecAggError
 from fedllm.secagg import (
     MASK,
@@ -32,11 +32,9 @@ from fedllm.secagg import (
     weighted_vector,
 )
 
-ROUND = "server-round"
-
 
 def _state(context: Context, stage: str, server_round: int) -> SiteSecAgg:
-    record = context.state.config_records.get(m.STATE_SECAGG)
+    record = context.state.config_records.get(proto.STATE_SECAGG)
     if record is None:
         raise SecAggError(f"secure aggregation: stage {stage!r} before setup")
     state = state_from_config(dict(record))
@@ -45,17 +43,17 @@ def _state(context: Context, stage: str, server_round: int) -> SiteSecAgg:
 
 
 def _save(context: Context, state: SiteSecAgg) -> None:
-    context.state[m.STATE_SECAGG] = ConfigRecord(state_to_config(state))  # type: ignore[arg-type]
+    context.state[proto.STATE_SECAGG] = ConfigRecord(state_to_config(state))  # type: ignore[arg-type]
 
 
 def _request(msg: Message) -> tuple[ConfigRecord, int]:
-    record = msg.content.config_records[m.SECAGG]
-    return record, int(cast(int, record[ROUND]))
+    record = msg.content.config_records[proto.SECAGG]
+    return record, int(cast(int, record[proto.SA_ROUND]))
 
 
 def _answer(msg: Message, values: dict[str, object]) -> Message:
     record = ConfigRecord(values)  # type: ignore[arg-type]
-    return Message(content=RecordDict({m.SECAGG: record}), reply_to=msg)
+    return Message(content=RecordDict({proto.SECAGG: record}), reply_to=msg)
 
 
 def setup(msg: Message, context: Context) -> Message:
@@ -63,7 +61,7 @@ def setup(msg: Message, context: Context) -> Message:
     _, server_round = _request(msg)
     state = SiteSecAgg.setup(msg.metadata.dst_node_id, server_round)
     _save(context, state)
-    return _answer(msg, {"pk1": state.pk1, "pk2": state.pk2})
+    return _answer(msg, {proto.SA_PK1: state.pk1, proto.SA_PK2: state.pk2})
 
 
 def share_keys(msg: Message, context: Context) -> Message:
@@ -72,11 +70,13 @@ def share_keys(msg: Message, context: Context) -> Message:
     state = _state(context, SHARE_KEYS, server_round)
     sent = state.share_keys(
         _peer_keys(record),
-        int(cast(int, record["threshold"])),
-        int(cast(int, record["num-shares"])),
+        int(cast(int, record[proto.SA_THRESHOLD])),
+        int(cast(int, record[proto.SA_NUM_SHARES])),
     )
     _save(context, state)
-    return _answer(msg, {"destinations": list(sent), "ciphertexts": list(sent.values())})
+    return _answer(
+        msg, {proto.SA_DESTINATIONS: list(sent), proto.SA_CIPHERTEXTS: list(sent.values())}
+    )
 
 
 def masked_update(
@@ -96,19 +96,23 @@ def masked_update(
     state = _state(context, MASK, server_round)
     layout = Layout.of(global_arrays)
     delta = layout.flatten(update) - layout.flatten(global_arrays)  # (P,)
-    metrics[m.SECAGG_CLIPPED] = float(np.mean(np.abs(delta) > clip_range))
-    n = int(cast(int, metrics[m.NUM_EXAMPLES])) if weight is None else weight
+    metrics[proto.SECAGG_CLIPPED] = float(np.mean(np.abs(delta) > clip_range))
+    n = int(cast(int, metrics[proto.NUM_EXAMPLES])) if weight is None else weight
     vector = weighted_vector(delta, n, clip_range, np.random.default_rng())
-    sources = [int(n) for n in cast(list[int], record["sources"])]
-    ciphertexts = [bytes(c) for c in cast(list[bytes], record["ciphertexts"])]
+    sources = [int(n) for n in cast(list[int], record[proto.SA_SOURCES])]
+    ciphertexts = [bytes(c) for c in cast(list[bytes], record[proto.SA_CIPHERTEXTS])]
     masked = state.mask(vector, dict(zip(sources, ciphertexts, strict=True)))
     _save(context, state)
     ahead = SiteSecAgg.setup(state.node_id, server_round + 1)
-    context.state[m.STATE_SECAGG_NEXT] = ConfigRecord(state_to_config(ahead))  # type: ignore[arg-type]
+    context.state[proto.STATE_SECAGG_NEXT] = ConfigRecord(state_to_config(ahead))  # type: ignore[arg-type]
     return {
-        m.SECAGG_MASKED: ArrayRecord({m.SECAGG_VECTOR: Array(masked)}),
-        m.SECAGG: ConfigRecord(
-            {"next-round": server_round + 1, "pk1": ahead.pk1, "pk2": ahead.pk2}
+        proto.SECAGG_MASKED: ArrayRecord({proto.SECAGG_VECTOR: Array(masked)}),
+        proto.SECAGG: ConfigRecord(
+            {
+                proto.SA_NEXT_ROUND: server_round + 1,
+                proto.SA_PK1: ahead.pk1,
+                proto.SA_PK2: ahead.pk2,
+            }
         ),
     }
 
@@ -120,20 +124,23 @@ def unmask(msg: Message, context: Context) -> Message:
     record, server_round = _request(msg)
     state = _state(context, UNMASK, server_round)
     revealed = state.unmask(
-        [int(n) for n in cast(list[int], record["alive"])],
-        [int(n) for n in cast(list[int], record["dropped"])],
+        [int(n) for n in cast(list[int], record[proto.SA_ALIVE])],
+        [int(n) for n in cast(list[int], record[proto.SA_DROPPED])],
     )
-    answer: dict[str, object] = {"owners": list(revealed), "shares": list(revealed.values())}
-    ahead = context.state.config_records.get(m.STATE_SECAGG_NEXT)
+    answer: dict[str, object] = {
+        proto.SA_OWNERS: list(revealed),
+        proto.SA_SHARES: list(revealed.values()),
+    }
+    ahead = context.state.config_records.get(proto.STATE_SECAGG_NEXT)
     if ahead is not None:
-        del context.state[m.STATE_SECAGG_NEXT]
-    if "next-peers" in record and ahead is not None:
+        del context.state[proto.STATE_SECAGG_NEXT]
+    if proto.SA_NEXT + proto.SA_PEERS in record and ahead is not None:
         state = state_from_config(dict(ahead))
-        state.expect(SHARE_KEYS, int(cast(int, record["next-round"])))
+        state.expect(SHARE_KEYS, int(cast(int, record[proto.SA_NEXT_ROUND])))
         sent = state.share_keys(
-            _peer_keys(record, "next-"),
-            int(cast(int, record["next-threshold"])),
-            int(cast(int, record["next-num-shares"])),
+            _peer_keys(record, proto.SA_NEXT),
+            int(cast(int, record[proto.SA_NEXT + proto.SA_THRESHOLD])),
+            int(cast(int, record[proto.SA_NEXT + proto.SA_NUM_SHARES])),
         )
         answer.update(destinations=list(sent), ciphertexts=list(sent.values()))
     _save(context, state)
@@ -141,11 +148,15 @@ def unmask(msg: Message, context: Context) -> Message:
 
 
 def _peer_keys(record: ConfigRecord, prefix: str = "") -> dict[int, tuple[bytes, bytes]]:
-    peers = cast(list[int], record[f"{prefix}peers"])
-    pk1 = cast(list[bytes], record[f"{prefix}pk1"])
-    pk2 = cast(list[bytes], record[f"{prefix}pk2"])
+    peers = cast(list[int], record[prefix + proto.SA_PEERS])
+    pk1 = cast(list[bytes], record[prefix + proto.SA_PK1])
+    pk2 = cast(list[bytes], record[prefix + proto.SA_PK2])
     return {int(n): (bytes(a), bytes(b)) for n, a, b in zip(peers, pk1, pk2, strict=True)}
 
 
 # The stages around the train message, by ClientApp action (``train.<action>``).
-HANDLERS = {"secagg_setup": setup, "secagg_share_keys": share_keys, "secagg_unmask": unmask}
+HANDLERS = {
+    proto.SECAGG_SETUP: setup,
+    proto.SECAGG_SHARE_KEYS: share_keys,
+    proto.SECAGG_UNMASK: unmask,
+}

@@ -17,8 +17,8 @@ from flwr.app import Context
 from fedllm.crypto import SiteKey
 from fedllm.errors import PolicyError
 from fedllm.privacy import PrivacyLedger, PrivacyRequest, SitePolicy
+from fedllm.protocol import NODE_LEDGER_PATH, NODE_POLICY_PATH, NODE_SITE_KEY
 
-POLICY_PATH, LEDGER_PATH, SITE_KEY = "policy-path", "ledger-path", "site-key"
 POLICY_FILE, LEDGER_FILE, KEY_FILE = "policy.toml", "ledger.jsonl", "site-key.pem"
 
 
@@ -32,7 +32,7 @@ class SiteGuard:
     @classmethod
     def deployed(cls, context: Context) -> SiteGuard:
         node = context.node_config
-        missing = [k for k in (POLICY_PATH, LEDGER_PATH, SITE_KEY) if k not in node]
+        missing = [k for k in (NODE_POLICY_PATH, NODE_LEDGER_PATH, NODE_SITE_KEY) if k not in node]
         if missing:
             raise PolicyError(
                 "this SuperNode's node-config lacks "
@@ -40,9 +40,9 @@ class SiteGuard:
                 + ": a site trains only under its own policy, ledger and key "
                 "(create them with `fedllm site init DIR`)"
             )
-        key = SiteKey.load(Path(str(node[SITE_KEY])))
-        policy = SitePolicy.load(Path(str(node[POLICY_PATH])))
-        return cls(policy, PrivacyLedger(Path(str(node[LEDGER_PATH])), key))
+        key = SiteKey.load(Path(str(node[NODE_SITE_KEY])))
+        policy = SitePolicy.load(Path(str(node[NODE_POLICY_PATH])))
+        return cls(policy, PrivacyLedger(Path(str(node[NODE_LEDGER_PATH])), key))
 
     @classmethod
     def simulated(cls, folder: Path, request: PrivacyRequest) -> SiteGuard:

@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
 from clients.site import SiteGuard
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyBudgetExceededError
 from fedllm.privacy import (
@@ -32,9 +32,6 @@ from fedllm.scaling import scale_site, scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
 from fedllm.training import LocalTraining, train_local
 from fedllm.weights import exchanged_state, load_arrays, state_bytes, to_arrays
-
-PARTITION_ID, NUM_PARTITIONS, DATA_PATH = "partition-id", "num-partitions", "data-path"
-SITE_NAME = "site-name"
 
 
 @dataclass(frozen=True)
@@ -54,11 +51,11 @@ class SiteRuntime:
         cfg = RunConfig.from_flower(context.run_config)
         task = get_task(cfg.task)
         node = context.node_config
-        if DATA_PATH in node:
-            site = task.site(cfg, str(node[DATA_PATH]), node_site_name(context))
+        if proto.NODE_DATA_PATH in node:
+            site = task.site(cfg, str(node[proto.NODE_DATA_PATH]), node_site_name(context))
             return cls(cfg, task, site, 0, deployed=True)
-        index = int(node[PARTITION_ID])  # type: ignore[arg-type]
-        nodes = int(node.get(NUM_PARTITIONS, cfg.num_sites))  # type: ignore[arg-type]
+        index = int(node[proto.NODE_PARTITION_ID])  # type: ignore[arg-type]
+        nodes = int(node.get(proto.NODE_NUM_PARTITIONS, cfg.num_sites))  # type: ignore[arg-type]
         if nodes != cfg.num_sites:
             raise ConfigError(
                 f"the simulation runs {nodes} SuperNodes but `num-sites` is {cfg.num_sites}: "
@@ -82,7 +79,7 @@ class SiteRuntime:
 
 def node_site_name(context: Context) -> str:
     """A deployed site's `site-name` from its node-config, else its node id."""
-    return str(context.node_config.get(SITE_NAME, f"node-{context.node_id}"))
+    return str(context.node_config.get(proto.NODE_SITE_NAME, f"node-{context.node_id}"))
 
 
 def noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) -> float:
@@ -91,11 +88,11 @@ def noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) ->
         f"{cfg.target_epsilon!r}|{cfg.target_delta!r}|{schedule.sample_rate!r}|"
         f"{schedule.total_steps}|{cfg.accountant}"
     )
-    cached = state.config_records.get(m.STATE_CALIBRATION)
+    cached = state.config_records.get(proto.STATE_CALIBRATION)
     if cached is not None and cached["key"] == key:
         return float(cached["noise-multiplier"])  # type: ignore[arg-type]
     sigma = calibrate_noise(cfg.target_epsilon, cfg.target_delta, schedule, cfg.accountant)
-    state[m.STATE_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": sigma})
+    state[proto.STATE_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": sigma})
     return sigma
 
 
@@ -129,7 +126,7 @@ def train_round(
     schedule = DPSchedule.for_site(
         len(site.data.train), cfg.batch_size, cfg.local_epochs, cfg.num_server_rounds
     )
-    metrics = MetricRecord({m.NUM_EXAMPLES: len(site.data.train)})
+    metrics = MetricRecord({proto.NUM_EXAMPLES: len(site.data.train)})
     dp, planned = None, None
     if cfg.dp:
         sigma = noise_multiplier(cfg, schedule, state)
@@ -138,7 +135,7 @@ def train_round(
             sigma, cfg.max_grad_norm, cfg.accountant, grad_sample_mode=cfg.grad_sample_mode
         )
         planned = schedule.round_event(sigma)
-        metrics[m.NOISE_MULTIPLIER] = sigma
+        metrics[proto.NOISE_MULTIPLIER] = sigma
     with guard.ledger.locked() as ledger:
         if planned is not None:
             _check_run_target(ledger, run_id, planned, cfg)
@@ -170,7 +167,7 @@ def train_round(
                 delta=cfg.target_delta,
                 accountant=cfg.accountant,
             )
-    metrics[m.TRAIN_LOSS] = result.loss
+    metrics[proto.TRAIN_LOSS] = result.loss
     if cfg.dp:
         site_epsilon = math.inf if entry.epsilon is None else entry.epsilon
         if site_epsilon > guard.policy.max_epsilon:  # recorded, but the update is withheld
@@ -179,9 +176,9 @@ def train_round(
                 f"{guard.policy.max_epsilon}; the spend is recorded and the update withheld"
             )
         run = [e for e in ledger.entries if e.run_id == run_id]
-        metrics[m.EPSILON] = history_epsilon(run, cfg.target_delta, cfg.accountant)
-        metrics[m.SITE_EPSILON] = site_epsilon
-    metrics[m.UPDATE_BYTES] = state_bytes(exchanged_state(model))  # sizes only: no copy
+        metrics[proto.EPSILON] = history_epsilon(run, cfg.target_delta, cfg.accountant)
+        metrics[proto.SITE_EPSILON] = site_epsilon
+    metrics[proto.UPDATE_BYTES] = state_bytes(exchanged_state(model))  # sizes only: no copy
     return to_arrays(model), metrics
 
 

@@ -27,14 +27,18 @@ from pathlib import Path
 from fedllm.crypto import check_certificate, check_chain, check_node_public_key
 from fedllm.crypto.certs import check_private_key_mode
 from fedllm.errors import CertificateError, ConfigError, DataError, FedLLMError
+from fedllm.protocol import (
+    NODE_DATA_PATH,
+    NODE_LEDGER_PATH,
+    NODE_POLICY_PATH,
+    NODE_SITE_KEY,
+    NODE_SITE_NAME,
+)
 
 SUPERLINK_PORT = 8000  # flower-superlink's default --port (Fleet, Control and Runtime APIs)
 SUPERNODE_PORT = 9094  # flower-supernode's default --port (its ClientApp Runtime API)
 STATE_DB = "state.db"  # the SuperLink's state database inside its state folder
 CONNECTION = "fedllm"  # the [superlink.<name>] entry in $FLWR_HOME/config.toml
-# node-config keys a deployed site passes to its ClientApp (clients/site.py, clients/train.py)
-DATA_PATH, SITE_NAME = "data-path", "site-name"
-POLICY_PATH, LEDGER_PATH, SITE_KEY = "policy-path", "ledger-path", "site-key"
 # The environment Flower's commands need here (as scripts/env.sh sets for `flwr run`).
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -113,11 +117,11 @@ class SiteSettings:
 
     def node_config(self) -> dict[str, str]:
         return {
-            DATA_PATH: str(self.data_path),
-            SITE_NAME: self.name,
-            POLICY_PATH: str(self.site_dir / "policy.toml"),
-            LEDGER_PATH: str(self.site_dir / "ledger.jsonl"),
-            SITE_KEY: str(self.site_dir / "site-key.pem"),
+            NODE_DATA_PATH: str(self.data_path),
+            NODE_SITE_NAME: self.name,
+            NODE_POLICY_PATH: str(self.site_dir / "policy.toml"),
+            NODE_LEDGER_PATH: str(self.site_dir / "ledger.jsonl"),
+            NODE_SITE_KEY: str(self.site_dir / "site-key.pem"),
         }
 
     def check(self) -> None:
@@ -130,7 +134,7 @@ class SiteSettings:
         check_private_key_mode(self.node_key)
         if not self.data_path.exists():
             raise DataError(f"the site's data {self.data_path} does not exist")
-        for key in (POLICY_PATH, SITE_KEY):
+        for key in (NODE_POLICY_PATH, NODE_SITE_KEY):
             path = Path(self.node_config()[key])
             if not path.is_file():
                 raise ConfigError(

@@ -1,4 +1,4 @@
-"""Record and metric names (one spelling each) and the run's metrics.json.
+"""The run's metrics.json and the names it adds to those sites report (fedllm.protocol).
 
 Schema: ``{"config": {...}, "rounds": [{"round": 1, "accuracy": ..., "loss": ...,
 "epsilon": {"<site>": ...}, ...}], "final": {"accuracy": ..., "epsilon": <max over sites>,
@@ -14,49 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Record keys inside Flower messages.
-ARRAYS = "arrays"
-CONFIG = "config"
-METRICS = "metrics"
-SITE = "site"
-SITE_NAME = "name"
-SERVER_ROUND = "server-round"
-RUN_DIR = "run-dir"
-# A site's refusal to train: a ConfigRecord with the kind (budget, policy, ledger) and why.
-REFUSAL = "refusal"
-REFUSAL_KIND = "kind"
-REFUSAL_REASON = "reason"
-# Secure aggregation: the protocol record in every stage's message, and a site's masked
-# vector (an ArrayRecord holding one uint64 array) in place of its model arrays.
-SECAGG = "secagg"
-SECAGG_MASKED = "secagg-masked"
-SECAGG_VECTOR = "vector"
-# Client state (context.state) keys.
-STATE_CALIBRATION = "privacy-calibration"
-STATE_SECAGG = "secagg-state"
-STATE_SECAGG_NEXT = "secagg-state-next"  # keys made ahead for the next round
-STATE_CLIENT_CALIBRATION = "client-dp-calibration"
-# Client-level DP: the sites sampled this round (train config; each site's noise share is
-# 1/sqrt of it), the equal weight every site reports, and the server's per-round accounting.
-CLIENT_DP_SAMPLED = "client-dp-sampled"
-CLIENT_DP_WEIGHT = "client-dp-weight"
+from fedllm.protocol import ACCURACY, EPSILON, LOSS
+
+# Names in metrics.json beside the ones sites report (fedllm.protocol).
+AUC = "auc"
+MODEL_BYTES = "model-bytes"  # bytes of the whole model (with any frozen base and adapters)
+# Client-level DP: the server's per-round accounting of the released sums.
 CLIENT_EPSILON = "client-epsilon"  # cumulative site-level epsilon of the released sums
 CLIENT_DELTA = "client-delta"
 CLIENT_NOISE_MULTIPLIER = "client-noise-multiplier"  # realized: z * sqrt(summed / sampled)
 CLIENT_CLIP = "client-clip"
 CLIENT_SUMMED = "client-sites-summed"
-# Metric names.
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
-EPSILON = "epsilon"
-SITE_EPSILON = "site-epsilon"  # the site's cumulative epsilon over every run in its ledger
-NOISE_MULTIPLIER = "noise-multiplier"
-SECAGG_CLIPPED = "secagg-clipped"  # fraction of update values clipped to secagg-clip-range
-LOSS = "loss"
-ACCURACY = "accuracy"
-AUC = "auc"
-UPDATE_BYTES = "update-bytes"  # bytes of the arrays a site sends in one round
-MODEL_BYTES = "model-bytes"  # bytes of the whole model (with any frozen base and adapters)
 
 
 def clean(value: float) -> float | None:

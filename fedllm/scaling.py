@@ -17,10 +17,12 @@ from flwr.app import ConfigRecord, MetricRecord
 
 from fedllm.data.tabular import FeatureMoments, Standardizer
 from fedllm.errors import ConfigError
+from fedllm.protocol import FEATURE_COUNT as COUNT
+from fedllm.protocol import FEATURE_SUM as SUM
+from fedllm.protocol import FEATURE_SUM_SQ as SUM_SQ
+from fedllm.protocol import SCALER_MEAN as MEAN
+from fedllm.protocol import SCALER_STD as STD
 from fedllm.tasks.base import SiteData, Split
-
-COUNT, SUM, SUM_SQ = "feature-count", "feature-sum", "feature-sum-sq"
-MEAN, STD = "feature-mean", "feature-std"
 
 
 def moments_record(moments: FeatureMoments) -> MetricRecord:

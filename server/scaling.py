@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.data.tabular import FeatureMoments, Standardizer
 from fedllm.errors import FedLLMError
 from fedllm.scaling import moments_from_record
@@ -26,7 +26,9 @@ def federated_scaler(grid: Grid, min_nodes: int, timeout: float = 600.0) -> Stan
     nodes = list(grid.get_node_ids())
     queries = [
         Message(
-            RecordDict({m.CONFIG: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY
+            RecordDict({proto.CONFIG: ConfigRecord()}),
+            dst_node_id=node,
+            message_type=MessageType.QUERY,
         )
         for node in nodes
     ]
@@ -41,7 +43,7 @@ def federated_scaler(grid: Grid, min_nodes: int, timeout: float = 600.0) -> Stan
                 reason(reply),
             )
             continue
-        moments = moments_from_record(reply.content.metric_records[m.METRICS])
+        moments = moments_from_record(reply.content.metric_records[proto.METRICS])
         total = moments if total is None else total + moments
         used.append(site_name(reply))
     if total is None:

@@ -27,7 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.errors import SecAggError
 from fedllm.secagg import Layout, SecAggRound, SecAggSettings, average_delta
 from server.strategy import (
@@ -38,8 +38,6 @@ from server.strategy import (
     refusal,
     site_name,
 )
-
-ROUND = "server-round"
 
 
 class SecAggFedAvg(SiteAwareFedAvg):
@@ -98,12 +96,12 @@ class SecAggFedAvg(SiteAwareFedAvg):
             forward = protocol.forward[nid]
             record = ConfigRecord(
                 {
-                    ROUND: server_round,
-                    "sources": list(forward),
-                    "ciphertexts": list(forward.values()),
+                    proto.SA_ROUND: server_round,
+                    proto.SA_SOURCES: list(forward),
+                    proto.SA_CIPHERTEXTS: list(forward.values()),
                 }
             )
-            content = RecordDict({m.ARRAYS: arrays, m.CONFIG: config, m.SECAGG: record})
+            content = RecordDict({proto.ARRAYS: arrays, proto.CONFIG: config, proto.SECAGG: record})
             out.append(
                 Message(content=content, dst_node_id=nid, message_type=msg.metadata.message_type)
             )
@@ -114,15 +112,19 @@ class SecAggFedAvg(SiteAwareFedAvg):
     ) -> SecAggRound:
         """The setup and key-sharing stages as messages of their own."""
         protocol = SecAggRound(server_round, threshold, shares, sampled)
-        keys = self._exchange(server_round, "secagg_setup", {nid: {} for nid in sampled})
+        keys = self._exchange(server_round, proto.SECAGG_SETUP, {nid: {} for nid in sampled})
         protocol.receive_public_keys(
-            {n: (_blob(r, "pk1"), _blob(r, "pk2")) for n, r in keys.items()}
+            {n: (_blob(r, proto.SA_PK1), _blob(r, proto.SA_PK2)) for n, r in keys.items()}
         )
         sent = self._exchange(
             server_round,
-            "secagg_share_keys",
+            proto.SECAGG_SHARE_KEYS,
             {
-                nid: {**_peers(protocol, nid), "threshold": threshold, "num-shares": shares}
+                nid: {
+                    **_peers(protocol, nid),
+                    proto.SA_THRESHOLD: threshold,
+                    proto.SA_NUM_SHARES: shares,
+                }
                 for nid in protocol.public_keys
             },
         )
@@ -165,11 +167,15 @@ class SecAggFedAvg(SiteAwareFedAvg):
             ahead = self._ahead_of(server_round + 1, {n: valid[n] for n in protocol.masked})
             shares = self._exchange(
                 server_round,
-                "secagg_unmask",
+                proto.SECAGG_UNMASK,
                 {
                     nid: {
                         **dict(
-                            zip(("alive", "dropped"), protocol.unmask_request(nid), strict=True)
+                            zip(
+                                (proto.SA_ALIVE, proto.SA_DROPPED),
+                                protocol.unmask_request(nid),
+                                strict=True,
+                            )
                         ),
                         **_ahead_request(ahead, nid),
                     }
@@ -181,8 +187,8 @@ class SecAggFedAvg(SiteAwareFedAvg):
                 {
                     n: dict(
                         zip(
-                            cast(list[int], r["owners"]),
-                            cast(list[bytes], r["shares"]),
+                            cast(list[int], r[proto.SA_OWNERS]),
+                            cast(list[bytes], r[proto.SA_SHARES]),
                             strict=True,
                         )
                     )
@@ -196,7 +202,9 @@ class SecAggFedAvg(SiteAwareFedAvg):
             reported = (
                 len(summed)
                 if self.client_dp is not None
-                else sum(int(cast(int, msg.content[m.METRICS][m.NUM_EXAMPLES])) for msg in summed)
+                else sum(
+                    int(cast(int, msg.content[proto.METRICS][proto.NUM_EXAMPLES])) for msg in summed
+                )
             )
             if weight != reported:
                 raise SecAggError(
@@ -209,11 +217,11 @@ class SecAggFedAvg(SiteAwareFedAvg):
         layout = Layout.of(self.current)
         arrays = layout.unflatten(layout.flatten(self.current) + delta)
         self.site_train[server_round] = {
-            site_name(msg): dict(msg.content[m.METRICS])  # type: ignore[arg-type]
+            site_name(msg): dict(msg.content[proto.METRICS])  # type: ignore[arg-type]
             for msg in summed
         }
         log(INFO, "secagg: round %d, sum of %d sites unmasked", server_round, len(summed))
-        metrics = aggregate_train_metrics([msg.content for msg in summed], m.NUM_EXAMPLES)
+        metrics = aggregate_train_metrics([msg.content for msg in summed], proto.NUM_EXAMPLES)
         return self.validated(server_round, arrays), metrics
 
     def _ahead_of(self, next_round: int, replies: dict[int, Message]) -> SecAggRound | None:
@@ -221,9 +229,9 @@ class SecAggFedAvg(SiteAwareFedAvg):
         for it; None (that round sets up with messages of its own) when they cannot make one."""
         keys = {}
         for nid, msg in replies.items():
-            record = msg.content.config_records.get(m.SECAGG)
-            if record is not None and record.get("next-round") == next_round:
-                keys[nid] = (_blob(record, "pk1"), _blob(record, "pk2"))
+            record = msg.content.config_records.get(proto.SECAGG)
+            if record is not None and record.get(proto.SA_NEXT_ROUND) == next_round:
+                keys[nid] = (_blob(record, proto.SA_PK1), _blob(record, proto.SA_PK2))
         try:
             shares, threshold = self.settings.for_round(len(keys))
             ahead = SecAggRound(next_round, threshold, shares, sorted(keys))
@@ -238,7 +246,7 @@ class SecAggFedAvg(SiteAwareFedAvg):
             return
         try:
             ahead.receive_ciphertexts(
-                {n: _ciphertexts(r) for n, r in answers.items() if "destinations" in r}
+                {n: _ciphertexts(r) for n, r in answers.items() if proto.SA_DESTINATIONS in r}
             )
         except SecAggError:
             return
@@ -252,7 +260,9 @@ class SecAggFedAvg(SiteAwareFedAvg):
             raise SecAggError("secure aggregation: no grid")
         messages = [
             Message(
-                content=RecordDict({m.SECAGG: ConfigRecord({ROUND: server_round, **values})}),
+                content=RecordDict(
+                    {proto.SECAGG: ConfigRecord({proto.SA_ROUND: server_round, **values})}
+                ),
                 dst_node_id=nid,
                 message_type=f"train.{action}",
                 group_id=str(server_round),
@@ -262,11 +272,11 @@ class SecAggFedAvg(SiteAwareFedAvg):
         out: dict[int, ConfigRecord] = {}
         for reply in self._grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
-            if reply.has_error() or m.SECAGG not in reply.content.config_records:
+            if reply.has_error() or proto.SECAGG not in reply.content.config_records:
                 log(WARNING, "secagg %s: node %d dropped: %s", action, node, _why(reply))
                 self._unanswered[node] = f"{action}: {_why(reply)}"
                 continue
-            out[node] = reply.content.config_records[m.SECAGG]
+            out[node] = reply.content.config_records[proto.SECAGG]
         for node in set(requests) - set(out):
             self._unanswered.setdefault(node, f"no answer to {action} before the round timeout")
         return out
@@ -275,9 +285,9 @@ class SecAggFedAvg(SiteAwareFedAvg):
 def _peers(protocol: SecAggRound, nid: int) -> dict[str, Any]:
     peers = protocol.peers_of(nid)
     return {
-        "peers": list(peers),
-        "pk1": [k[0] for k in peers.values()],
-        "pk2": [k[1] for k in peers.values()],
+        proto.SA_PEERS: list(peers),
+        proto.SA_PK1: [k[0] for k in peers.values()],
+        proto.SA_PK2: [k[1] for k in peers.values()],
     }
 
 
@@ -287,10 +297,10 @@ def _ahead_request(ahead: SecAggRound | None, nid: int) -> dict[str, Any]:
         return {}
     peers = _peers(ahead, nid)
     return {
-        "next-round": ahead.server_round,
-        "next-threshold": ahead.threshold,
-        "next-num-shares": ahead.num_shares,
-        **{f"next-{key}": value for key, value in peers.items()},
+        proto.SA_NEXT_ROUND: ahead.server_round,
+        proto.SA_NEXT + proto.SA_THRESHOLD: ahead.threshold,
+        proto.SA_NEXT + proto.SA_NUM_SHARES: ahead.num_shares,
+        **{proto.SA_NEXT + key: value for key, value in peers.items()},
     }
 
 
@@ -298,8 +308,8 @@ def _ciphertexts(record: ConfigRecord) -> dict[int, bytes]:
     """A key-sharing answer: destination node id -> encrypted shares."""
     return dict(
         zip(
-            [int(n) for n in cast(list[int], record["destinations"])],
-            [bytes(c) for c in cast(list[bytes], record["ciphertexts"])],
+            [int(n) for n in cast(list[int], record[proto.SA_DESTINATIONS])],
+            [bytes(c) for c in cast(list[bytes], record[proto.SA_CIPHERTEXTS])],
             strict=True,
         )
     )
@@ -314,10 +324,10 @@ def _why(reply: Message) -> str:
 
 
 def _masked_vector(msg: Message, size: int) -> np.ndarray | None:
-    record = msg.content.array_records.get(m.SECAGG_MASKED)
-    if record is None or m.SECAGG_VECTOR not in record:
+    record = msg.content.array_records.get(proto.SECAGG_MASKED)
+    if record is None or proto.SECAGG_VECTOR not in record:
         return None
-    vector = record[m.SECAGG_VECTOR].numpy()
+    vector = record[proto.SECAGG_VECTOR].numpy()
     if vector.dtype != np.uint64 or vector.shape != (size,):
         return None
     return vector

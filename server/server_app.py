@@ -19,6 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.checkpoint import Checkpointer
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError
@@ -81,7 +82,7 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "fedllm: secure aggregation %s", "on (SecAgg+)" if cfg.secagg else "OFF")
     # Virtual sites keep their policy, key and ledger in the run folder (unless `ledger-dir`);
     # a deployed site ignores this and uses its own node-config paths.
-    config = ConfigRecord({"local-epochs": cfg.local_epochs, m.RUN_DIR: str(run_dir.resolve())})
+    config = ConfigRecord({proto.RUN_DIR: str(run_dir.resolve())})
     central_test = federation.central_test
     # What a user of the saved model needs to know to feed it inputs.
     model_card: dict[str, object] = {
@@ -91,13 +92,13 @@ def main(grid: Grid, context: Context) -> None:
         "num-classes": federation.num_classes,
         "feature-scaling": cfg.feature_scaling,
         # Per site per round: what an update carries; the whole model, for comparison.
-        m.UPDATE_BYTES: state_bytes(exchanged_state(model)),
+        proto.UPDATE_BYTES: state_bytes(exchanged_state(model)),
         m.MODEL_BYTES: state_bytes(model.state_dict()),
     }
     log(
         INFO,
         "fedllm: each site sends %d bytes per round (full model: %d bytes)",
-        model_card[m.UPDATE_BYTES],
+        model_card[proto.UPDATE_BYTES],
         model_card[m.MODEL_BYTES],
     )
     if cfg.feature_scaling == "federated":
@@ -109,7 +110,7 @@ def main(grid: Grid, context: Context) -> None:
     record = RunMetrics(
         run_dir / "metrics.json", cfg.to_flower(), cfg.target_delta if cfg.dp else None
     )
-    record.traffic = {k: int(model_card[k]) for k in (m.UPDATE_BYTES, m.MODEL_BYTES)}  # type: ignore[call-overload]
+    record.traffic = {k: int(model_card[k]) for k in (proto.UPDATE_BYTES, m.MODEL_BYTES)}  # type: ignore[call-overload]
     checkpoints = Checkpointer.for_run(
         cfg.checkpoint, cfg.checkpoint_key, run_dir, cfg.to_flower(), model_card
     )
@@ -127,7 +128,7 @@ def main(grid: Grid, context: Context) -> None:
         entry["elapsed-s"] = round(time.monotonic() - started, 3)  # since the first round began
         record.add_round(entry)
         if checkpoints is not None:
-            spend: dict[str, object] = {m.EPSILON: dict(record.epsilon), "delta": record.delta}
+            spend: dict[str, object] = {proto.EPSILON: dict(record.epsilon), "delta": record.delta}
             if m.CLIENT_EPSILON in entry:
                 spend[m.CLIENT_EPSILON] = entry[m.CLIENT_EPSILON]
                 spend[m.CLIENT_DELTA] = cfg.client_delta
@@ -203,11 +204,13 @@ def _round_entry(
     evals = strategy.site_eval.get(server_round, {})
     entry: dict[str, object] = {"round": server_round, **{k: clean(v) for k, v in scores.items()}}
     if evals:
-        total = sum(e[m.NUM_EXAMPLES] for e in evals.values())
+        total = sum(e[proto.NUM_EXAMPLES] for e in evals.values())
         entry["federated-accuracy"] = (
-            sum(e[m.ACCURACY] * e[m.NUM_EXAMPLES] for e in evals.values()) / total
+            sum(e[proto.ACCURACY] * e[proto.NUM_EXAMPLES] for e in evals.values()) / total
         )
-    entry[m.EPSILON] = {s: (clean(v[m.EPSILON]) if cfg.dp else None) for s, v in sites.items()}
+    entry[proto.EPSILON] = {
+        s: (clean(v[proto.EPSILON]) if cfg.dp else None) for s, v in sites.items()
+    }
     entry["sites"] = {s: {k: clean(float(x)) for k, x in v.items()} for s, v in sites.items()}
     entry["refused"] = strategy.refusals(server_round)
     entry["rejected"] = strategy.rejections(server_round)
@@ -223,7 +226,7 @@ def _round_entry(
 
 
 def _log_progress(entry: dict[str, object], cfg: RunConfig, elapsed: float) -> None:
-    eps = cast(dict[str, float | None], entry[m.EPSILON])
+    eps = cast(dict[str, float | None], entry[proto.EPSILON])
     spent = ", ".join(f"{s} {v:.3f}" for s, v in sorted(eps.items()) if v is not None)
     refused = cast(dict[str, dict[str, str]], entry.get("refused", {}))
     if refused:

@@ -12,6 +12,7 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
 from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.errors import FedLLMError, UpdateError
 from fedllm.privacy.client_dp import ClientDPAccountant
 from fedllm.weights import check_arrays
@@ -19,8 +20,8 @@ from fedllm.weights import check_arrays
 
 def site_name(msg: Message) -> str:
     """The site's own name from its reply, or its node id when it sent none."""
-    if msg.has_content() and m.SITE in msg.content.config_records:
-        return str(msg.content.config_records[m.SITE][m.SITE_NAME])
+    if msg.has_content() and proto.SITE in msg.content.config_records:
+        return str(msg.content.config_records[proto.SITE][proto.SITE_NAME])
     return f"node-{msg.metadata.src_node_id}"
 
 
@@ -37,7 +38,8 @@ class NoSiteCanTrain(FedLLMError):
         self.server_round = server_round
         self.refusals = refusals
         why = "; ".join(
-            f"{site} ({r[m.REFUSAL_KIND]}): {r[m.REFUSAL_REASON]}" for site, r in refusals.items()
+            f"{site} ({r[proto.REFUSAL_KIND]}): {r[proto.REFUSAL_REASON]}"
+            for site, r in refusals.items()
         )
         super().__init__(f"round {server_round}: no sampled site can train: {why}")
 
@@ -56,26 +58,26 @@ class SiteLevelBudgetSpent(FedLLMError):
 
 def refusal(msg: Message) -> dict[str, str] | None:
     """A site's refusal to train (kind and reason), or None when it trained."""
-    record = None if msg.has_error() else msg.content.config_records.get(m.REFUSAL)
+    record = None if msg.has_error() else msg.content.config_records.get(proto.REFUSAL)
     if record is None:
         return None
     return {
-        m.REFUSAL_KIND: str(record.get(m.REFUSAL_KIND, "privacy")),
-        m.REFUSAL_REASON: str(record.get(m.REFUSAL_REASON, ""))[:400],
+        proto.REFUSAL_KIND: str(record.get(proto.REFUSAL_KIND, "privacy")),
+        proto.REFUSAL_REASON: str(record.get(proto.REFUSAL_REASON, ""))[:400],
     }
 
 
 def aggregate_train_metrics(replies: list[RecordDict], weight_key: str) -> MetricRecord:
     """Example-weighted mean of losses; epsilon is the maximum over sites, never an average."""
-    total = sum(float(r[m.METRICS][weight_key]) for r in replies)  # type: ignore[arg-type]
+    total = sum(float(r[proto.METRICS][weight_key]) for r in replies)  # type: ignore[arg-type]
     out = MetricRecord({weight_key: int(total)})
     loss = sum(
-        float(r[m.METRICS][m.TRAIN_LOSS]) * float(r[m.METRICS][weight_key])  # type: ignore[arg-type]
+        float(r[proto.METRICS][proto.TRAIN_LOSS]) * float(r[proto.METRICS][weight_key])  # type: ignore[arg-type]
         for r in replies
     )
-    out[m.TRAIN_LOSS] = loss / total if total else float("nan")
-    if all(m.EPSILON in r[m.METRICS] for r in replies):
-        out[m.EPSILON] = max(float(r[m.METRICS][m.EPSILON]) for r in replies)  # type: ignore[arg-type]
+    out[proto.TRAIN_LOSS] = loss / total if total else float("nan")
+    if all(proto.EPSILON in r[proto.METRICS] for r in replies):
+        out[proto.EPSILON] = max(float(r[proto.METRICS][proto.EPSILON]) for r in replies)  # type: ignore[arg-type]
     return out
 
 
@@ -118,7 +120,7 @@ class SiteAwareFedAvg(FedAvg):
             "train", super().configure_train(server_round, arrays, config, grid)
         )
         if dp is not None:  # the sites split the noise among the sampled (one shared record)
-            config[m.CLIENT_DP_SAMPLED] = self.client_sampled[server_round] = len(messages)
+            config[proto.CLIENT_DP_SAMPLED] = self.client_sampled[server_round] = len(messages)
         return messages
 
     def account_client_dp(self, server_round: int, summed: int) -> None:
@@ -134,7 +136,7 @@ class SiteAwareFedAvg(FedAvg):
             m.CLIENT_NOISE_MULTIPLIER: z,
             m.CLIENT_CLIP: dp.clip,
             m.CLIENT_SUMMED: summed,
-            m.CLIENT_DP_SAMPLED: sampled,
+            proto.CLIENT_DP_SAMPLED: sampled,
         }
         log(
             INFO,
@@ -176,7 +178,7 @@ class SiteAwareFedAvg(FedAvg):
         a node was lost earlier in the stage (e.g. in secure aggregation's key sharing)."""
         answered = {msg.metadata.src_node_id for msg in replies if not msg.has_error()}
         for msg in replies:
-            if not msg.has_error() and m.SITE in msg.content.config_records:
+            if not msg.has_error() and proto.SITE in msg.content.config_records:
                 self.node_names[msg.metadata.src_node_id] = site_name(msg)
         errors = dict(known or {})
         errors.update({msg.metadata.src_node_id: reason(msg) for msg in replies if msg.has_error()})
@@ -233,7 +235,7 @@ class SiteAwareFedAvg(FedAvg):
                 accepted.append(msg)  # FedAvg logs and skips it
                 continue
             try:
-                arrays = msg.content.array_records.get(m.ARRAYS)
+                arrays = msg.content.array_records.get(proto.ARRAYS)
                 if arrays is None or self.current is None:
                     raise UpdateError("reply carries no model arrays")
                 check_arrays(self.current, arrays)
@@ -254,13 +256,13 @@ class SiteAwareFedAvg(FedAvg):
                 + (f"; first error: {reasons[0]}" if reasons else "")
             )
         self.site_train[server_round] = {
-            site_name(msg): dict(msg.content[m.METRICS])
+            site_name(msg): dict(msg.content[proto.METRICS])
             for msg in accepted
             if not msg.has_error()  # type: ignore[arg-type]
         }
         weighted_by = self.weighted_by_key
         if self.client_dp is not None:  # training only: sites weigh 1 each (evaluation: examples)
-            self.weighted_by_key = m.CLIENT_DP_WEIGHT
+            self.weighted_by_key = proto.CLIENT_DP_WEIGHT
         try:
             arrays, metrics = super().aggregate_train(server_round, accepted)
         finally:
@@ -277,7 +279,7 @@ class SiteAwareFedAvg(FedAvg):
         # A site that refused (e.g. its data does not fit the task) has no scores to average.
         replies = [msg for msg in replies if refusal(msg) is None]
         self.site_eval[server_round] = {
-            site_name(msg): dict(msg.content[m.METRICS])
+            site_name(msg): dict(msg.content[proto.METRICS])
             for msg in replies
             if not msg.has_error()  # type: ignore[arg-type]
         }

@@ -6,7 +6,7 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedllm import metrics as m
+from fedllm import protocol as proto
 
 
 def instruction(node_id: int, content: RecordDict, message_type: str = "train") -> Message:
@@ -24,8 +24,8 @@ def site_content(name: str, examples: int, **records: object) -> RecordDict:
     """A site's train reply: its name, metrics and any further records."""
     content = RecordDict(
         {
-            m.METRICS: MetricRecord({m.NUM_EXAMPLES: examples, m.TRAIN_LOSS: 0.5}),
-            m.SITE: ConfigRecord({m.SITE_NAME: name}),
+            proto.METRICS: MetricRecord({proto.NUM_EXAMPLES: examples, proto.TRAIN_LOSS: 0.5}),
+            proto.SITE: ConfigRecord({proto.SITE_NAME: name}),
         }
     )
     for key, record in records.items():

@@ -16,7 +16,7 @@ def train(folder: Path, server_round: int) -> None:
 
     from clients.site import SiteGuard
     from clients.train import SiteRuntime, privacy_request, train_round
-    from fedllm import metrics as m
+    from fedllm import protocol as proto
     from fedllm.simulation import default_config
     from fedllm.weights import to_arrays
 
@@ -32,7 +32,7 @@ def train(folder: Path, server_round: int) -> None:
     guard = SiteGuard.simulated(folder, privacy_request(site.cfg))
     arrays = to_arrays(site.task.build_model(site.cfg, tuple(site.data.train.x.shape[1:])))
     _, metrics = train_round(site, guard, arrays, server_round, "11", context.state)
-    print(f"ledger-written {metrics[m.EPSILON]!r}", flush=True)
+    print(f"ledger-written {metrics[proto.EPSILON]!r}", flush=True)
 
 
 def append_forever(folder: Path) -> None:

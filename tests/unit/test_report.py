@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.metrics import RunMetrics
 from fedllm.report import final_table, write_report
 
@@ -20,8 +21,8 @@ def test_site_level_epsilon_and_its_stop_are_reported(
         record.add_round(
             {
                 "round": server_round,
-                m.ACCURACY: 0.9,
-                m.EPSILON: {"site-0": eps},
+                proto.ACCURACY: 0.9,
+                proto.EPSILON: {"site-0": eps},
                 m.CLIENT_EPSILON: site_eps,
             }
         )
@@ -41,11 +42,11 @@ def test_a_reproducible_noise_run_says_first_that_it_is_not_private(
     defaults: dict[str, Any], tmp_path: Path
 ) -> None:
     record = RunMetrics(tmp_path / "metrics.json", {**defaults, "reproducible-noise": True}, 1e-5)
-    record.add_round({"round": 1, m.ACCURACY: 0.9, m.EPSILON: {"site-0": 0.5}})
+    record.add_round({"round": 1, proto.ACCURACY: 0.9, proto.EPSILON: {"site-0": 0.5}})
     summary = record.to_dict()
     assert final_table(summary).startswith("NOT PRIVATE: reproducible-noise was on")
     write_report(summary, tmp_path / "report.md")
     assert (tmp_path / "report.md").read_text().startswith("**NOT PRIVATE: reproducible-noise")
     secret = RunMetrics(tmp_path / "other.json", dict(defaults), 1e-5)
-    secret.add_round({"round": 1, m.ACCURACY: 0.9, m.EPSILON: {"site-0": 0.5}})
+    secret.add_round({"round": 1, proto.ACCURACY: 0.9, proto.EPSILON: {"site-0": 0.5}})
     assert "NOT PRIVATE" not in final_table(secret.to_dict())

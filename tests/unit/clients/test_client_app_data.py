@@ -11,7 +11,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients.client_app import evaluate_global, train
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.tasks import get_task
 from fedllm.weights import to_arrays
 from tests.conftest import write_heart_center
@@ -29,7 +29,9 @@ def task_identity() -> Iterator[None]:
 
 
 def _message(kind: str, arrays: ArrayRecord) -> Message:
-    content = RecordDict({m.ARRAYS: arrays, m.CONFIG: ConfigRecord({m.SERVER_ROUND: 1})})
+    content = RecordDict(
+        {proto.ARRAYS: arrays, proto.CONFIG: ConfigRecord({proto.SERVER_ROUND: 1})}
+    )
     return Message(content=content, dst_node_id=7, message_type=kind)
 
 
@@ -59,11 +61,11 @@ def test_a_wrong_data_file_is_refused_with_the_reason(
         reply = handler(_message(kind, _arrays(config)), _context(defaults, wrong, tmp_path))
 
         assert not reply.has_error()
-        refusal = reply.content.config_records[m.REFUSAL]
-        assert refusal[m.REFUSAL_KIND] == "data"
-        assert str(wrong) in str(refusal[m.REFUSAL_REASON])
-        assert "expected 14 comma-separated values" in str(refusal[m.REFUSAL_REASON])
-        assert reply.content.config_records[m.SITE][m.SITE_NAME] == "hospital-x"
+        refusal = reply.content.config_records[proto.REFUSAL]
+        assert refusal[proto.REFUSAL_KIND] == "data"
+        assert str(wrong) in str(refusal[proto.REFUSAL_REASON])
+        assert "expected 14 comma-separated values" in str(refusal[proto.REFUSAL_REASON])
+        assert reply.content.config_records[proto.SITE][proto.SITE_NAME] == "hospital-x"
 
 
 def test_a_file_with_other_features_than_the_global_model_is_refused(
@@ -76,5 +78,5 @@ def test_a_file_with_other_features_than_the_global_model_is_refused(
         _message("evaluate", to_arrays(model)), _context(defaults, data, tmp_path)
     )
 
-    refusal = reply.content.config_records[m.REFUSAL]
-    assert refusal[m.REFUSAL_KIND] == "data"
+    refusal = reply.content.config_records[proto.REFUSAL]
+    assert refusal[proto.REFUSAL_KIND] == "data"

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, RecordDict
 
 from clients.site import SiteGuard
 from clients.train import SiteRuntime, privacy_request, train_round
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.models import adapter_parameters
 from fedllm.tasks.text import Pretraining, TextLM, pretrain
@@ -52,8 +52,8 @@ def test_two_dp_lora_rounds_reduce_held_out_loss(
             update, metrics = train_round(runtime, guard, arrays, server_round, "run", states[i])
             assert set(update) == set(arrays)  # adapters only
             updates.append(update.to_torch_state_dict())
-            weights.append(float(metrics[m.NUM_EXAMPLES]))  # type: ignore[arg-type]
-            spent[site.name].append(float(metrics[m.EPSILON]))  # type: ignore[arg-type]
+            weights.append(float(metrics[proto.NUM_EXAMPLES]))  # type: ignore[arg-type]
+            spent[site.name].append(float(metrics[proto.EPSILON]))  # type: ignore[arg-type]
         share = np.array(weights) / sum(weights)
         arrays = ArrayRecord(
             {

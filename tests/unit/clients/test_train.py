@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Context, RecordDict
 
 from clients.site import SiteGuard
 from clients.train import SiteRuntime, privacy_request, train_round
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.crypto import SiteKey
 from fedllm.errors import ConfigError, LedgerError, PolicyError, PrivacyBudgetExceededError
 from fedllm.privacy import PrivacyLedger, SitePolicy
@@ -59,11 +59,11 @@ def test_rounds_accumulate_epsilon_in_the_ledger_and_refuse_past_the_planned_sch
     arrays = _arrays(site)
     _, first = train_round(site, guard, arrays, 1, "run-a", context.state)
     _, second = train_round(site, guard, arrays, 2, "run-a", context.state)
-    assert 0 < first[m.EPSILON] < second[m.EPSILON] <= 1.0  # type: ignore[operator]
-    assert first[m.NOISE_MULTIPLIER] == second[m.NOISE_MULTIPLIER]  # calibrated once, cached
+    assert 0 < first[proto.EPSILON] < second[proto.EPSILON] <= 1.0  # type: ignore[operator]
+    assert first[proto.NOISE_MULTIPLIER] == second[proto.NOISE_MULTIPLIER]  # calibrated once
     entries = PrivacyLedger(tmp_path / "site" / "ledger.jsonl").replay()
     assert [(e.run_id, e.round) for e in entries] == [("run-a", 1), ("run-a", 2)]
-    assert entries[-1].epsilon == second[m.SITE_EPSILON] == second[m.EPSILON]
+    assert entries[-1].epsilon == second[proto.SITE_EPSILON] == second[proto.EPSILON]
     with pytest.raises(PrivacyBudgetExceededError, match="above its target-epsilon 1.0"):
         train_round(site, guard, arrays, 3, "run-a", context.state)  # never planned
     assert len(guard.ledger.entries()) == 2  # a refused round spends nothing
@@ -134,7 +134,7 @@ def test_a_deployed_site_trains_under_its_own_policy_ledger_and_key(
     _, metrics = train_round(site, guard, _arrays(site), 1, "run-a", context.state)
     entries = PrivacyLedger(tmp_path / "ledger.jsonl").read(key.public).entries
     assert [(e.site, e.round) for e in entries] == [("cleveland", 1)]
-    assert entries[0].epsilon == metrics[m.SITE_EPSILON]
+    assert entries[0].epsilon == metrics[proto.SITE_EPSILON]
 
 
 def _update(run_config: dict[str, Any], folder: Path, server_round: int = 1) -> dict[str, Any]:

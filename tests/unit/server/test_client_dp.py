@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from clients import client_dp, secagg
 from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyError
 from fedllm.privacy import DPEvent, epsilon
@@ -46,11 +47,11 @@ def _update(node: int) -> np.ndarray:
 def _train(msg: Message, context: Context) -> Message:
     """What the ClientApp does after training under client DP and secure aggregation."""
     cfg = SITES["cfg"]
-    arrays = msg.content.array_records[m.ARRAYS]
-    config = msg.content.config_records[m.CONFIG]
+    arrays = msg.content.array_records[proto.ARRAYS]
+    config = msg.content.config_records[proto.CONFIG]
     # Very unequal example counts: example weighting would all but drop site 21's block.
     examples = 1 if context.node_id == 21 else 1000
-    metrics = MetricRecord({m.NUM_EXAMPLES: examples, m.TRAIN_LOSS: 0.1})
+    metrics = MetricRecord({proto.NUM_EXAMPLES: examples, proto.TRAIN_LOSS: 0.1})
     noise = client_dp.site_noise(cfg, config, context.state)
     local = ArrayRecord({"w": Array(arrays["w"].numpy() + _update(context.node_id))})
     update = client_dp.privatize(arrays, local, noise, metrics, cfg.secagg_clip_range)
@@ -59,8 +60,8 @@ def _train(msg: Message, context: Context) -> Message:
     )
     content = RecordDict(
         {
-            m.METRICS: metrics,
-            m.SITE: ConfigRecord({m.SITE_NAME: f"site-{context.node_id}"}),
+            proto.METRICS: metrics,
+            proto.SITE: ConfigRecord({proto.SITE_NAME: f"site-{context.node_id}"}),
             **records,
         }
     )
@@ -120,7 +121,7 @@ def test_secure_round_gives_the_mean_of_clipped_updates_plus_the_noise_of_the_su
     realized = z * math.sqrt(len(summed) / len(NODES))
     record = strategy.client_rounds[1]
     assert record[m.CLIENT_NOISE_MULTIPLIER] == pytest.approx(realized)
-    assert record[m.CLIENT_SUMMED] == len(summed) and record[m.CLIENT_DP_SAMPLED] == len(NODES)
+    assert record[m.CLIENT_SUMMED] == len(summed) and record[proto.CLIENT_DP_SAMPLED] == len(NODES)
     reference = epsilon([DPEvent(realized, 1.0, 1)], cfg.client_delta, "rdp")
     assert record[m.CLIENT_EPSILON] == pytest.approx(reference)
 
@@ -140,18 +141,18 @@ def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted
     current = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
     config = ConfigRecord()
     messages = list(strategy.configure_train(1, current, config, grid))
-    assert config[m.CLIENT_DP_SAMPLED] == 2
+    assert config[proto.CLIENT_DP_SAMPLED] == 2
     replies = []
     for msg, (value, examples) in zip(messages, [(1.0, 1), (3.0, 99)], strict=True):
-        metrics = MetricRecord({m.NUM_EXAMPLES: examples, m.TRAIN_LOSS: 0.1})
+        metrics = MetricRecord({proto.NUM_EXAMPLES: examples, proto.TRAIN_LOSS: 0.1})
         noise = client_dp.SiteNoise(CLIP, 0.0, 2)  # noise-free here: the weights are the point
         local = ArrayRecord({"w": Array(np.full(4, value / 2, dtype=np.float32))})
         sent = client_dp.privatize(current, local, noise, metrics, None)
         content = RecordDict(
             {
-                m.ARRAYS: sent,
-                m.METRICS: metrics,
-                m.SITE: ConfigRecord({m.SITE_NAME: f"site-{msg.metadata.dst_node_id}"}),
+                proto.ARRAYS: sent,
+                proto.METRICS: metrics,
+                proto.SITE: ConfigRecord({proto.SITE_NAME: f"site-{msg.metadata.dst_node_id}"}),
             }
         )
         replies.append(Message(content=content, reply_to=msg))
@@ -167,8 +168,10 @@ def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted
         Message(
             RecordDict(
                 {
-                    m.METRICS: MetricRecord({m.NUM_EXAMPLES: n, m.LOSS: 0.1, m.ACCURACY: acc}),
-                    m.SITE: ConfigRecord({m.SITE_NAME: f"site-{msg.metadata.dst_node_id}"}),
+                    proto.METRICS: MetricRecord(
+                        {proto.NUM_EXAMPLES: n, proto.LOSS: 0.1, proto.ACCURACY: acc}
+                    ),
+                    proto.SITE: ConfigRecord({proto.SITE_NAME: f"site-{msg.metadata.dst_node_id}"}),
                 }
             ),
             reply_to=msg,
@@ -180,7 +183,7 @@ def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted
         )
     ]
     scores = strategy.aggregate_evaluate(1, evals)
-    assert scores is not None and scores[m.ACCURACY] == pytest.approx(0.75)
+    assert scores is not None and scores[proto.ACCURACY] == pytest.approx(0.75)
 
 
 def test_a_site_refuses_without_a_sampled_count_or_with_an_impossible_one(
@@ -190,7 +193,7 @@ def test_a_site_refuses_without_a_sampled_count_or_with_an_impossible_one(
     with pytest.raises(PrivacyError, match="does not say how many sites were sampled"):
         client_dp.site_noise(cfg, ConfigRecord(), RecordDict())
     with pytest.raises(PrivacyError, match=r"9 sites share .* must be in 1..5"):
-        client_dp.site_noise(cfg, ConfigRecord({m.CLIENT_DP_SAMPLED: 9}), RecordDict())
+        client_dp.site_noise(cfg, ConfigRecord({proto.CLIENT_DP_SAMPLED: 9}), RecordDict())
 
 
 def test_a_clip_range_that_would_cut_the_noise_is_refused_at_start(

@@ -8,7 +8,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients import secagg
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.secagg import SecAggSettings
 from fedllm.secagg.vector import QUANTIZATION_BITS
 from fedllm.tasks.tabular import TabularModel
@@ -31,19 +31,19 @@ def _local(global_arrays: ArrayRecord, node: int) -> ArrayRecord:
 
 def _train(msg: Message, context: Context) -> Message:
     """A site's train reply under secure aggregation: a known update, masked."""
-    arrays = msg.content.array_records[m.ARRAYS]
-    metrics = MetricRecord({m.NUM_EXAMPLES: 10 * context.node_id, m.TRAIN_LOSS: 0.1})
+    arrays = msg.content.array_records[proto.ARRAYS]
+    metrics = MetricRecord({proto.NUM_EXAMPLES: 10 * context.node_id, proto.TRAIN_LOSS: 0.1})
     records = secagg.masked_update(
         msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP
     )
     if context.node_id in MALFORMED:
-        records[m.SECAGG_MASKED] = ArrayRecord(
-            {m.SECAGG_VECTOR: Array(np.zeros(3, dtype=np.uint64))}
+        records[proto.SECAGG_MASKED] = ArrayRecord(
+            {proto.SECAGG_VECTOR: Array(np.zeros(3, dtype=np.uint64))}
         )
     content = RecordDict(
         {
-            m.METRICS: metrics,
-            m.SITE: ConfigRecord({m.SITE_NAME: f"site-{context.node_id}"}),
+            proto.METRICS: metrics,
+            proto.SITE: ConfigRecord({proto.SITE_NAME: f"site-{context.node_id}"}),
             **records,
         }
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message
 
-from fedllm import metrics as m
+from fedllm import protocol as proto
 from fedllm.tasks.tabular import TabularModel
 from fedllm.weights import to_arrays
 from server.strategy import SiteAwareFedAvg
@@ -23,7 +23,7 @@ def _strategy(current: ArrayRecord) -> SiteAwareFedAvg:
 
 
 def _update(node: int, state: dict[str, torch.Tensor], examples: int = 10) -> Message:
-    return reply(node, site_content(f"site-{node}", examples, **{m.ARRAYS: ArrayRecord(state)}))
+    return reply(node, site_content(f"site-{node}", examples, **{proto.ARRAYS: ArrayRecord(state)}))
 
 
 def _state(model: torch.nn.Module, fill: float) -> dict[str, torch.Tensor]:
