@@ -172,3 +172,36 @@ def test_reproducible_noise_where_the_policy_allows_it_repeats_the_update(
     a = _update(run_config, tmp_path / "a")
     b = _update(run_config, tmp_path / "b")
     assert all((x == y).all() for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_a_replay_of_the_ledger_by_dp_accounting_matches_the_reported_epsilon(
+    defaults: dict[str, Any], tmp_path: Path, accountant: str
+) -> None:
+    """What a site reports after its rounds, against Google's dp_accounting replaying the
+    events its ledger recorded (an implementation independent of Opacus): PLD for PRV, RDP
+    for RDP. The report may be conservative, by at most 1% (plus PRV's additive eps_error)."""
+    import dp_accounting
+    from dp_accounting.pld import PLDAccountant
+    from dp_accounting.rdp import RdpAccountant
+
+    run_config = {**defaults, "num-server-rounds": 3, "accountant": accountant}
+    site, guard, context = _site(run_config, tmp_path / "site")
+    reported = 0.0
+    for server_round in (1, 2, 3):
+        _, metrics = train_round(site, guard, _arrays(site), server_round, "run-a", context.state)
+        reported = float(metrics[proto.EPSILON])  # type: ignore[arg-type]
+    entries = guard.ledger.entries()
+    reference = (
+        PLDAccountant(value_discretization_interval=1e-4)
+        if accountant == "prv"
+        else RdpAccountant()
+    )
+    for e in entries:
+        step = dp_accounting.PoissonSampledDpEvent(
+            e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)
+        )
+        reference.compose(dp_accounting.SelfComposedDpEvent(step, e.steps))
+    independent = reference.get_epsilon(entries[-1].delta)
+    slack = 0.01 if accountant == "prv" else 0.0  # Opacus's PRV adds its eps_error
+    assert independent * 0.999 <= reported <= independent * 1.01 + slack, (reported, independent)
