@@ -1,6 +1,6 @@
 """``fedllm superlink start`` (the operator) and ``fedllm supernode start`` (a site): one command
 each that checks its files, starts the real Flower processes with fedllm's flags
-(:mod:`fedllm.deploy`) and stops them together on Ctrl-C or SIGTERM."""
+(:mod:`fedllm.deploy.settings`) and stops them together on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from fedllm import deploy
 from fedllm.crypto import check_node_public_key
 
 
-def add_deploy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     link = commands.add_parser("superlink", help="the operator's SuperLink").add_subparsers(
         dest="superlink_command", required=True
     )
