@@ -47,8 +47,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from fedllm.config import RunConfig
     from fedllm.data.text import read_text
+    from fedllm.lm import Pretraining, pretrain
+    from fedllm.models.base_checkpoint import file_sha256
     from fedllm.simulation import default_config
-    from fedllm.tasks.text import Pretraining, file_sha256, pretrain
 
     cfg = RunConfig.from_flower({**default_config(), **overrides})
     settings = Pretraining(args.steps, args.batch_size, args.learning_rate, cfg.seed)
@@ -62,7 +63,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from fedllm.tasks.text import generate, load_trained
+    from fedllm.lm import generate, load_trained
 
     model, _ = load_trained(args.model)
     print(generate(model, args.prompt, args.tokens, args.temperature, args.seed))
