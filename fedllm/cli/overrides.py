@@ -22,7 +22,7 @@ Scalar = bool | int | float | str
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 _KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 # A shell drops the quotes of -c task="mnist": they must be inside single quotes.
-_HOW = "values are numbers, true/false or quoted strings: -c 'task=\"mnist\"'"
+_HOW = "values are numbers, true/false or quoted strings (-c 'task=\"mnist\"')"
 
 
 def add_run_config_option(parser: argparse.ArgumentParser, text: str) -> None:
@@ -63,7 +63,7 @@ def _value(key: str, text: str) -> Scalar:
     except tomllib.TOMLDecodeError:
         raise ConfigError(
             f"-c {key}={text}: {text} is not a number, true/false or a quoted string "
-            f"(quote a string inside single quotes: -c '{key}=\"{text}\"')"
+            f"(a string needs quotes the shell keeps: -c 'KEY=\"text\"')"
         ) from None
     if not isinstance(parsed, bool | int | float | str):
         raise ConfigError(
