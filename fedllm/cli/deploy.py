@@ -90,8 +90,7 @@ def _superlink_start(args: argparse.Namespace) -> int:
     env["FLWR_HOME"] = os.environ["FLWR_HOME"] = str(flwr_home)
     proc = subprocess.Popen(settings.command(deploy.executable("flower-superlink")), env=env)
     with _stopping([proc]):
-        dial = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        deploy.wait_listening(dial, args.port, proc, 60, None)
+        deploy.wait_listening(settings.dial_host, settings.port, proc, 60, None)
         path = deploy.write_connection(flwr_home, args.connection, settings.address(), settings.ca)
         print(f"fedllm: connection [superlink.{args.connection}] written to {path}", flush=True)
         for key, line in zip(keys, deploy.register_nodes(keys, args.connection), strict=True):

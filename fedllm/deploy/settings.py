@@ -62,7 +62,7 @@ class SuperLinkSettings:
         _check_port(self.port)
         info = check_chain(self.pki / "superlink.crt", self.ca)
         check_private_key_mode(self.pki / "superlink.key")
-        dial = _dial_host(self.host)  # what the SuperLink's own SuperExec dials and verifies
+        dial = self.dial_host  # what the SuperLink's own SuperExec dials and verifies
         if not info.covers(dial):
             raise CertificateError(
                 f"{self.pki / 'superlink.crt'} does not name {dial}, which the SuperLink's own "
@@ -81,9 +81,14 @@ class SuperLinkSettings:
             *("--host", self.host, "--port", str(self.port)),
         ]
 
+    @property
+    def dial_host(self) -> str:
+        """The host this machine dials it at: 127.0.0.1 when it listens on all interfaces."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
     def address(self, host: str | None = None) -> str:
         """Where the Flower CLI and SuperNodes on this machine dial it."""
-        return host_port(host or _dial_host(self.host), self.port)
+        return host_port(host or self.dial_host, self.port)
 
 
 @dataclass(frozen=True)
@@ -159,10 +164,6 @@ def node_config_arg(values: Mapping[str, str]) -> str:
 def host_port(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets (``[::1]:8000``)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _dial_host(listen_host: str) -> str:
-    return "127.0.0.1" if listen_host in ("0.0.0.0", "::", "") else listen_host
 
 
 def _check_port(port: int) -> None:
