@@ -35,12 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedllm import deploy
-from fedllm.crypto import SiteKey, create_deployment
-from fedllm.deploy_local import LocalFederation, free_port
-from fedllm.privacy import SitePolicy
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.support: the one-machine deployment the tests also use
+
+from fedllm import deploy  # noqa: E402
+from fedllm.crypto import SiteKey, create_deployment  # noqa: E402
+from fedllm.privacy import SitePolicy  # noqa: E402
+from tests.support.local_federation import LocalFederation, free_port  # noqa: E402
+
 HEART = ROOT.parent / "shared" / "data" / "heart_disease"
 CENTERS = ("cleveland", "hungarian", "va")
 RESULTS = Path(__file__).resolve().parent / "results"

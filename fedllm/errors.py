@@ -67,3 +67,7 @@ _REFUSALS: tuple[tuple[type[FedLLMError], str], ...] = (
 
 class CertificateError(FedLLMError):
     """A certificate or key file is missing, malformed, expired, or does not fit its use."""
+
+
+class DeployError(FedLLMError):
+    """A deployment command cannot start: a missing file, a refused key, a dead process."""

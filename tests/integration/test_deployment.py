@@ -25,10 +25,10 @@ import pytest
 
 from fedllm import deploy
 from fedllm.crypto import SiteKey, create_deployment
-from fedllm.deploy_local import LocalFederation, free_port
 from fedllm.privacy import SitePolicy
 from tests.conftest import ROOT, write_heart_center
-from tests.integration.netns import Netns
+from tests.support.local_federation import LocalFederation, free_port
+from tests.support.netns import Netns
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 DOOMED = "hospital-d"  # a fourth site, killed once round 1 is recorded

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from fedllm.config import RunConfig
+from fedllm.lm import Pretraining, pretrain
 from fedllm.simulation import default_config
-from fedllm.tasks.text import Pretraining, pretrain
 from tests.integration.test_simulation import ROOT, simulate
 from tests.text_data import play, write_play
 

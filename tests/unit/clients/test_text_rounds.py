@@ -14,8 +14,9 @@ from clients.site import SiteGuard
 from clients.train import SiteRuntime, privacy_request, train_round
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
+from fedllm.lm import Pretraining, pretrain
 from fedllm.models import adapter_parameters
-from fedllm.tasks.text import Pretraining, TextLM, pretrain
+from fedllm.tasks.text import TextLM
 from fedllm.training import evaluate
 from fedllm.weights import load_arrays, to_arrays
 from tests.text_data import play, write_play

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedllm.models import LoRALinear, LoRASpec, adapter_parameters, add_lora, merge_lora
-from fedllm.tasks.text import GPTArgs, TinyGPT
+from fedllm.models.gpt import GPTArgs, TinyGPT
 
 ARGS = GPTArgs(context_length=16, layers=2, heads=2, width=16)
 SPEC = LoRASpec(rank=4, alpha=8.0, targets=("q", "k", "v", "o", "up", "down"))

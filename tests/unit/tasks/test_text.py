@@ -13,10 +13,12 @@ import torch
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, DataError
 from fedllm.models import adapter_parameters
+from fedllm.models.base_checkpoint import load_base, save_base
+from fedllm.models.gpt import GPTArgs, TinyGPT
 from fedllm.privacy import DPParams, choose_mode, make_private
 from fedllm.privacy.bookkeeping import BookkeepingDPSGD, unsupported_layers
 from fedllm.tasks.base import Split
-from fedllm.tasks.text import GPTArgs, TextLM, TinyGPT, load_base, save_base
+from fedllm.tasks.text import TextLM
 from fedllm.training import evaluate
 from fedllm.weights import load_arrays, to_arrays
 from tests.text_data import write_play

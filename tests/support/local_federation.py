@@ -2,9 +2,9 @@
 SuperNodes, each a separate process with its own key, data file and privacy files, all
 started with the same command lines as ``fedllm superlink start`` / ``fedllm supernode start``.
 
-For the integration tests and the latency benchmark (and for trying a deployment before
-spreading it over machines). Every process starts in its own process group, so ``close()``
-stops it and everything it started, also after a failure.
+Test support, not library: for the integration tests and the latency benchmark (and for
+trying a deployment before spreading it over machines). Every process starts in its own
+process group, so ``close()`` stops it and everything it started, also after a failure.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The app's own packages (``--fresh``, default ``fedllm``, ``clients``, ``server``
 warm their dependencies, then dropped from ``sys.modules`` before any fork, so every task
 imports the app from the FAB the run shipped, as Flower intends, not from the warm process.
 
-Run: ``python -m fedllm.executor --runtime-api-address 127.0.0.1:9094 --parent-pid PID``
+Run: ``python -m fedllm.deploy.executor --runtime-api-address 127.0.0.1:9094 --parent-pid PID``
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedllm.executor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fedllm.deploy.executor", description=__doc__)
     parser.add_argument(
         "--runtime-api-address",
         required=True,
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()  # this command's own lines only, not every library's
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s fedllm.executor: %(message)s")
+        logging.Formatter("%(asctime)s %(levelname)s fedllm.deploy.executor: %(message)s")
     )
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -1,6 +1,6 @@
 """``fedllm superlink start`` (the operator) and ``fedllm supernode start`` (a site): one command
 each that checks its files, starts the real Flower processes with fedllm's flags
-(:mod:`fedllm.deploy`) and stops them together on Ctrl-C or SIGTERM."""
+(:mod:`fedllm.deploy.settings`) and stops them together on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from fedllm import deploy
 from fedllm.crypto import check_node_public_key
 
 
-def add_deploy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     link = commands.add_parser("superlink", help="the operator's SuperLink").add_subparsers(
         dest="superlink_command", required=True
     )
@@ -90,8 +90,7 @@ def _superlink_start(args: argparse.Namespace) -> int:
     env["FLWR_HOME"] = os.environ["FLWR_HOME"] = str(flwr_home)
     proc = subprocess.Popen(settings.command(deploy.executable("flower-superlink")), env=env)
     with _stopping([proc]):
-        dial = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        deploy.wait_listening(dial, args.port, proc, 60, None)
+        deploy.wait_listening(settings.dial_host, settings.port, proc, 60, None)
         path = deploy.write_connection(flwr_home, args.connection, settings.address(), settings.ca)
         print(f"fedllm: connection [superlink.{args.connection}] written to {path}", flush=True)
         for key, line in zip(keys, deploy.register_nodes(keys, args.connection), strict=True):

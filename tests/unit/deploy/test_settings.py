@@ -1,9 +1,8 @@
 """The deployment commands check their files before starting anything, naming the problem;
-the Flower CLI's connection entry is written without disturbing others."""
+node-config values are written as Flower parses them, or refused."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -74,19 +73,3 @@ def test_node_config_refuses_a_quote_rather_than_mangling_it() -> None:
     with pytest.raises(ConfigError, match="`data-path`"):
         deploy.node_config_arg({"data-path": '/data/"x".csv'})
     assert deploy.node_config_arg({"a": "/x y", "b": "c"}) == 'a="/x y" b="c"'
-
-
-def test_write_connection_replaces_its_entry_and_keeps_the_others(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\noptions.num-supernodes = 4\n\n'
-        '[superlink.fedllm]\naddress = "old:1"\n'
-    )
-    deploy.write_connection(tmp_path, "fedllm", "10.0.0.5:8000", tmp_path / "ca.crt")
-
-    config = tomllib.loads((tmp_path / "config.toml").read_text())
-    assert config["superlink"]["default"] == "local"
-    assert config["superlink"]["local"]["options"]["num-supernodes"] == 4
-    assert config["superlink"]["fedllm"] == {
-        "address": "10.0.0.5:8000",
-        "root-certificates": str((tmp_path / "ca.crt").resolve()),
-    }

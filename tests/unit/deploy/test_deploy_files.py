@@ -1,6 +1,6 @@
 """deploy/compose.yaml and deploy/k8s/*.yaml: they parse, every flag they pass is one the
 installed Flower commands (and fedllm's executor) accept, and they start the SuperLink and the
-SuperNodes with exactly the flags the tested commands use (fedllm.deploy)."""
+SuperNodes with exactly the flags the tested commands use (fedllm.deploy.settings)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
 FILES = [DEPLOY / "compose.yaml", *sorted((DEPLOY / "k8s").glob("*.yaml"))]
-EXECUTOR = ("python", "-m", "fedllm.executor")
+EXECUTOR = ("python", "-m", deploy.EXECUTOR_MODULE)
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -49,7 +49,7 @@ def _commands(path: Path) -> list[list[str]]:
 def _accepted(exe: tuple[str, ...]) -> frozenset[str]:
     """The long options ``exe --help`` lists."""
     argv = (
-        [sys.executable, "-m", "fedllm.executor"]
+        [sys.executable, "-m", deploy.EXECUTOR_MODULE]
         if exe == EXECUTOR
         else [deploy.executable(exe[0])]
     )

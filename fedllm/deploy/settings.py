@@ -1,0 +1,171 @@
+"""The SuperLink's and a SuperNode's settings, checked before anything starts, and the exact
+``flower-superlink`` / ``flower-supernode`` command lines they give.
+
+One source for every flag: ``fedllm superlink start`` / ``fedllm supernode start``, the
+integration tests, the benchmark and the compose/Kubernetes files (whose flags a test checks
+against the installed commands' ``--help``) all use these command lines.
+
+Security by default: the SuperLink always serves TLS (``--ssl-*``) and accepts only
+SuperNodes whose public key was registered (``--enable-supernode-auth``); it never installs
+an app's dependencies at run time (``--disable-runtime-dependency-installation``). A SuperNode
+always verifies the SuperLink's certificate against the CA (``--root-certificates``) and signs
+its requests with its node key (``--auth-supernode-private-key``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedllm.crypto import check_certificate, check_chain
+from fedllm.crypto.certs import check_private_key_mode
+from fedllm.errors import CertificateError, ConfigError, DataError
+from fedllm.protocol import (
+    NODE_DATA_PATH,
+    NODE_LEDGER_PATH,
+    NODE_POLICY_PATH,
+    NODE_SITE_KEY,
+    NODE_SITE_NAME,
+)
+
+SUPERLINK_PORT = 8000  # flower-superlink's default --port (Fleet, Control and Runtime APIs)
+SUPERNODE_PORT = 9094  # flower-supernode's default --port (its ClientApp Runtime API)
+STATE_DB = "state.db"  # the SuperLink's state database inside its state folder
+CONNECTION = "fedllm"  # the [superlink.<name>] entry in $FLWR_HOME/config.toml
+EXECUTOR_MODULE = "fedllm.deploy.executor"  # `python -m` this: the warm ClientApp executor
+
+
+@dataclass(frozen=True)
+class SuperLinkSettings:
+    """An operator's SuperLink: its TLS files (from ``fedllm certs init``), where it listens,
+    and the folder holding its state database (runs, registered nodes: survives restarts)."""
+
+    pki: Path
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = SUPERLINK_PORT
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / STATE_DB
+
+    def check(self) -> None:
+        """Fail before starting: valid chain, a certificate naming the address the SuperLink's
+        own SuperExec dials (127.0.0.1 when it listens on all interfaces), a private key only
+        its owner reads."""
+        _check_port(self.port)
+        info = check_chain(self.pki / "superlink.crt", self.ca)
+        check_private_key_mode(self.pki / "superlink.key")
+        dial = self.dial_host  # what the SuperLink's own SuperExec dials and verifies
+        if not info.covers(dial):
+            raise CertificateError(
+                f"{self.pki / 'superlink.crt'} does not name {dial}, which the SuperLink's own "
+                "SuperExec dials; recreate it with `fedllm certs init --host ...` naming it"
+            )
+
+    def command(self, exe: str = "flower-superlink") -> list[str]:
+        return [
+            exe,
+            *("--ssl-ca-certfile", str(self.ca)),
+            *("--ssl-certfile", str(self.pki / "superlink.crt")),
+            *("--ssl-keyfile", str(self.pki / "superlink.key")),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            *("--database", str(self.database)),
+            *("--host", self.host, "--port", str(self.port)),
+        ]
+
+    @property
+    def dial_host(self) -> str:
+        """The host this machine dials it at: 127.0.0.1 when it listens on all interfaces."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    def address(self, host: str | None = None) -> str:
+        """Where the Flower CLI and SuperNodes on this machine dial it."""
+        return host_port(host or self.dial_host, self.port)
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """A site's SuperNode: the SuperLink it dials, the CA it trusts, its node key, its data
+    and its own privacy files (``fedllm site init DIR``: policy.toml, site-key.pem)."""
+
+    superlink: str
+    ca: Path
+    node_key: Path
+    data_path: Path
+    site_dir: Path
+    name: str
+    port: int = SUPERNODE_PORT
+    # True: `--isolation process` plus fedllm's warm executor (fedllm/deploy/executor.py) runs the
+    # ClientApps; False: Flower's default, a fresh `flwr-clientapp` process per message.
+    warm: bool = True
+
+    def node_config(self) -> dict[str, str]:
+        return {
+            NODE_DATA_PATH: str(self.data_path),
+            NODE_SITE_NAME: self.name,
+            NODE_POLICY_PATH: str(self.site_dir / "policy.toml"),
+            NODE_LEDGER_PATH: str(self.site_dir / "ledger.jsonl"),
+            NODE_SITE_KEY: str(self.site_dir / "site-key.pem"),
+        }
+
+    def check(self) -> None:
+        """Fail before starting, naming the file: a CA that is not valid now, a node key
+        others may read, a missing data file or site file."""
+        _check_port(self.port)
+        check_certificate(self.ca)
+        if not self.node_key.is_file():
+            raise CertificateError(f"node key {self.node_key} does not exist")
+        check_private_key_mode(self.node_key)
+        if not self.data_path.exists():
+            raise DataError(f"the site's data {self.data_path} does not exist")
+        for key in (NODE_POLICY_PATH, NODE_SITE_KEY):
+            path = Path(self.node_config()[key])
+            if not path.is_file():
+                raise ConfigError(
+                    f"{path} does not exist: create the site's files with "
+                    f"`fedllm site init {self.site_dir}`"
+                )
+
+    def command(self, exe: str = "flower-supernode") -> list[str]:
+        return [
+            exe,
+            *("--superlink", self.superlink),
+            *("--root-certificates", str(self.ca)),
+            *("--auth-supernode-private-key", str(self.node_key)),
+            *("--node-config", node_config_arg(self.node_config())),
+            *("--port", str(self.port)),
+            *(("--isolation", "process") if self.warm else ()),
+        ]
+
+    def executor_command(self, supernode_pid: int | None, python: str | None = None) -> list[str]:
+        """The warm executor beside a ``warm`` SuperNode (same machine: loopback)."""
+        command = [python or sys.executable, "-m", EXECUTOR_MODULE]
+        command += ["--runtime-api-address", host_port("127.0.0.1", self.port)]
+        return command + (["--parent-pid", str(supernode_pid)] if supernode_pid else [])
+
+
+def node_config_arg(values: Mapping[str, str]) -> str:
+    """``key="value" ...`` as ``--node-config`` parses it (TOML strings); a value holding a
+    quote or a backslash is refused rather than mangled."""
+    for key, value in values.items():
+        if any(c in value for c in '"\\\n'):
+            raise ConfigError(f"node-config `{key}` {value!r} holds a quote or backslash")
+    return " ".join(f'{key}="{value}"' for key, value in values.items())
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:8000``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise ConfigError(f"port must be in 1..65535, got {port}")
