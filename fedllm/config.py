@@ -1,14 +1,22 @@
 """Typed, validated run configuration parsed once from Flower's run config.
 
-Defaults live in ``pyproject.toml`` under ``[tool.flwr.app.config]``; this module only parses
-and validates. Every key keeps one kebab-case spelling (see :data:`KEYS`).
+Defaults live in ``pyproject.toml`` under ``[tool.flwr.app.config]``; this module parses,
+resolves and validates. Every key keeps one kebab-case spelling (see :data:`KEYS`).
+
+Local training belongs to the task: the keys in :data:`TASK_DEFAULT_KEYS` default to 0 in
+pyproject, meaning "the task decides", and :meth:`RunConfig.from_flower` replaces that 0 with
+the task's tuned value (``Task.defaults``), else :data:`GLOBAL_DEFAULTS`. A value the user sets
+always wins. ``flwr run .`` hands the apps pyproject defaults fused with the overrides, so this
+0 is the only way an app can tell "not set" from "set"; the server and every site resolve the
+same run config with the same code, so they agree on every value.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from fedllm.data.partition import PARTITIONERS
@@ -27,6 +35,43 @@ OPTIMIZERS = ("sgd", "adam")
 
 def _key(name: str) -> str:
     return name.replace("_", "-")
+
+
+# The pyproject value of a key in TASK_DEFAULT_KEYS that means "the task's default".
+TASK_DECIDES = 0
+
+
+class ValueSource(StrEnum):
+    """Where a resolved local-training value came from (metrics.json `config-sources`)."""
+
+    USER = "user"  # set in the run config (`-c key=value`, `--run-config`, a non-0 pyproject)
+    TASK = "task"  # the task's tuned default (`Task.defaults`)
+    GLOBAL = "global"  # the task does not tune it: GLOBAL_DEFAULTS
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """Local-training values a task tunes for itself; None leaves a key to GLOBAL_DEFAULTS."""
+
+    num_server_rounds: int | None = None
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"a task default for `{_key(f.name)}` must be > 0, got {value}")
+
+
+# Tuned for the tabular tasks (benchmarks/explore.py on breast cancer at epsilon 1); a task
+# that declares no value for a key gets this one.
+GLOBAL_DEFAULTS = TrainingDefaults(
+    num_server_rounds=10, local_epochs=1, batch_size=128, learning_rate=4.0, max_grad_norm=0.5
+)
+TASK_DEFAULT_KEYS: tuple[str, ...] = tuple(_key(f.name) for f in fields(TrainingDefaults))
 
 
 @dataclass(frozen=True)
@@ -89,6 +134,9 @@ class RunConfig:
     # Research only: DP noise and Poisson batches derived from `seed` (public) instead of fresh
     # OS entropy; not private against the coordinator. Site policies refuse it by default.
     reproducible_noise: bool = False
+    # Not a run-config key: where each TASK_DEFAULT_KEYS value came from, set by from_flower
+    # (a key absent here was given explicitly). Metadata, so it takes no part in equality.
+    sources: tuple[tuple[str, ValueSource], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         self._check_positive("num_sites", "num_server_rounds", "local_epochs", "batch_size")
@@ -195,21 +243,77 @@ class RunConfig:
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
-        """Parse Flower's flat run config (kebab-case keys); unknown keys are an error."""
+        """Parse Flower's flat run config (kebab-case keys; unknown keys are an error) and
+        resolve every "task decides" (0) local-training value."""
         unknown = sorted(set(run_config) - set(KEYS))
         if unknown:
             raise ConfigError(f"unknown run-config key(s): {', '.join(unknown)}")
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            key = _key(field.name)
+        for f in _key_fields():
+            key = _key(f.name)
             if key not in run_config:
                 raise ConfigError(f"run-config key `{key}` is missing (defaults: pyproject.toml)")
-            values[field.name] = _coerce(key, run_config[key], field.type)
-        return cls(**values)
+            values[f.name] = _coerce(key, run_config[key], f.type)
+        sources = _resolve_training(values)
+        return cls(**values, sources=tuple(sources.items()))
 
     def to_flower(self) -> dict[str, Any]:
-        """The kebab-case dict, as written to metrics.json and sent to sites."""
-        return {_key(k): v for k, v in asdict(self).items()}
+        """The resolved values, kebab-case: metrics.json's `config`, checkpoints."""
+        return {_key(f.name): getattr(self, f.name) for f in _key_fields()}
+
+    def as_given(self) -> dict[str, Any]:
+        """The run config as the user gave it: resolved values back to 0 where the task or
+        the global default decided. What a simulation hands the apps (as `flwr run` would);
+        ``from_flower(cfg.as_given())`` gives back ``cfg`` and its sources."""
+        given = self.to_flower()
+        for key, source in self.sources:
+            if source is not ValueSource.USER:
+                given[key] = TASK_DECIDES
+        return given
+
+    def source(self, key: str) -> ValueSource:
+        """Where the value of ``key`` came from (user for every key outside TASK_DEFAULT_KEYS)."""
+        return dict(self.sources).get(key, ValueSource.USER)
+
+    def config_sources(self) -> dict[str, str]:
+        """``{key: "user" | "task" | "global"}`` for every task-decided key (metrics.json)."""
+        return {key: self.source(key).value for key in TASK_DEFAULT_KEYS}
+
+    def describe_training(self) -> str:
+        """One line for logs: each local-training value and where it came from."""
+        return ", ".join(
+            f"{key} {getattr(self, key.replace('-', '_'))} ({self.source(key).value})"
+            for key in TASK_DEFAULT_KEYS
+        )
+
+
+def _key_fields() -> tuple[Any, ...]:
+    """The dataclass fields that are run-config keys (all but `sources`)."""
+    return tuple(f for f in fields(RunConfig) if f.name != "sources")
+
+
+def _resolve_training(values: dict[str, Any]) -> dict[str, ValueSource]:
+    """Replace each "task decides" (0) local-training value in ``values`` with the task's
+    default, else the global one; returns where every such value came from."""
+    # Tasks import this module (their models read RunConfig), so their registry is imported
+    # when a config is resolved, not when this module is.
+    from fedllm.tasks.registry import task_defaults
+
+    defaults = task_defaults(values["task"])
+    sources: dict[str, ValueSource] = {}
+    for f in fields(TrainingDefaults):
+        key, value = _key(f.name), values[f.name]
+        if value < 0:
+            raise ConfigError(f"`{key}` must be > 0, got {value} (0 = the task's default)")
+        if value != TASK_DECIDES:
+            sources[key] = ValueSource.USER
+        elif getattr(defaults, f.name) is not None:
+            values[f.name] = getattr(defaults, f.name)
+            sources[key] = ValueSource.TASK
+        else:
+            values[f.name] = getattr(GLOBAL_DEFAULTS, f.name)
+            sources[key] = ValueSource.GLOBAL
+    return sources
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -233,4 +337,4 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-KEYS: tuple[str, ...] = tuple(_key(f.name) for f in fields(RunConfig))
+KEYS: tuple[str, ...] = tuple(_key(f.name) for f in _key_fields())

@@ -1,8 +1,10 @@
 """The run's metrics.json and the names it adds to those sites report (fedllm.protocol).
 
-Schema: ``{"config": {...}, "rounds": [{"round": 1, "accuracy": ..., "loss": ...,
-"epsilon": {"<site>": ...}, ...}], "final": {"accuracy": ..., "epsilon": <max over sites>,
-"delta": ...}}``. Epsilons are cumulative per site; ``null`` when DP is off.
+Schema: ``{"config": {...}, "config-sources": {"batch-size": "task", ...}, "rounds":
+[{"round": 1, "accuracy": ..., "loss": ..., "epsilon": {"<site>": ...}, ...}], "final":
+{"accuracy": ..., "epsilon": <max over sites>, "delta": ...}}``. Epsilons are cumulative per
+site; ``null`` when DP is off. `config` holds the values the run used; `config-sources` says
+where each task-decided one came from (user, task or global default).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class RunMetrics:
     initial: dict[str, float] = field(default_factory=dict)
     stopped: dict[str, Any] | None = None
     traffic: dict[str, int] = field(default_factory=dict)  # update-bytes, model-bytes
+    # Where each task-decided local-training value came from: user, task or global default.
+    config_sources: dict[str, str] = field(default_factory=dict)
 
     def stop(self, server_round: int, reason: str, refused: dict[str, dict[str, str]]) -> None:
         """The run ended before its last round because no sampled site could train."""
@@ -79,6 +83,7 @@ class RunMetrics:
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
+            "config-sources": self.config_sources,
             "initial": self.initial,
             "rounds": self.rounds,
             "final": self.final(),

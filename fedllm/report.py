@@ -109,9 +109,19 @@ def plot_run(metrics: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+# Where a task-decided local-training value came from (metrics.json `config-sources`).
+_SOURCE_NOTE = {
+    "user": " (set by the user)",
+    "task": " (task default)",
+    "global": " (global default)",
+}
+
+
 def write_report(metrics: dict[str, Any], path: Path) -> None:
-    """A Markdown summary: configuration, final table, privacy statement."""
+    """A Markdown summary: configuration (with where each local-training value came from),
+    final table, privacy statement."""
     cfg = metrics["config"]
+    sources: dict[str, str] = metrics.get("config-sources", {})
     privacy = (
         f"Record-level ({cfg['target-epsilon']}, {cfg['target-delta']})-DP target per site over "
         f"the whole run, DP-SGD (Opacus) with clip norm {cfg['max-grad-norm']}, noise calibrated "
@@ -167,7 +177,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         "",
         "## Configuration",
         "",
-        *[f"- `{k}` = `{v}`" for k, v in cfg.items()],
+        *[f"- `{k}` = `{v}`{_SOURCE_NOTE.get(sources.get(k, ''), '')}" for k, v in cfg.items()],
         "",
     ]
     path.write_text("\n".join(text))

@@ -68,7 +68,8 @@ def run(cfg: RunConfig, settings: SimulationSettings, directory: Path | None = N
 
     engine = importlib.import_module("flwr.simulation.run_simulation")
     directory = directory or app_dir()
-    run_config = cfg.to_flower()
+    # As `flwr run` would: the user's values, 0 where the task decides (the apps resolve it).
+    run_config = cfg.as_given()
     run_id = random.SystemRandom().getrandbits(63)
     flwr_run = Run.create_empty(run_id=run_id)
     flwr_run.override_config = run_config

@@ -80,6 +80,7 @@ def main(grid: Grid, context: Context) -> None:
         else SiteAwareFedAvg(**sampling)
     )
     log(INFO, "fedllm: secure aggregation %s", "on (SecAgg+)" if cfg.secagg else "OFF")
+    log(INFO, "fedllm: local training: %s", cfg.describe_training())
     # Virtual sites keep their policy, key and ledger in the run folder (unless `ledger-dir`);
     # a deployed site ignores this and uses its own node-config paths.
     config = ConfigRecord({proto.RUN_DIR: str(run_dir.resolve())})
@@ -110,6 +111,7 @@ def main(grid: Grid, context: Context) -> None:
     record = RunMetrics(
         run_dir / "metrics.json", cfg.to_flower(), cfg.target_delta if cfg.dp else None
     )
+    record.config_sources = cfg.config_sources()
     record.traffic = {k: int(model_card[k]) for k in (proto.UPDATE_BYTES, m.MODEL_BYTES)}  # type: ignore[call-overload]
     checkpoints = Checkpointer.for_run(
         cfg.checkpoint, cfg.checkpoint_key, run_dir, cfg.to_flower(), model_card

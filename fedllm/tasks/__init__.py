@@ -1,7 +1,7 @@
 """Tasks: model + data + train/evaluate, one module per kind."""
 
 from fedllm.tasks.base import Federation, SiteData, Source, Split, Task
-from fedllm.tasks.registry import TASKS, get_task, load_federation
+from fedllm.tasks.registry import TASKS, get_task, load_federation, task_defaults
 
 __all__ = [
     "TASKS",
@@ -12,4 +12,5 @@ __all__ = [
     "Task",
     "get_task",
     "load_federation",
+    "task_defaults",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedllm.config import RunConfig
+from fedllm.config import RunConfig, TrainingDefaults
 from fedllm.data.partition import PartitionRequest, partition
 from fedllm.errors import ConfigError
 
@@ -69,6 +69,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     num_classes: ClassVar[int]
+    # Local-training values tuned for this task: used wherever the run config leaves the key at
+    # 0 ("the task decides"); a key left None here falls back to config.GLOBAL_DEFAULTS.
+    defaults: ClassVar[TrainingDefaults] = TrainingDefaults()
 
     @abstractmethod
     def load_source(self, cfg: RunConfig, path: str) -> Source:

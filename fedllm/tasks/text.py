@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedllm.config import RunConfig
+from fedllm.config import RunConfig, TrainingDefaults
 from fedllm.data.partition import PartitionRequest, partition
 from fedllm.data.text import read_text, sequences, split_by_speaker
 from fedllm.errors import ConfigError, DataError
@@ -33,6 +33,8 @@ class TextLM(Task):
 
     name = "text"
     num_classes = VOCAB
+    # DP-SGD on LoRA adapters, from the Shakespeare sweep (benchmarks/shakespeare.py).
+    defaults = TrainingDefaults(batch_size=64, learning_rate=1.0, max_grad_norm=1.0)
 
     def architecture(self, cfg: RunConfig) -> nn.Module:
         """The model the run trains (random base, adapters attached), without loading weights."""

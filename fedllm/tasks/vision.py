@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedllm.config import RunConfig
+from fedllm.config import RunConfig, TrainingDefaults
 from fedllm.data.idx import load_idx_pair
 from fedllm.errors import DataError
 from fedllm.tasks.base import Source, Task
@@ -42,6 +42,11 @@ class SmallCNN(nn.Module):
 class Mnist(Task):
     name = "mnist"
     num_classes = 10
+    # benchmarks/explore.py, 4 Dirichlet sites at epsilon 2 (seed 0): 8 rounds 0.963; 5 rounds
+    # 0.959 and 0.955; 3 rounds 0.947 (2 local epochs: 0.958); batch 1024 at rate 6: 0.942.
+    defaults = TrainingDefaults(
+        num_server_rounds=8, local_epochs=1, batch_size=512, learning_rate=4.0, max_grad_norm=1.0
+    )
 
     def build_model(self, cfg: RunConfig, input_shape: tuple[int, ...]) -> nn.Module:
         if tuple(input_shape) != (1, 28, 28):

@@ -30,6 +30,9 @@ from tests.conftest import ROOT, write_heart_center
 from tests.support.local_federation import LocalFederation, free_port
 from tests.support.netns import Netns
 
+# Starts a real SuperLink and SuperNodes: left out of the quick loop, `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 DOOMED = "hospital-d"  # a fourth site, killed once round 1 is recorded
 INTRUDER = "intruder"  # has a node key pair, never registered

@@ -9,7 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fedllm.privacy import PrivacyLedger
+
+# Starts real site processes and kills them (~15 s a test): left out of `-m "not slow"`.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("site_process.py")

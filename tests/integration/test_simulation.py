@@ -14,6 +14,9 @@ import torch
 
 from fedllm.privacy import DPSchedule, epsilon
 
+# Starts Flower's simulation engine (Ray): left out of the quick loop, `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 1.0
 E2E = ("num-sites=3", "num-server-rounds=3", 'partitioner="iid"', f"target-epsilon={TARGET}")
@@ -59,6 +62,20 @@ def test_metrics_follow_the_schema_and_beat_chance(finished_run: tuple[Path, str
     assert final["epsilon"] == max(final["epsilon-per-site"].values())
     # Breast cancer's majority class is 62.7% of rows: a model that learned nothing gets that.
     assert final["accuracy"] > 0.7 and final["auc"] > 0.8
+
+
+def test_metrics_and_report_say_where_each_training_value_came_from(
+    finished_run: tuple[Path, str],
+) -> None:
+    run = finished_run[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    # The run set the rounds; breast cancer's own defaults gave the rest, at the server and
+    # (the epsilon replay below) at every site.
+    assert metrics["config"]["num-server-rounds"] == 3 and metrics["config"]["batch-size"] == 128
+    sources = metrics["config-sources"]
+    assert sources.pop("num-server-rounds") == "user"
+    assert set(sources.values()) == {"task"}
+    assert "- `batch-size` = `128` (task default)" in (run / "report.md").read_text()
 
 
 def test_epsilon_is_cumulative_within_target_and_replayable(

@@ -7,9 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from fedllm.crypto import SiteKey
 from fedllm.privacy import DPEvent, DPSchedule, PrivacyLedger, SitePolicy, calibrate_noise
 from tests.integration.test_simulation import simulate
+
+# Starts Flower's simulation engine (Ray): left out of the quick loop, `-m "not slow"`.
+pytestmark = pytest.mark.slow
 
 RUN = ("num-sites=3", "num-server-rounds=4", 'partitioner="iid"', 'accountant="rdp"')
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedllm.config import RunConfig
@@ -14,6 +15,9 @@ from fedllm.lm import Pretraining, pretrain
 from fedllm.simulation import default_config
 from tests.integration.test_simulation import ROOT, simulate
 from tests.text_data import play, write_play
+
+# Starts Flower's simulation engine (Ray): left out of the quick loop, `-m "not slow"`.
+pytestmark = pytest.mark.slow
 
 ARCH = {"context-length": 32, "lm-layers": 1, "lm-heads": 2, "lm-width": 32}
 TARGET = 8.0

@@ -3,6 +3,7 @@ and why a run stopped on the site-level budget."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,23 @@ def test_a_reproducible_noise_run_says_first_that_it_is_not_private(
     secret = RunMetrics(tmp_path / "other.json", dict(defaults), 1e-5)
     secret.add_round({"round": 1, proto.ACCURACY: 0.9, proto.EPSILON: {"site-0": 0.5}})
     assert "NOT PRIVATE" not in final_table(secret.to_dict())
+
+
+def test_metrics_and_report_say_where_each_training_value_came_from(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    from fedllm.config import RunConfig
+
+    cfg = RunConfig.from_flower({**defaults, "task": "csv", "learning-rate": 2.0})
+    record = RunMetrics(tmp_path / "metrics.json", cfg.to_flower(), 1e-5)
+    record.config_sources = cfg.config_sources()
+    record.add_round({"round": 1, proto.ACCURACY: 0.9, proto.EPSILON: {"site-0": 0.5}})
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["config"]["batch-size"] == 128 and written["config"]["learning-rate"] == 2.0
+    assert written["config-sources"]["batch-size"] == "global"
+    assert written["config-sources"]["learning-rate"] == "user"
+    write_report(written, tmp_path / "report.md")
+    report = (tmp_path / "report.md").read_text()
+    assert "- `learning-rate` = `2.0` (set by the user)" in report
+    assert "- `batch-size` = `128` (global default)" in report
+    assert "- `target-epsilon` = `1.0`\n" in report  # not a task-decided key: no source

@@ -33,7 +33,7 @@ def _fails(args: list[str], capsys: pytest.CaptureFixture[str], earlier: Path) -
     [
         (["-c", 'task="resnet"'], "unknown `task` 'resnet'"),
         (["-c", "target-epsilon=-1"], "`target-epsilon` must be > 0, got -1"),
-        (["-c", "max-grad-norm=0"], "`max-grad-norm` must be > 0, got 0"),
+        (["-c", "max-grad-norm=-0.5"], "`max-grad-norm` must be > 0, got -0.5 (0 = the task's"),
         (["-c", "num-sites=200"], "`num-sites` 200 is too many for 569 examples"),
         (
             ["-c", 'task="heart-disease"', "-c", 'data-path="/no/such/folder"'],

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import ArrayRecord, RecordDict
 
 from clients.site import SiteGuard
@@ -24,6 +25,7 @@ from tests.text_data import play, write_play
 TARGET = 8.0
 
 
+@pytest.mark.slow  # pretrains a base and trains two DP-LoRA rounds: ~15-25 s
 def test_two_dp_lora_rounds_reduce_held_out_loss(
     config: Callable[..., RunConfig], tmp_path: Path
 ) -> None:

@@ -67,6 +67,7 @@ def _program(command: list[str]) -> tuple[str, ...]:
     return EXECUTOR if tuple(command[:3]) == EXECUTOR else (command[0],)
 
 
+@pytest.mark.slow  # starts the installed Flower commands (--help): ~10 s
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_every_flag_is_accepted_by_the_installed_command(path: Path) -> None:
     commands = [c for c in _commands(path) if c[0] != "sh"]

@@ -174,6 +174,7 @@ attempts = st.lists(
 )
 
 
+@pytest.mark.slow  # 12 generated ledgers, each replayed by an accountant: ~10-15 s
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
