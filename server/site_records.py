@@ -102,7 +102,9 @@ class SiteRecords(Strategy):
         if not sorted_.valid:
             self._nothing_to_sum(server_round, record, sorted_)
             return None, None
-        record.trained = {site_name(msg): _numbers(_metrics(msg)) for msg in sorted_.valid}
+        record.trained = dict(
+            sorted((site_name(msg), _numbers(_metrics(msg))) for msg in sorted_.valid)
+        )
         released = len(sorted_.valid)  # the server has seen their (noised) updates, or the sum
         arrays: ArrayRecord | None
         try:
@@ -156,9 +158,11 @@ class SiteRecords(Strategy):
         self._note_dropped("evaluate", server_round, replies)
         # A site that refused (e.g. its data does not fit the task) has no scores to average.
         replies = [msg for msg in replies if refusal(msg) is None]
-        self.logs[server_round].evaluated = {
-            site_name(msg): _numbers(_metrics(msg)) for msg in replies if not msg.has_error()
-        }
+        self.logs[server_round].evaluated = dict(
+            sorted(
+                (site_name(msg), _numbers(_metrics(msg))) for msg in replies if not msg.has_error()
+            )
+        )
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def _note_dropped(
