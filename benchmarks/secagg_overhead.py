@@ -2,7 +2,7 @@
 
 For 5 and 20 sites and models of about 100k and 1M parameters, each configuration runs a few
 rounds on Flower's simulation engine (Ray, one CPU per virtual site) with fedllm's own
-strategies (``SiteAwareFedAvg`` vs ``SecAggFedAvg``) and SecAgg+ site handlers
+strategy (FedAvg over ``PlainAveraging`` vs ``SecureAveraging``) and SecAgg+ site handlers
 (``clients/secagg.py``). Local training is deliberately short (a few SGD steps of an MLP on
 synthetic data) so the ratio shows the protocol, not the training: with real DP training the
 same absolute overhead is a smaller fraction of a round. Round time = time between the
@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,11 @@ from clients import secagg as site_secagg  # noqa: E402
 from fedllm import protocol as proto  # noqa: E402
 from fedllm.secagg import Layout, SecAggSettings, prg, weighted_vector  # noqa: E402
 from fedllm.weights import to_arrays  # noqa: E402
+from server.aggregation import Averaging, PlainAveraging  # noqa: E402
 from server.grid import polling  # noqa: E402
-from server.secagg import SecAggFedAvg  # noqa: E402
-from server.strategy import SiteAwareFedAvg  # noqa: E402
+from server.secagg import SecureAveraging  # noqa: E402
+from server.site_records import SiteRecords  # noqa: E402
+from server.strategies import FedAvg  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 INPUTS, CLASSES, BATCH = 256, 10, 64
@@ -105,8 +106,8 @@ def train(msg: Message, context: Context) -> Message:
 
 
 # ---------------------------------------------------------------- the server, timed
-class TimedSecAgg(SecAggFedAvg):
-    """SecAggFedAvg with a stopwatch on each stage (server wall time)."""
+class TimedSecAgg(SecureAveraging):
+    """SecureAveraging with a stopwatch on each stage (server wall time)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,16 +116,22 @@ class TimedSecAgg(SecAggFedAvg):
     def _clock(self, name: str, seconds: float) -> None:
         self.stages.setdefault(name, []).append(seconds)
 
-    def _exchange(self, server_round: int, action: str, requests: dict[int, dict[str, Any]]) -> Any:
+    def _exchange(
+        self,
+        server_round: int,
+        action: str,
+        requests: dict[int, dict[str, Any]],
+        lost: dict[int, str] | None = None,
+    ) -> Any:
         started = time.perf_counter()
-        out = super()._exchange(server_round, action, requests)
+        out = super()._exchange(server_round, action, requests, lost)
         self._clock(action.removeprefix("secagg_"), time.perf_counter() - started)
         return out
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+    def mean(self, server_round: int, replies: list[Message], current: Any) -> Any:
         started = time.perf_counter()
         before = sum(self.stages.get("unmask", []))
-        out = super().aggregate_train(server_round, replies)
+        out = super().mean(server_round, replies, current)
         spent = time.perf_counter() - started - (sum(self.stages.get("unmask", [])) - before)
         self._clock("unmask-compute", spent)
         return out
@@ -144,11 +151,12 @@ def bench(grid: Grid, context: Context) -> None:
                 "min_available_nodes": PLAN["sites"],
                 "min_train_nodes": PLAN["sites"],
             }
-            strategy: SiteAwareFedAvg = (
-                TimedSecAgg(SecAggSettings(shares, 0), CLIP, **sampling)
+            averaging: Averaging = (
+                TimedSecAgg(SecAggSettings(shares, 0), CLIP)
                 if mode != "plain"
-                else SiteAwareFedAvg(**sampling)
+                else PlainAveraging()
             )
+            strategy = SiteRecords(FedAvg(averaging, **sampling), averaging)
             marks: list[float] = []
             strategy.start(
                 grid=polling(grid),  # as fedllm's ServerApp does
@@ -158,9 +166,7 @@ def bench(grid: Grid, context: Context) -> None:
                 evaluate_fn=lambda r, a, marks=marks: marks.append(time.perf_counter()) or None,
             )
             times = [b - a for a, b in itertools.pairwise(marks)][1:]
-            sites = [
-                s for r in list(strategy.site_train)[1:] for s in strategy.site_train[r].values()
-            ]
+            sites = [s for r in list(strategy.logs)[1:] for s in strategy.logs[r].trained.values()]
             row = {
                 "sites": PLAN["sites"],
                 "params": sum(int(np.prod(a.shape)) for a in initial.values()),
@@ -171,10 +177,10 @@ def bench(grid: Grid, context: Context) -> None:
                 "rounds_s": times,
                 "site_train_s": statistics.median(s["train-seconds"] for s in sites),
             }
-            if isinstance(strategy, TimedSecAgg):
+            if isinstance(averaging, TimedSecAgg):
                 # Mean per timed round (setup and key sharing run in round 1 only; later
                 # rounds get their keys and shares with the previous round's messages).
-                row["stages_s"] = {k: sum(v[1:]) / len(times) for k, v in strategy.stages.items()}
+                row["stages_s"] = {k: sum(v[1:]) / len(times) for k, v in averaging.stages.items()}
                 row["site_mask_s"] = statistics.median(s["mask-seconds"] for s in sites)
             PLAN["rows"].append(row)
             print(

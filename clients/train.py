@@ -152,6 +152,7 @@ def train_round(
             # DP noise and batches: fresh OS entropy, unless the site's policy allowed
             # reproducible-noise (checked above), which derives them from the public seed.
             noise_seed=public_seed if cfg.reproducible_noise else None,
+            proximal_mu=cfg.proximal_mu,  # FedProx (0 otherwise): outside DP, costs no epsilon
         )
         model = site.model(arrays)
         result = train_local(site.task, model, site.data.train, settings, dp)

@@ -31,6 +31,9 @@ FEATURE_SCALING = ("site", "federated")
 CHECKPOINT_MODES = ("encrypted", "plain", "off")
 # The sites' local optimizer (DP-SGD noises the gradient either way; Adam only post-processes it).
 OPTIMIZERS = ("sgd", "adam")
+# The server's strategy: the names of server/strategies' registry (fedllm/ cannot import it;
+# tests/unit/server/test_strategies.py checks the two agree).
+STRATEGIES = ("fedavg", "fedadam", "fedprox")
 
 
 def _key(name: str) -> str:
@@ -134,6 +137,11 @@ class RunConfig:
     # Research only: DP noise and Poisson batches derived from `seed` (public) instead of fresh
     # OS entropy; not private against the coordinator. Site policies refuse it by default.
     reproducible_noise: bool = False
+    # Server strategy: FedAvg, FedAdam (Adam on the mean, learning rate `server-learning-rate`)
+    # or FedProx (the sites add (mu/2) ||w - w_global||^2, mu = `proximal-mu`, outside DP).
+    strategy: str = "fedavg"
+    server_learning_rate: float = 0.1
+    proximal_mu: float = 0.0
     # Not a run-config key: where each TASK_DEFAULT_KEYS value came from, set by from_flower
     # (a key absent here was given explicitly). Metadata, so it takes no part in equality.
     sources: tuple[tuple[str, ValueSource], ...] = field(default=(), compare=False)
@@ -190,6 +198,7 @@ class RunConfig:
 
         self._check_secagg()
         self._check_client_dp()
+        self._check_strategy()
         if self.checkpoint not in CHECKPOINT_MODES:
             raise ConfigError(
                 f"`checkpoint` must be one of {', '.join(CHECKPOINT_MODES)}, "
@@ -233,6 +242,20 @@ class RunConfig:
                 f"`client-delta` ({self.client_delta}) must be below 1 / `num-sites` "
                 f"(1/{self.num_sites} = {1.0 / self.num_sites:.3g}): a larger delta allows "
                 "releasing a whole site's update in the clear"
+            )
+
+    def _check_strategy(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"`strategy` must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        self._check_positive("server_learning_rate")
+        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0.0):
+            raise ConfigError(f"`proximal-mu` must be >= 0, got {self.proximal_mu}")
+        if self.proximal_mu and self.strategy != "fedprox":
+            raise ConfigError(
+                f"`proximal-mu` is {self.proximal_mu} but `strategy` is {self.strategy!r}: the "
+                'proximal term is FedProx\'s; set strategy = "fedprox" or proximal-mu = 0'
             )
 
     def _check_positive(self, *names: str) -> None:

@@ -43,7 +43,7 @@ class RunMetrics:
     delta: float | None
     rounds: list[dict[str, Any]] = field(default_factory=list)
     epsilon: dict[str, float | None] = field(default_factory=dict)
-    initial: dict[str, float] = field(default_factory=dict)
+    initial: dict[str, float | None] = field(default_factory=dict)
     stopped: dict[str, Any] | None = None
     traffic: dict[str, int] = field(default_factory=dict)  # update-bytes, model-bytes
     # Where each task-decided local-training value came from: user, task or global default.

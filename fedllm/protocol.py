@@ -31,6 +31,7 @@ SECAGG_VECTOR = "vector"  # in SECAGG_MASKED
 SERVER_ROUND = "server-round"  # set by Flower's strategies
 RUN_DIR = "run-dir"  # simulation only: where virtual sites keep their files by default
 CLIENT_DP_SAMPLED = "client-dp-sampled"  # sites sharing this round's client-level noise
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx; sites take mu from the run config
 SCALER_MEAN, SCALER_STD = "feature-mean", "feature-std"  # federated scaling: the pooled scaler
 
 # METRICS, site -> server (train, evaluate)

@@ -1,4 +1,5 @@
-"""Local training and evaluation of one site's model, with or without DP-SGD."""
+"""Local training and evaluation of one site's model, with or without DP-SGD (and, for
+FedProx, with a proximal term towards the global model)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from fedllm.privacy.accounting import DPEvent
 from fedllm.privacy.engine import DPParams, PrivateStep, make_private
@@ -20,7 +22,8 @@ from fedllm.tasks.base import Split, Task
 class LocalTraining:
     """One round's local schedule. ``seed`` drives what may be public (plain training's
     shuffles); DP noise and Poisson sampling come from fresh OS entropy unless ``noise_seed``
-    is set (research: reproducible noise, not private against whoever knows it)."""
+    is set (research: reproducible noise, not private against whoever knows it).
+    ``proximal_mu``: FedProx's weight (0: none), see :func:`proximal_term`."""
 
     epochs: int
     batch_size: int
@@ -28,6 +31,7 @@ class LocalTraining:
     seed: int
     optimizer: str = "sgd"  # or "adam" (fresh state each call: each round starts anew)
     noise_seed: int | None = None
+    proximal_mu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ def train_local(
     x, y = data.x.to(device), data.y.to(device)
     n = len(y)
     optimizer = local_optimizer(model, settings)
+    # Anchored at the weights as loaded (the global model); added after DP's clipping and noise.
+    proximal = proximal_term(optimizer, settings.proximal_mu) if settings.proximal_mu else None
     model.train()
     private: PrivateStep | None = None
     sampling = np.random.default_rng(settings.seed)  # used only by DP's Poisson sampling
@@ -98,6 +104,8 @@ def train_local(
                     losses.append(loss.detach())
     if private is not None:
         private.close()
+    if proximal is not None:
+        proximal.remove()
     model.to("cpu")
     mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
     rate = 1.0 / math.ceil(n / settings.batch_size) if n else 0.0
@@ -114,6 +122,34 @@ def local_optimizer(model: torch.nn.Module, settings: LocalTraining) -> torch.op
     if settings.optimizer == "adam":
         return torch.optim.Adam(params, lr=settings.learning_rate)
     raise ValueError(f"unknown optimizer {settings.optimizer!r} (sgd or adam)")
+
+
+def proximal_term(optimizer: torch.optim.Optimizer, mu: float) -> RemovableHandle:
+    """FedProx (Li et al. 2020): before every step of ``optimizer``, add ``mu (w - w_global)``,
+    the gradient of ``(mu / 2) ||w - w_global||^2``, to each parameter's gradient, with
+    ``w_global`` the parameters as they are now (the global model, before local training).
+
+    Under DP-SGD the gradient the step sees is already the private one: Opacus's DPOptimizer
+    and fedllm's book-keeping clip each example's gradient and add the noise before they call
+    this optimizer's ``step``, so the term is added outside clipping and noise. That keeps the
+    guarantee: the term depends only on the current weights (themselves the result of earlier
+    private steps) and on the global model and ``mu``, both known to the server; it reads no
+    example. The update is therefore post-processing of the Gaussian mechanism's output plus
+    data-independent terms, and the accountant counts the same steps at the same noise and
+    sampling rate. (Inside the per-example clipping the term would instead share, and distort,
+    each example's clipping bound.) Without DP it equals adding the term to the loss.
+    Returns the hook's handle: ``remove()`` it after training."""
+    anchors = [(p, p.detach().clone()) for group in optimizer.param_groups for p in group["params"]]
+
+    def add_proximal_gradient(
+        opt: torch.optim.Optimizer, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> None:
+        with torch.no_grad():
+            for p, w_global in anchors:
+                if p.grad is not None:  # a parameter without a gradient is not stepped
+                    p.grad.add_(p - w_global, alpha=mu)
+
+    return optimizer.register_step_pre_hook(add_proximal_gradient)
 
 
 def default_device() -> torch.device:

@@ -1,10 +1,11 @@
-"""FedAvg over SecAgg+: the server learns only the example-weighted sum of the updates.
+"""Averaging over SecAgg+: the server learns only the weighted sum of the sites' updates.
 
-``configure_train`` runs the two key stages (setup, share keys) and returns the train
-messages, each carrying the encrypted shares addressed to its site; the sites train, mask
-their weighted update and reply with the masked vector (Flower's round loop sends these).
-``aggregate_train`` collects the masked vectors, runs the unmask stage, and turns the
-unmasked sum into the new global model.
+Any strategy's mean can be formed this way (``server/strategies/``: the server rule is then
+applied to the unmasked mean). ``configure`` runs the two key stages (setup, share keys) and
+returns the train messages, each carrying the encrypted shares addressed to its site; the
+sites train, mask their weighted update and reply with the masked vector (Flower's round loop
+sends these). ``mean`` takes the masked vectors, runs the unmask stage, and turns the unmasked
+sum into the weighted mean of the updates.
 
 From the second round on neither key stage needs a message of its own. Each train reply also
 carries the site's public keys for the next round (its setup, done ahead); the unmask request
@@ -18,7 +19,6 @@ threshold fails closed: the round applies nothing and the previous global model 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any, cast
 
@@ -30,43 +30,46 @@ from flwr.serverapp import Grid
 from fedllm import protocol as proto
 from fedllm.errors import SecAggError
 from fedllm.secagg import Layout, SecAggRound, SecAggSettings, average_delta
-from server.strategy import (
-    NoSiteCanTrain,
-    SiteAwareFedAvg,
-    aggregate_train_metrics,
-    reason,
-    refusal,
-    site_name,
-)
+from server.aggregation import AggregateRejected, Averaging, aggregate_train_metrics
+from server.replies import reason
 
 
-class SecAggFedAvg(SiteAwareFedAvg):
-    """:class:`SiteAwareFedAvg` whose aggregation runs SecAgg+ (Bell et al. 2020)."""
+class SecureAveraging(Averaging):
+    """The weighted mean of the updates through SecAgg+ (Bell et al. 2020)."""
 
     def __init__(
-        self, settings: SecAggSettings, clip_range: float, timeout: float = 3600, **kwargs: Any
+        self,
+        settings: SecAggSettings,
+        clip_range: float,
+        timeout: float = 3600,
+        weight_key: str = proto.NUM_EXAMPLES,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(weight_key)
         self.settings = settings
         self.clip_range = clip_range
         self.timeout = timeout
         self._grid: Grid | None = None
         self._protocol: SecAggRound | None = None
-        self._unanswered: dict[int, str] = {}  # node -> the key stage it did not answer
+        self._size = 0  # values in a masked vector this round
+        self._lost: dict[int, str] = {}  # node -> the key stage it did not answer, and why
         # The next round's protocol with keys and shares exchanged ahead (see the module doc).
         self._ahead: SecAggRound | None = None
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any
-    ) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._grid, self._protocol, self._unanswered = grid, None, {}
+    def configure(
+        self,
+        server_round: int,
+        messages: list[Message],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+    ) -> list[Message]:
+        self._grid, self._protocol, self._lost = grid, None, {}
         ahead, self._ahead = self._ahead, None
         if not messages:
             return messages
         sampled = [msg.metadata.dst_node_id for msg in messages]
         try:
-            Layout.of(arrays)  # float arrays only, checked before any site works
+            self._size = Layout.of(arrays).size  # float arrays only, checked before any site works
             shares, threshold = self.settings.for_round(len(messages))
             if (
                 ahead is not None
@@ -78,8 +81,7 @@ class SecAggFedAvg(SiteAwareFedAvg):
             else:
                 protocol = self._share_keys(server_round, sampled, shares, threshold)
         except SecAggError as err:
-            self.reject(server_round, "secure aggregation", str(err))
-            return []
+            raise AggregateRejected("secure aggregation", str(err)) from None
         self._protocol = protocol
         log(
             INFO,
@@ -107,12 +109,17 @@ class SecAggFedAvg(SiteAwareFedAvg):
             )
         return out
 
+    def lost_before_training(self) -> dict[int, str]:
+        return dict(self._lost)
+
     def _share_keys(
         self, server_round: int, sampled: list[int], shares: int, threshold: int
     ) -> SecAggRound:
         """The setup and key-sharing stages as messages of their own."""
         protocol = SecAggRound(server_round, threshold, shares, sampled)
-        keys = self._exchange(server_round, proto.SECAGG_SETUP, {nid: {} for nid in sampled})
+        keys = self._exchange(
+            server_round, proto.SECAGG_SETUP, {nid: {} for nid in sampled}, self._lost
+        )
         protocol.receive_public_keys(
             {n: (_blob(r, proto.SA_PK1), _blob(r, proto.SA_PK2)) for n, r in keys.items()}
         )
@@ -127,43 +134,28 @@ class SecAggFedAvg(SiteAwareFedAvg):
                 }
                 for nid in protocol.public_keys
             },
+            self._lost,
         )
         protocol.receive_ciphertexts({n: _ciphertexts(r) for n, r in sent.items()})
         return protocol
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def problem(self, msg: Message, current: ArrayRecord) -> str | None:
+        if self._protocol is None or msg.metadata.src_node_id not in self._protocol.keyed:
+            return "not part of this round's key sharing"
+        if _masked_vector(msg, self._size) is None:
+            return f"no masked vector of {self._size} uint64 values"
+        return None
+
+    def mean(
+        self, server_round: int, replies: list[Message], current: ArrayRecord
+    ) -> tuple[ArrayRecord, MetricRecord]:
         protocol, self._protocol = self._protocol, None
-        replies = list(replies)
-        # Every sampled site that did not reply is named, including one lost in key sharing.
-        self._note_dropped("train", server_round, replies, self._unanswered)
-        refused: dict[str, dict[str, str]] = {}
-        vectors: dict[int, np.ndarray] = {}
-        valid: dict[int, Message] = {}
-        errors = 0
-        size = Layout.of(self.current).size if self.current is not None else 0
-        for msg in replies:
-            why = refusal(msg)
-            if why is not None:
-                refused[site_name(msg)] = why
-            elif msg.has_error():
-                errors += 1
-                log(WARNING, "secagg: %s dropped while training: %s", site_name(msg), reason(msg))
-            else:
-                vector = _masked_vector(msg, size)
-                if vector is None:
-                    self.reject(server_round, f"update from {site_name(msg)}", "no valid vector")
-                    continue
-                vectors[msg.metadata.src_node_id] = vector
-                valid[msg.metadata.src_node_id] = msg
-        self.site_refused[server_round] = dict(sorted(refused.items()))
-        if not valid and refused and not errors:
-            raise NoSiteCanTrain(server_round, self.site_refused[server_round])
-        if protocol is None or self.current is None:
-            return None, None  # failed closed in configure_train (already recorded)
+        if protocol is None:
+            raise AggregateRejected("secure aggregation", "no keys were shared this round")
+        valid = {msg.metadata.src_node_id: msg for msg in replies}
+        vectors = {n: _masked_vector(msg, self._size) for n, msg in valid.items()}
         try:
-            protocol.receive_masked(vectors)
+            protocol.receive_masked({n: v for n, v in vectors.items() if v is not None})
             ahead = self._ahead_of(server_round + 1, {n: valid[n] for n in protocol.masked})
             shares = self._exchange(
                 server_round,
@@ -195,34 +187,25 @@ class SecAggFedAvg(SiteAwareFedAvg):
                     for n, r in shares.items()
                 }
             )
-            self.account_client_dp(server_round, len(protocol.masked))  # the sum is known now
+        except SecAggError as err:
+            raise AggregateRejected("secure aggregation", str(err)) from None
+        summed = [valid[n] for n in sorted(protocol.masked)]
+        try:  # the sum is known now: whatever happens next, the server has seen it
             weight, delta = average_delta(total, self.clip_range)
-            summed = [valid[n] for n in sorted(protocol.masked)]
-            # Client-level DP: every site weighs 1, so the weight is the number summed.
-            reported = (
-                len(summed)
-                if self.client_dp is not None
-                else sum(
-                    int(cast(int, msg.content[proto.METRICS][proto.NUM_EXAMPLES])) for msg in summed
-                )
+            reported = sum(
+                int(cast(int, msg.content[proto.METRICS][self.weight_key])) for msg in summed
             )
             if weight != reported:
                 raise SecAggError(
                     f"round {server_round}: the secure aggregate's weight {weight} differs from "
-                    f"the {reported} {'sites' if self.client_dp else 'examples'} the sites reported"
+                    f"the {reported} (`{self.weight_key}`) the sites reported"
                 )
         except SecAggError as err:
-            self.reject(server_round, "secure aggregation", str(err))
-            return None, None
-        layout = Layout.of(self.current)
-        arrays = layout.unflatten(layout.flatten(self.current) + delta)
-        self.site_train[server_round] = {
-            site_name(msg): dict(msg.content[proto.METRICS])  # type: ignore[arg-type]
-            for msg in summed
-        }
+            raise AggregateRejected("secure aggregation", str(err), len(summed)) from None
+        layout = Layout.of(current)
+        arrays = layout.unflatten(layout.flatten(current) + delta)
         log(INFO, "secagg: round %d, sum of %d sites unmasked", server_round, len(summed))
-        metrics = aggregate_train_metrics([msg.content for msg in summed], proto.NUM_EXAMPLES)
-        return self.validated(server_round, arrays), metrics
+        return arrays, aggregate_train_metrics([msg.content for msg in summed], self.weight_key)
 
     def _ahead_of(self, next_round: int, replies: dict[int, Message]) -> SecAggRound | None:
         """The next round's protocol over the sites whose train replies carried public keys
@@ -253,9 +236,14 @@ class SecAggFedAvg(SiteAwareFedAvg):
         self._ahead = ahead
 
     def _exchange(
-        self, server_round: int, action: str, requests: dict[int, dict[str, Any]]
+        self,
+        server_round: int,
+        action: str,
+        requests: dict[int, dict[str, Any]],
+        lost: dict[int, str] | None = None,
     ) -> dict[int, ConfigRecord]:
-        """Send one stage's requests; the protocol records of the sites that answered."""
+        """Send one stage's requests; the protocol records of the sites that answered. Nodes
+        that did not answer are logged and, with ``lost``, noted there with the stage."""
         if self._grid is None:
             raise SecAggError("secure aggregation: no grid")
         messages = [
@@ -270,15 +258,18 @@ class SecAggFedAvg(SiteAwareFedAvg):
             for nid, values in requests.items()
         ]
         out: dict[int, ConfigRecord] = {}
+        missing: dict[int, str] = {}
         for reply in self._grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
             if reply.has_error() or proto.SECAGG not in reply.content.config_records:
                 log(WARNING, "secagg %s: node %d dropped: %s", action, node, _why(reply))
-                self._unanswered[node] = f"{action}: {_why(reply)}"
+                missing[node] = f"{action}: {_why(reply)}"
                 continue
             out[node] = reply.content.config_records[proto.SECAGG]
         for node in set(requests) - set(out):
-            self._unanswered.setdefault(node, f"no answer to {action} before the round timeout")
+            missing.setdefault(node, f"no answer to {action} before the round timeout")
+        if lost is not None:
+            lost.update(missing)
         return out
 
 

@@ -1,10 +1,12 @@
 """A Flower Grid that delivers messages in process: each node's handler (the ClientApp's
-functions) runs with that node's own Context, kept across messages as a SuperNode keeps it.
-Chosen nodes can stop answering from a chosen message type on (a dropout)."""
+functions) runs with that node's own Context, kept across messages as a SuperNode keeps it
+(with the run config and, per node, the node-config given). Chosen nodes can stop answering
+from a chosen message type on (a dropout)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
@@ -13,10 +15,22 @@ Handler = Callable[[Message, Context], Message]
 
 
 class LoopbackGrid(Grid):
-    def __init__(self, nodes: list[int], handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        nodes: list[int],
+        handlers: dict[str, Handler],
+        run_config: dict[str, Any] | None = None,
+        node_configs: dict[int, dict[str, Any]] | None = None,
+    ) -> None:
         self.handlers = handlers
         self.contexts = {
-            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
+            n: Context(
+                run_id=1,
+                node_id=n,
+                node_config=dict((node_configs or {}).get(n, {})),
+                state=RecordDict(),
+                run_config=dict(run_config or {}),
+            )
             for n in nodes
         }
         self.dropped: dict[int, str] = {}  # node -> first message type it no longer answers

@@ -17,10 +17,10 @@ from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyError
 from fedllm.privacy import DPEvent, epsilon
 from fedllm.privacy.client_dp import ClientDPAccountant, clip_update
-from fedllm.secagg import SecAggSettings
-from server.secagg import SecAggFedAvg
-from server.server_app import _client_dp
-from server.strategy import SiteAwareFedAvg, SiteLevelBudgetSpent
+from server.aggregation import PlainAveraging
+from server.client_dp import ClientLevelDP, SiteLevelBudgetSpent
+from server.site_records import SiteRecords
+from server.strategies import FedAvg, build_strategy
 from tests.loopback_grid import LoopbackGrid
 from tests.messages import instruction
 
@@ -70,7 +70,7 @@ def _train(msg: Message, context: Context) -> Message:
 
 def _secagg_rounds(
     cfg: RunConfig, rounds: int, drop: list[int]
-) -> tuple[SecAggFedAvg, list[ArrayRecord | None]]:
+) -> tuple[SiteRecords, list[ArrayRecord | None]]:
     instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
     SITES["cfg"] = cfg
     grid = LoopbackGrid(
@@ -78,16 +78,7 @@ def _secagg_rounds(
         {"train": _train, **{f"train.{k}": v for k, v in secagg.HANDLERS.items()}},
     )
     grid.dropped = dict.fromkeys(drop, "train")  # after key sharing: its noise is missing
-    dp = ClientDPAccountant.calibrated(
-        cfg.client_epsilon, cfg.client_delta, CLIP, cfg.num_server_rounds, cfg.accountant
-    )
-    strategy = SecAggFedAvg(
-        SecAggSettings(0, 3),
-        CLIP_RANGE,
-        client_dp=dp,
-        min_available_nodes=len(NODES),
-        min_train_nodes=len(NODES),
-    )
+    strategy = build_strategy(cfg)  # FedAvg over SecAgg+, every site weighing 1
     current = ArrayRecord({"w": Array(np.zeros(SIZE, dtype=np.float32))})
     out: list[ArrayRecord | None] = []
     config = ConfigRecord()
@@ -104,11 +95,12 @@ def test_secure_round_gives_the_mean_of_clipped_updates_plus_the_noise_of_the_su
 ) -> None:
     cfg = _run_config(defaults, **{"client-epsilon": 60.0, "num-server-rounds": 1})
     strategy, (arrays,) = _secagg_rounds(cfg, 1, drop)
-    assert arrays is not None and strategy.rejections(1) == {}
+    assert arrays is not None and strategy.logs[1].rejected == {}
     summed = [n for n in NODES if n not in drop]
     mean = sum(clip_update(_update(n), CLIP) for n in summed) / len(summed)
     residual = arrays["w"].numpy().astype(np.float64) - mean  # (SIZE,)
-    z = strategy.client_dp.noise_multiplier  # type: ignore[union-attr]
+    assert strategy.client_dp is not None
+    z = strategy.client_dp.accountant.noise_multiplier
     # Sum of k sites' noise, each N(0, (zC)^2 / m), divided by k.
     expected_std = z * CLIP * math.sqrt(len(summed) / len(NODES)) / len(summed)
     assert np.std(residual) == pytest.approx(expected_std, rel=0.03)
@@ -119,7 +111,7 @@ def test_secure_round_gives_the_mean_of_clipped_updates_plus_the_noise_of_the_su
         want = 0.0 if node in drop else 1.0 / math.sqrt(BLOCK) / len(summed)
         assert abs(block - want) < 4 * expected_std / math.sqrt(BLOCK)
     realized = z * math.sqrt(len(summed) / len(NODES))
-    record = strategy.client_rounds[1]
+    record = strategy.logs[1].client_dp.to_dict()  # type: ignore[union-attr]
     assert record[m.CLIENT_NOISE_MULTIPLIER] == pytest.approx(realized)
     assert record[m.CLIENT_SUMMED] == len(summed) and record[proto.CLIENT_DP_SAMPLED] == len(NODES)
     reference = epsilon([DPEvent(realized, 1.0, 1)], cfg.client_delta, "rdp")
@@ -136,7 +128,13 @@ def test_the_run_stops_before_a_round_past_the_site_level_budget(
 
 def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted() -> None:
     dp = ClientDPAccountant.calibrated(8.0, 1e-3, CLIP, 10, "rdp")
-    strategy = SiteAwareFedAvg(client_dp=dp, min_available_nodes=1, min_train_nodes=1)
+    averaging = PlainAveraging(proto.CLIENT_DP_WEIGHT)
+    strategy = SiteRecords(
+        FedAvg(averaging, min_available_nodes=1, min_train_nodes=1),
+        averaging,
+        client_dp=ClientLevelDP(dp),
+    )
+    instruction(NODES[0], RecordDict())
     grid = LoopbackGrid(NODES[:2], {})
     current = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
     config = ConfigRecord()
@@ -160,7 +158,7 @@ def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted
     assert arrays is not None
     # Site 1: norm 1 (unclipped), site 2: norm 3 clipped to 1; equal weights: 0.5 each.
     assert np.allclose(arrays["w"].numpy(), 0.5)
-    assert strategy.client_rounds[1][m.CLIENT_EPSILON] == pytest.approx(
+    assert strategy.logs[1].client_dp.to_dict()[m.CLIENT_EPSILON] == pytest.approx(  # type: ignore[union-attr]
         epsilon([DPEvent(dp.noise_multiplier, 1.0, 1)], 1e-3, "rdp")
     )
     # Evaluation still averages by examples (the sites send no client-dp weight there).
@@ -201,4 +199,4 @@ def test_a_clip_range_that_would_cut_the_noise_is_refused_at_start(
 ) -> None:
     cfg = _run_config(defaults, **{"secagg-clip-range": 2.0, "client-epsilon": 1.0})
     with pytest.raises(ConfigError, match=r"`secagg-clip-range` \(2.0\) does not cover"):
-        _client_dp(cfg)
+        ClientLevelDP.for_run(cfg)

@@ -1,5 +1,5 @@
-"""SecAggFedAvg with the sites' real SecAgg+ handlers over an in-process grid: dropouts,
-fail-closed rounds and malformed masked vectors."""
+"""Secure averaging (with site records, as a run uses it) and the sites' real SecAgg+ handlers
+over an in-process grid: dropouts, fail-closed rounds and malformed masked vectors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from fedllm.secagg import SecAggSettings
 from fedllm.secagg.vector import QUANTIZATION_BITS
 from fedllm.tasks.tabular import TabularModel
 from fedllm.weights import to_arrays
-from server.secagg import SecAggFedAvg
+from server.secagg import SecureAveraging
+from server.site_records import SiteRecords
+from server.strategies import FedAvg
 from tests.loopback_grid import LoopbackGrid
 from tests.messages import instruction
 
@@ -55,7 +57,7 @@ def _round(
     malformed: frozenset[int] = frozenset(),
     rounds: int = 1,
     stage: str = "train",
-) -> tuple[SecAggFedAvg, ArrayRecord, ArrayRecord | None]:
+) -> tuple[SiteRecords, ArrayRecord, ArrayRecord | None]:
     instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
     MALFORMED.clear()
     MALFORMED.update(malformed)
@@ -66,8 +68,9 @@ def _round(
     grid.dropped = dict.fromkeys(drop, stage)  # by default after key sharing
     torch.manual_seed(0)
     current = to_arrays(TabularModel(6, 4))
-    strategy = SecAggFedAvg(
-        SecAggSettings(0, 3), CLIP, min_available_nodes=len(NODES), min_train_nodes=len(NODES)
+    averaging = SecureAveraging(SecAggSettings(0, 3), CLIP)
+    strategy = SiteRecords(
+        FedAvg(averaging, min_available_nodes=len(NODES), min_train_nodes=len(NODES)), averaging
     )
     arrays: ArrayRecord | None = current
     for server_round in range(1, rounds + 1):
@@ -92,14 +95,23 @@ def test_one_site_dropping_after_key_sharing_leaves_fedavg_of_the_other_four() -
     expected = _fedavg(current, [21, 22, 24, 25])
     for key, value in expected.items():
         assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
-    assert sorted(strategy.site_train[1]) == ["site-21", "site-22", "site-24", "site-25"]
-    assert strategy.rejections(1) == {}
+    assert sorted(strategy.logs[1].trained) == ["site-21", "site-22", "site-24", "site-25"]
+    assert strategy.logs[1].rejected == {}
+    assert strategy.logs[1].dropped == {"node-23": "train: node 23 dropped"}
+
+
+def test_a_site_lost_in_key_sharing_is_named_with_the_stage_and_the_others_summed() -> None:
+    strategy, current, arrays = _round(drop=[23], stage="train.secagg_share_keys")
+    assert arrays is not None
+    for key, value in _fedavg(current, [21, 22, 24, 25]).items():
+        assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
+    assert strategy.logs[1].dropped == {"node-23": "train: secagg_share_keys: node 23 dropped"}
 
 
 def test_three_sites_dropping_fails_closed_and_keeps_the_model() -> None:
     strategy, _, arrays = _round(drop=[21, 22, 23])
     assert arrays is None  # Flower's loop keeps the previous global model
-    why = strategy.rejections(1)["secure aggregation"]
+    why = strategy.logs[1].rejected["secure aggregation"]
     assert "stopped after masking" in why and "below the reconstruction threshold 3" in why
     assert "no partial sum is applied" in why
 
@@ -107,7 +119,7 @@ def test_three_sites_dropping_fails_closed_and_keeps_the_model() -> None:
 def test_a_malformed_masked_vector_is_rejected_and_the_others_summed() -> None:
     strategy, current, arrays = _round(drop=[], malformed=frozenset({25}))
     assert arrays is not None
-    assert "update from site-25" in strategy.rejections(1)
+    assert "update from site-25" in strategy.logs[1].rejected
     expected = _fedavg(current, [21, 22, 23, 24])
     for key, value in expected.items():
         assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
@@ -133,5 +145,5 @@ def test_a_site_lost_in_the_unmask_stage_sends_the_next_round_back_to_full_setup
     delivered = GRIDS[-1].delivered
     assert delivered.count("train.secagg_setup") == 2 * len(NODES)
     assert arrays is not None
-    assert sorted(strategy.site_train[1]) == [f"site-{n}" for n in NODES]
-    assert sorted(strategy.site_train[2]) == ["site-21", "site-22", "site-24", "site-25"]
+    assert sorted(strategy.logs[1].trained) == [f"site-{n}" for n in NODES]
+    assert sorted(strategy.logs[2].trained) == ["site-21", "site-22", "site-24", "site-25"]
