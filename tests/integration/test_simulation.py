@@ -136,19 +136,38 @@ def test_a_banks_csv_with_a_site_column_trains_one_site_per_value(tmp_path: Path
     assert final["auc"] > 0.75
 
 
-def test_dp_with_secure_aggregation_converges_like_dp_alone(
+def test_dp_with_secure_aggregation_equals_dp_alone_on_the_same_noise(
     finished_run: tuple[Path, str], tmp_path: Path
 ) -> None:
-    """DP + SecAgg+ (the module's run) against the same run, same seed, without SecAgg."""
-    run, log = finished_run
-    simulate(tmp_path, "plain", *E2E, "secagg=false")
-    secure = json.loads((run / "metrics.json").read_text())
-    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    """DP + SecAgg+ against DP alone, both with reproducible-noise (research only: the same
+    noise and batches in both runs), so the only difference left is SecAgg's quantization."""
+    _, log = finished_run
     assert "secure aggregation on (SecAgg+)" in log
     assert "secagg: round 3, sum of 3 sites unmasked" in log
     assert "secagg: round 3, keys shared by 3 sites (ahead" in log  # two messages a round
-    assert abs(secure["final"]["accuracy"] - plain["final"]["accuracy"]) <= 0.02
+    simulate(tmp_path, "secure", *E2E, "reproducible-noise=true")
+    simulate(tmp_path, "plain", *E2E, "reproducible-noise=true", "secagg=false")
+    secure = json.loads((tmp_path / "secure" / "metrics.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert abs(secure["final"]["accuracy"] - plain["final"]["accuracy"]) <= 0.01
     assert secure["final"]["epsilon-per-site"] == pytest.approx(plain["final"]["epsilon-per-site"])
+    a = torch.load(tmp_path / "secure" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)
+    for key, value in a.items():  # quantization to 2**24 levels of +-8: ~1e-6 a round
+        torch.testing.assert_close(value, b[key], rtol=0, atol=1e-3)
     for entry in secure["rounds"]:
         assert entry["rejected"] == {}
         assert all("secagg-clipped" in site for site in entry["sites"].values())
+    report = (tmp_path / "secure" / "report.md").read_text()
+    assert report.startswith("**NOT PRIVATE: reproducible-noise")
+
+
+def test_two_runs_with_identical_config_train_different_dp_models(
+    finished_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The run config (its seed included) is public: the DP noise must not follow from it."""
+    run, _ = finished_run
+    simulate(tmp_path, "again", *E2E)
+    a = torch.load(run / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "again" / "model.pt", weights_only=True)
+    assert all((a[key] - b[key]).abs().max() > 1e-3 for key in a)
