@@ -53,15 +53,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         dest="supernode_command", required=True
     )
     start = node.add_parser(
-        "start", help="start flower-supernode with the site's key, data and privacy files"
+        "start",
+        help="start flower-supernode and the executor that runs only the apps this site "
+        "pinned, with the site's key, data and privacy files",
     )
     start.add_argument("--superlink", required=True, metavar="HOST:PORT")
     start.add_argument("--ca", type=Path, required=True, help="the CA certificate (ca.crt)")
-    start.add_argument("--key", type=Path, required=True, help="this site's node key (.key)")
-    start.add_argument("--data", type=Path, required=True, help="this site's data file")
     start.add_argument(
         "--site-dir", type=Path, required=True, help="the folder `fedllm site init` made"
     )
+    start.add_argument("--key", type=Path, help="this site's node key (default: SITE_DIR/node.key)")
+    start.add_argument("--data", type=Path, required=True, help="this site's data file")
     start.add_argument("--name", required=True, help="the site's name in metrics and logs")
     start.add_argument(
         "--port", type=int, default=deploy.SUPERNODE_PORT, help="its ClientApp Runtime API port"
@@ -69,7 +71,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     start.add_argument(
         "--cold",
         action="store_true",
-        help="Flower's default isolation: a fresh ClientApp process per message (slower)",
+        help="the executor preloads nothing: each task imports torch itself (slower, less memory)",
     )
     start.set_defaults(run=_supernode_start)
 
@@ -104,23 +106,30 @@ def _superlink_start(args: argparse.Namespace) -> int:
 
 
 def _supernode_start(args: argparse.Namespace) -> int:
+    site_dir = args.site_dir.resolve()
+    key = args.key.resolve() if args.key else deploy.SiteFiles(site_dir).node_key
     settings = deploy.SiteSettings(
         args.superlink,
         args.ca.resolve(),
-        args.key.resolve(),
+        key,
         args.data.resolve(),
-        args.site_dir.resolve(),
+        site_dir,
         args.name,
         args.port,
         warm=not args.cold,
     )
-    settings.check()
+    trusted = settings.check()
+    pinned = "; ".join(f"{a.app} {a.version} ({a.sha256[:12]}...)" for a in trusted.apps)
+    print(
+        f"fedllm: site {args.name} runs only the apps pinned in {settings.files.trusted_apps}: "
+        + (pinned or "none yet, so every run is refused (fedllm site trust)"),
+        flush=True,
+    )
     env = deploy.flower_env()
     node = subprocess.Popen(settings.command(deploy.executable("flower-supernode")), env=env)
     procs = [node]
     with _stopping(procs):
-        if settings.warm:
-            procs.append(subprocess.Popen(settings.executor_command(node.pid), env=env))
+        procs.append(subprocess.Popen(settings.executor_command(node.pid), env=env))
         return _wait(procs)
 
 

@@ -8,8 +8,11 @@ against the installed commands' ``--help``) all use these command lines.
 Security by default: the SuperLink always serves TLS (``--ssl-*``) and accepts only
 SuperNodes whose public key was registered (``--enable-supernode-auth``); it never installs
 an app's dependencies at run time (``--disable-runtime-dependency-installation``). A SuperNode
-always verifies the SuperLink's certificate against the CA (``--root-certificates``) and signs
-its requests with its node key (``--auth-supernode-private-key``).
+always verifies the SuperLink's certificate against the CA (``--root-certificates``), signs
+its requests with the node key made at the site (``--auth-supernode-private-key``), leaves
+its ClientApps to fedllm's executor (``--isolation process``: the executor runs only the apps
+the site pinned) and lets only the holder of the site's SuperExec secret take its tasks
+(``--superexec-auth-secret-file``, given to the executor too).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 
 from fedllm.crypto import check_certificate, check_chain
 from fedllm.crypto.certs import check_private_key_mode
+from fedllm.deploy.pinning import TrustedApps
+from fedllm.deploy.site_files import SiteFiles
 from fedllm.errors import CertificateError, ConfigError, DataError
 from fedllm.protocol import (
     NODE_DATA_PATH,
@@ -94,7 +99,8 @@ class SuperLinkSettings:
 @dataclass(frozen=True)
 class SiteSettings:
     """A site's SuperNode: the SuperLink it dials, the CA it trusts, its node key, its data
-    and its own privacy files (``fedllm site init DIR``: policy.toml, site-key.pem)."""
+    and its own folder (``fedllm site init DIR``: policy, keys, SuperExec secret, trusted
+    apps; :class:`~fedllm.deploy.site_files.SiteFiles`)."""
 
     superlink: str
     ca: Path
@@ -103,36 +109,49 @@ class SiteSettings:
     site_dir: Path
     name: str
     port: int = SUPERNODE_PORT
-    # True: `--isolation process` plus fedllm's warm executor (fedllm/deploy/executor.py) runs the
-    # ClientApps; False: Flower's default, a fresh `flwr-clientapp` process per message.
+    # True: fedllm's executor (fedllm/deploy/executor.py) imports torch and opacus once and
+    # forks a child per task; False: it preloads nothing (each task imports them itself).
     warm: bool = True
+
+    @property
+    def files(self) -> SiteFiles:
+        return SiteFiles(self.site_dir)
 
     def node_config(self) -> dict[str, str]:
         return {
             NODE_DATA_PATH: str(self.data_path),
             NODE_SITE_NAME: self.name,
-            NODE_POLICY_PATH: str(self.site_dir / "policy.toml"),
-            NODE_LEDGER_PATH: str(self.site_dir / "ledger.jsonl"),
-            NODE_SITE_KEY: str(self.site_dir / "site-key.pem"),
+            NODE_POLICY_PATH: str(self.files.policy),
+            NODE_LEDGER_PATH: str(self.files.ledger),
+            NODE_SITE_KEY: str(self.files.site_key),
         }
 
-    def check(self) -> None:
-        """Fail before starting, naming the file: a CA that is not valid now, a node key
-        others may read, a missing data file or site file."""
+    def check(self) -> TrustedApps:
+        """Fail before starting, naming the file: a CA that is not valid now, a node key or
+        SuperExec secret others may read, a missing data file or site file, a malformed
+        trusted-apps file. Returns what the site trusts."""
         _check_port(self.port)
         check_certificate(self.ca)
         if not self.node_key.is_file():
-            raise CertificateError(f"node key {self.node_key} does not exist")
+            raise CertificateError(
+                f"node key {self.node_key} does not exist (`fedllm site init` makes one)"
+            )
         check_private_key_mode(self.node_key)
         if not self.data_path.exists():
             raise DataError(f"the site's data {self.data_path} does not exist")
-        for key in (NODE_POLICY_PATH, NODE_SITE_KEY):
-            path = Path(self.node_config()[key])
+        files = self.files
+        for path in (files.policy, files.site_key, files.superexec_secret, files.trusted_apps):
             if not path.is_file():
                 raise ConfigError(
                     f"{path} does not exist: create the site's files with "
                     f"`fedllm site init {self.site_dir}`"
                 )
+        mode = files.superexec_secret.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise CertificateError(
+                f"SuperExec secret {files.superexec_secret} has mode {mode:04o}; it must be 0600"
+            )
+        return TrustedApps.load(files.trusted_apps)
 
     def command(self, exe: str = "flower-supernode") -> list[str]:
         return [
@@ -142,13 +161,17 @@ class SiteSettings:
             *("--auth-supernode-private-key", str(self.node_key)),
             *("--node-config", node_config_arg(self.node_config())),
             *("--port", str(self.port)),
-            *(("--isolation", "process") if self.warm else ()),
+            *("--isolation", "process"),  # only fedllm's executor runs ClientApps
+            *("--superexec-auth-secret-file", str(self.files.superexec_secret)),
         ]
 
     def executor_command(self, supernode_pid: int | None, python: str | None = None) -> list[str]:
-        """The warm executor beside a ``warm`` SuperNode (same machine: loopback)."""
+        """The executor beside the SuperNode (same machine: loopback)."""
         command = [python or sys.executable, "-m", EXECUTOR_MODULE]
         command += ["--runtime-api-address", host_port("127.0.0.1", self.port)]
+        command += ["--trusted-apps", str(self.files.trusted_apps)]
+        command += ["--superexec-auth-secret-file", str(self.files.superexec_secret)]
+        command += [] if self.warm else ["--cold"]
         return command + (["--parent-pid", str(supernode_pid)] if supernode_pid else [])
 
 

@@ -1,6 +1,8 @@
 """A whole deployment on one machine: a TLS SuperLink with node authentication and N
 SuperNodes, each a separate process with its own key, data file and privacy files, all
 started with the same command lines as ``fedllm superlink start`` / ``fedllm supernode start``.
+Each site's folder is made as a site makes it (``fedllm site init``, ``fedllm site trust``),
+and the operator files only its public key (``fedllm certs add-site``).
 
 Test support, not library: for the integration tests and the latency benchmark (and for
 trying a deployment before spreading it over machines). Every process starts in its own
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedllm import deploy
+from fedllm.crypto import add_node_public_key
+from fedllm.deploy.pinning import trusted_app
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -104,6 +108,21 @@ class LocalFederation:
         process = self.start("superlink", command)
         wait_for(process, "SuperLink ready", timeout)
         return process
+
+    def add_site(
+        self, name: str, pinned: Sequence[deploy.FabInfo], max_epsilon: float = 10.0
+    ) -> deploy.SiteFiles:
+        """``root/sites/<name>/`` as the site makes it (its own keys and secret, its policy,
+        ``pinned`` apps trusted), and its ``node.pub`` filed as ``pki/nodes/<name>.pub``."""
+        from fedllm.privacy import SitePolicy
+
+        made = deploy.init_site(self.root / "sites" / name, SitePolicy(max_epsilon, 1e-5))
+        trusted = deploy.TrustedApps.load(made.files.trusted_apps)
+        for fab in pinned:
+            trusted = trusted.trust(trusted_app(fab, "pinned by the test"))
+        trusted.write(made.files.trusted_apps)
+        add_node_public_key(self.root / "pki", name, made.files.node_pub)
+        return made.files
 
     def start_site(self, site: deploy.SiteSettings, prefix: Sequence[str] | None = None) -> Process:
         """``fedllm supernode start`` (the site's command): its SuperNode and, when
