@@ -9,6 +9,8 @@
 - :mod:`~fedllm.deploy.site_files`: a site's own folder (policy, keys, SuperExec secret,
   trusted apps), made at the site;
 - :mod:`~fedllm.deploy.pinning`: the app digests a site runs, and the FAB digest itself;
+- :mod:`~fedllm.deploy.gate`: the SuperLink's public address, which serves the Fleet API
+  only (``python -m fedllm.deploy.gate``);
 - :mod:`~fedllm.deploy.executor`: the ClientApp executor beside a SuperNode, which runs only
   pinned apps (``python -m fedllm.deploy.executor``).
 
@@ -22,7 +24,10 @@ from fedllm.deploy.pinning import TRUSTED_APPS, FabInfo, TrustedApp, TrustedApps
 from fedllm.deploy.processes import FLOWER_ENV, executable, flower_env, stop, wait_listening
 from fedllm.deploy.settings import (
     CONNECTION,
+    CONTROL_PORT,
     EXECUTOR_MODULE,
+    GATE_MODULE,
+    LOOPBACK,
     STATE_DB,
     SUPERLINK_PORT,
     SUPERNODE_PORT,
@@ -36,8 +41,11 @@ from fedllm.errors import DeployError
 
 __all__ = [
     "CONNECTION",
+    "CONTROL_PORT",
     "EXECUTOR_MODULE",
     "FLOWER_ENV",
+    "GATE_MODULE",
+    "LOOPBACK",
     "STATE_DB",
     "SUPERLINK_PORT",
     "SUPERNODE_PORT",

@@ -7,7 +7,9 @@ against the installed commands' ``--help``) all use these command lines.
 
 Security by default: the SuperLink always serves TLS (``--ssl-*``) and accepts only
 SuperNodes whose public key was registered (``--enable-supernode-auth``); it never installs
-an app's dependencies at run time (``--disable-runtime-dependency-installation``). A SuperNode
+an app's dependencies at run time (``--disable-runtime-dependency-installation``). It listens
+on loopback only; the public address is fedllm's gate (:mod:`fedllm.deploy.gate`), which
+passes the Fleet API and refuses the Control and Runtime APIs to the network. A SuperNode
 always verifies the SuperLink's certificate against the CA (``--root-certificates``), signs
 its requests with the node key made at the site (``--auth-supernode-private-key``), leaves
 its ClientApps to fedllm's executor (``--isolation process``: the executor runs only the apps
@@ -35,22 +37,28 @@ from fedllm.protocol import (
     NODE_SITE_NAME,
 )
 
-SUPERLINK_PORT = 8000  # flower-superlink's default --port (Fleet, Control and Runtime APIs)
+SUPERLINK_PORT = 8000  # the public port (fedllm's gate: the Fleet API only)
+CONTROL_PORT = 9093  # flower-superlink's own port on loopback (Fleet, Control, Runtime APIs)
 SUPERNODE_PORT = 9094  # flower-supernode's default --port (its ClientApp Runtime API)
 STATE_DB = "state.db"  # the SuperLink's state database inside its state folder
 CONNECTION = "fedllm"  # the [superlink.<name>] entry in $FLWR_HOME/config.toml
 EXECUTOR_MODULE = "fedllm.deploy.executor"  # `python -m` this: the warm ClientApp executor
+GATE_MODULE = "fedllm.deploy.gate"  # `python -m` this: the SuperLink's public Fleet API gate
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class SuperLinkSettings:
-    """An operator's SuperLink: its TLS files (from ``fedllm certs init``), where it listens,
+    """An operator's SuperLink: its TLS files (from ``fedllm certs init``), the public address
+    SuperNodes dial (``host:port``, served by the gate), the loopback port of
+    ``flower-superlink`` itself (``control_port``: the Flower CLI on this machine dials it),
     and the folder holding its state database (runs, registered nodes: survives restarts)."""
 
     pki: Path
     state_dir: Path
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     port: int = SUPERLINK_PORT
+    control_port: int = CONTROL_PORT
 
     @property
     def ca(self) -> Path:
@@ -61,20 +69,26 @@ class SuperLinkSettings:
         return self.state_dir / STATE_DB
 
     def check(self) -> None:
-        """Fail before starting: valid chain, a certificate naming the address the SuperLink's
-        own SuperExec dials (127.0.0.1 when it listens on all interfaces), a private key only
-        its owner reads."""
+        """Fail before starting: two distinct valid ports, a valid chain, a certificate
+        naming 127.0.0.1 (the gate, the SuperLink's own SuperExec and the Flower CLI dial
+        flower-superlink there), a private key only its owner reads."""
         _check_port(self.port)
+        _check_port(self.control_port)
+        if self.port == self.control_port:
+            raise ConfigError(
+                f"the public port and the SuperLink's loopback port are both {self.port}"
+            )
         info = check_chain(self.pki / "superlink.crt", self.ca)
         check_private_key_mode(self.pki / "superlink.key")
-        dial = self.dial_host  # what the SuperLink's own SuperExec dials and verifies
-        if not info.covers(dial):
+        if not info.covers(LOOPBACK):
             raise CertificateError(
-                f"{self.pki / 'superlink.crt'} does not name {dial}, which the SuperLink's own "
-                "SuperExec dials; recreate it with `fedllm certs init --host ...` naming it"
+                f"{self.pki / 'superlink.crt'} does not name {LOOPBACK}, where the gate, the "
+                "SuperLink's own SuperExec and the Flower CLI dial it; recreate it with "
+                "`fedllm certs init --host ...` (which adds it)"
             )
 
     def command(self, exe: str = "flower-superlink") -> list[str]:
+        """flower-superlink on loopback: its Control and Runtime APIs never face the network."""
         return [
             exe,
             *("--ssl-ca-certfile", str(self.ca)),
@@ -83,16 +97,33 @@ class SuperLinkSettings:
             "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
             *("--database", str(self.database)),
-            *("--host", self.host, "--port", str(self.port)),
+            *("--host", LOOPBACK, "--port", str(self.control_port)),
+        ]
+
+    def gate_command(self, python: str | None = None) -> list[str]:
+        """The gate on the public address, forwarding the Fleet API to flower-superlink."""
+        return [
+            *(python or sys.executable, "-m", GATE_MODULE),
+            *("--listen", host_port(self.host, self.port)),
+            *("--upstream", self.address()),
+            *("--ssl-certfile", str(self.pki / "superlink.crt")),
+            *("--ssl-keyfile", str(self.pki / "superlink.key")),
+            *("--ssl-ca-certfile", str(self.ca)),
         ]
 
     @property
     def dial_host(self) -> str:
-        """The host this machine dials it at: 127.0.0.1 when it listens on all interfaces."""
-        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        """The host this machine dials the gate at: 127.0.0.1 when it listens on all
+        interfaces."""
+        return LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
 
-    def address(self, host: str | None = None) -> str:
-        """Where the Flower CLI and SuperNodes on this machine dial it."""
+    def address(self) -> str:
+        """flower-superlink itself, for the Flower CLI on this machine (Control API)."""
+        return host_port(LOOPBACK, self.control_port)
+
+    def fleet_address(self, host: str | None = None) -> str:
+        """The gate, where SuperNodes dial (``host``: the name they use, default this
+        machine's)."""
         return host_port(host or self.dial_host, self.port)
 
 
@@ -168,7 +199,7 @@ class SiteSettings:
     def executor_command(self, supernode_pid: int | None, python: str | None = None) -> list[str]:
         """The executor beside the SuperNode (same machine: loopback)."""
         command = [python or sys.executable, "-m", EXECUTOR_MODULE]
-        command += ["--runtime-api-address", host_port("127.0.0.1", self.port)]
+        command += ["--runtime-api-address", host_port(LOOPBACK, self.port)]
         command += ["--trusted-apps", str(self.files.trusted_apps)]
         command += ["--superexec-auth-secret-file", str(self.files.superexec_secret)]
         command += [] if self.warm else ["--cold"]
@@ -187,6 +218,15 @@ def node_config_arg(values: Mapping[str, str]) -> str:
 def host_port(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets (``[::1]:8000``)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) back into its parts; a clear error otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"address {address!r} is not HOST:PORT")
+    _check_port(int(port))
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _check_port(port: int) -> None:

@@ -96,13 +96,15 @@ class LocalFederation:
     def start_superlink(
         self, keys: Sequence[Path], port: int, host: str = "127.0.0.1", timeout: float = 90
     ) -> Process:
-        """``fedllm superlink start`` (the operator's command) registering ``keys``; returns
-        once it says it is ready."""
+        """``fedllm superlink start`` (the operator's command) registering ``keys``, its gate
+        on ``host:port`` and flower-superlink on a free loopback port; returns once it says
+        it is ready."""
         self.superlink = deploy.SuperLinkSettings(
-            self.root / "pki", self.root / "superlink-state", host, port
+            self.root / "pki", self.root / "superlink-state", host, port, free_port()
         )
         command = [sys.executable, "-m", "fedllm.cli", "superlink", "start", str(self.root / "pki")]
         command += ["--state", str(self.superlink.state_dir), "--host", host, "--port", str(port)]
+        command += ["--control-port", str(self.superlink.control_port)]
         for key in keys:
             command += ["--register", str(key)]
         process = self.start("superlink", command)
@@ -150,7 +152,7 @@ class LocalFederation:
         if self.superlink is None:
             raise RuntimeError("start the SuperLink before the sites")
         site = deploy.SiteSettings(
-            self.superlink.address(),
+            self.superlink.fleet_address(),
             ca,
             node_key,
             data_path,

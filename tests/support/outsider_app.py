@@ -103,3 +103,16 @@ def write_outsider_app(folder: Path, marker: Path) -> Path:
         SERVER_APP.format(data=GOT_DATA, error=GOT_ERROR, nothing=GOT_NOTHING)
     )
     return folder
+
+
+def outsider_home(folder: Path, ca: Path, connections: dict[str, str]) -> Path:
+    """The outsider's own Flower home: only a copy of the public ``ca.crt`` and one
+    ``[superlink.NAME]`` connection per address; returns the folder (their ``FLWR_HOME``)."""
+    from fedllm.deploy import write_connection
+
+    folder.mkdir(parents=True)
+    copy = folder / "ca.crt"
+    copy.write_bytes(ca.read_bytes())
+    for name, address in connections.items():
+        write_connection(folder, name, address, copy)
+    return folder
