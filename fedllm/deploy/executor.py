@@ -100,11 +100,10 @@ def pinned_install(install: Callable[..., Any], trusted_apps: Path) -> Callable[
     AppNotTrustedError, which Flower's task body turns into an error reply to the run."""
 
     def install_pinned(fab_file: bytes, *args: Any, **kwargs: Any) -> Any:
-        from flwr.supercore.task_identity import TaskIdentity
         from flwr.supercore.utils import get_flwr_home
 
         fab = FabInfo.of(fab_file)
-        run = TaskIdentity.run_id
+        run = _run_id()
         try:
             trusted = TrustedApps.load(trusted_apps)
         except FedLLMError as err:  # fail closed: no list, no app
@@ -127,6 +126,16 @@ def pinned_install(install: Callable[..., Any], trusted_apps: Path) -> Callable[
         return install(fab_file, *args, **kwargs)
 
     return install_pinned
+
+
+def _run_id() -> str:
+    """The run of the task being set up (Flower sets it before installing the FAB)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    try:
+        return str(TaskIdentity.run_id)
+    except RuntimeError:
+        return "?"
 
 
 def serve(
