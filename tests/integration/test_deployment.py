@@ -139,18 +139,18 @@ def test_another_local_process_cannot_take_a_sites_tasks(federation: Federation)
     """The Runtime API between a SuperNode and its executor hands out tasks only to the
     holder of the site's SuperExec secret (Flower's HMAC on AcquireTask)."""
     site = federation.sites[SITES[0]]
-    probe = [sys.executable, "-c", ACQUIRE, f"127.0.0.1:{site.port}"]
     secret = site.files.superexec_secret.read_text()
-    answers = {}
-    for name, key in (("none", ""), ("wrong", "0" * 64), ("the site's", secret)):
-        done = subprocess.run(
-            [*federation.node_prefix, *probe, key],
-            capture_output=True, text=True, timeout=60, check=False, env=federation.local.env,
-        )  # fmt: skip
-        answers[name] = done.stdout.strip() or done.stderr[-500:]
-    assert answers["none"].startswith("REFUSED") and "authentication" in answers["none"]
-    assert answers["wrong"].startswith("REFUSED") and "authentication" in answers["wrong"]
-    assert answers["the site's"] == "NO TASK"  # authenticated; nothing pending between runs
+    probe = [sys.executable, "-c", ACQUIRE, f"127.0.0.1:{site.port}", "", "0" * 64, secret]
+    done = subprocess.run(
+        [*federation.node_prefix, *probe],
+        capture_output=True, text=True, timeout=60, check=False, env=federation.local.env,
+    )  # fmt: skip
+    answers = done.stdout.splitlines()
+    assert len(answers) == 3, done.stdout + done.stderr[-2000:]
+    none, wrong, right = answers
+    assert none.startswith("REFUSED") and "401 Unauthorized" in none
+    assert wrong.startswith("REFUSED") and "401 Unauthorized" in wrong
+    assert right == "NO TASK"  # the site's secret authenticates; nothing pending between runs
 
 
 ACQUIRE = """
@@ -160,18 +160,21 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
 from flwr.supercore.runtime import RuntimeHttpClient
 
-address, secret = sys.argv[1], sys.argv[2].encode()
-interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
-if secret:
-    interceptors.append(SuperExecAuthHttpInterceptor(
-        master_secret=secret, protected_methods=["/flwr.proto.Runtime/AcquireTask"]))
-client = RuntimeHttpClient.from_server_address(
-    server_address=address, insecure=True, root_certificates=None, interceptors=interceptors)
-try:
-    got = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
-    print("ACQUIRED A TASK" if got.HasField("task") else "NO TASK")
-except Exception as err:
-    print("REFUSED", type(err).__name__, err)
+for secret in sys.argv[2:]:  # none, a wrong one, the site's
+    interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+    if secret:
+        interceptors.append(SuperExecAuthHttpInterceptor(
+            master_secret=secret.encode(), protected_methods=["/flwr.proto.Runtime/AcquireTask"]))
+    client = RuntimeHttpClient.from_server_address(
+        server_address=sys.argv[1], insecure=True, root_certificates=None,
+        interceptors=interceptors)
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
+    try:
+        got = client.AcquireTask(request)
+        print("ACQUIRED A TASK" if got.HasField("task") else "NO TASK")
+    except Exception as err:
+        print("REFUSED", type(err).__name__, str(err).splitlines()[0])
+    client.close()
 """
 
 
@@ -246,7 +249,8 @@ def attempts(federation: Federation) -> Attempts:
         )
         for name, command in commands.items()
     }
-    extra: dict[str, object] = {"round-timeout": 60.0, "min-available-nodes": len(MEMBERS)}
+    extra: dict[str, object] = {"round-timeout": 60.0}
+    extra.update({"min-available-nodes": len(MEMBERS), "num-sites": len(MEMBERS)})
     config = federation.run_config("modified", rounds=1, secagg=False, **extra)
     modified_run = federation.local.run(modified, config, timeout=300)
     done = {}
@@ -361,8 +365,8 @@ def test_node_keys_made_at_the_sites_register_and_connect(
 def test_no_site_secret_is_in_the_operators_folders(federation: Federation) -> None:
     operator = [federation.root / d for d in ("pki", "superlink-state", "flwr")]
     files = [p for folder in operator for p in folder.rglob("*") if p.is_file()]
-    private = sorted(p.name for p in files if b"PRIVATE KEY" in p.read_bytes())
-    assert private == ["ca.key", "superlink.key"]
+    private = sorted(p.name for p in files if PRIVATE_KEY.search(p.read_bytes()))
+    assert private == ["ca.key", "superlink.key"]  # the operator's own, nothing else
     secrets = []
     for site in federation.sites.values():
         for path in (site.files.node_key, site.files.site_key, site.files.superexec_secret):
@@ -370,6 +374,9 @@ def test_no_site_secret_is_in_the_operators_folders(federation: Federation) -> N
                 line.encode() for line in path.read_text().splitlines() if "-----" not in line
             ]
     assert not any(secret in p.read_bytes() for p in files for secret in secrets)
+
+
+PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END")
 
 
 def _registered_keys(federation: Federation) -> str:
