@@ -62,8 +62,8 @@ def _certs_init(args: argparse.Namespace) -> int:
     from fedllm.crypto import create_deployment
 
     folder: Path = args.dir.resolve()
-    # The SuperLink's own SuperExec (default --isolation subprocess) dials 127.0.0.1:PORT and
-    # verifies this certificate, so without 127.0.0.1 no ServerApp could start.
+    # flower-superlink listens on 127.0.0.1 behind the gate: the gate, the SuperLink's own
+    # SuperExec and the operator's Flower CLI dial it there and verify this certificate.
     loopback = "127.0.0.1"
     hosts = args.host if loopback in args.host else [*args.host, loopback]
     create_deployment(folder, hosts, args.days)
@@ -73,8 +73,8 @@ def _certs_init(args: argparse.Namespace) -> int:
     print(f"  superlink.crt  the SuperLink's TLS certificate for {', '.join(hosts)}")
     if hosts is not args.host:
         print(
-            f"                 ({loopback} added: the SuperLink's own SuperExec connects to "
-            f"{loopback}:{args.port} and verifies it)"
+            f"                 ({loopback} added: the gate, the SuperLink's own SuperExec and "
+            "the Flower CLI dial the SuperLink there)"
         )
     print("  superlink.key  private: copy it to the SuperLink machine only")
     print("  nodes/         the sites' SuperNode public keys (fedllm certs add-site)")
@@ -154,9 +154,10 @@ def _certs_check(args: argparse.Namespace) -> int:
         print(f"OK {name}: {info.subject}, valid until {info.not_after:%Y-%m-%d}{note}")
     covered = f"; covers {', '.join(args.host)}" if args.host else ""
     if not server.covers("127.0.0.1"):
-        covered += (
-            "\nnote: superlink.crt does not name 127.0.0.1, which the SuperLink's own SuperExec "
-            "dials under --isolation subprocess (the default): use --isolation process"
+        raise CertificateError(
+            f"{server_cert} does not name 127.0.0.1, where the gate, the SuperLink's own "
+            "SuperExec and the Flower CLI dial the SuperLink (`fedllm superlink start` refuses "
+            "it); recreate it with `fedllm certs init`, which adds it"
         )
     print(f"OK chain: superlink.crt is signed by ca.crt, names {', '.join(server.sans)}{covered}")
     for pub, fingerprint in zip(nodes, fingerprints, strict=True):

@@ -141,7 +141,7 @@ def _supernode_start(args: argparse.Namespace) -> int:
         warm=not args.cold,
     )
     trusted = settings.check()
-    pinned = "; ".join(f"{a.app} {a.version} ({a.sha256[:12]}...)" for a in trusted.apps)
+    pinned = trusted.summary() if trusted.apps else ""
     print(
         f"fedllm: site {args.name} runs only the apps pinned in {settings.files.trusted_apps}: "
         + (pinned or "none yet, so every run is refused (fedllm site trust)"),

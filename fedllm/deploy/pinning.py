@@ -103,8 +103,15 @@ class TrustedApp:
     trusted_at: str
     basis: str
 
+    @property
+    def label(self) -> str:
+        """``@publisher/name version``, or the digest alone when the site pinned a digest
+        without the FAB (the name is then known from the first run that ships it)."""
+        return f"{self.app} {self.version}" if self.app != "?" else f"sha256 {self.sha256[:12]}..."
+
     def describe(self) -> str:
-        return f"{self.app} {self.version} (sha256 {self.sha256}; {self.basis})"
+        name = f"{self.app} {self.version} " if self.app != "?" else ""
+        return f"{name}(sha256 {self.sha256}; {self.basis})"
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,7 @@ class TrustedApps:
 
     def summary(self) -> str:
         """The pinned apps, one short item each (for the site's own log)."""
-        return ", ".join(f"{a.app} {a.version} ({a.sha256[:12]}...)" for a in self.apps) or "none"
+        return ", ".join(a.label for a in self.apps) or "none"
 
     def trust(self, app: TrustedApp) -> TrustedApps:
         """With ``app`` pinned (replacing an entry with the same digest)."""

@@ -54,12 +54,12 @@ def test_init_tells_how_sites_send_their_public_keys(
     assert f"fedllm superlink start {folder} --state ./superlink-state --host 0.0.0.0" in out
 
 
-def test_init_adds_the_loopback_address_the_superlinks_superexec_dials(
+def test_init_adds_the_loopback_address_the_gate_and_superexec_dial(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "certs"
     assert main(["certs", "init", str(folder), "--host", "superlink.hospital-net"]) == 0
-    assert "(127.0.0.1 added: the SuperLink's own SuperExec" in capsys.readouterr().out
+    assert "(127.0.0.1 added: the gate, the SuperLink's own SuperExec" in capsys.readouterr().out
     assert check_certificate(folder / "superlink.crt").sans == (
         "superlink.hospital-net",
         "127.0.0.1",
@@ -190,3 +190,12 @@ def test_check_exits_2_on_a_sites_private_key_in_the_operators_folder(
     create_node_keys(folder / "nodes", ["hospital-a"])  # what `certs init --site` used to make
     assert main(["certs", "check", str(folder)]) == 2
     assert "hospital-a.key is a site's private key in the operator's folder" in _error(capsys)
+
+
+def test_check_exits_2_on_a_certificate_without_the_loopback_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "certs"
+    create_deployment(folder, ["superlink.example.org"])  # made by hand: no 127.0.0.1
+    assert main(["certs", "check", str(folder)]) == 2
+    assert "does not name 127.0.0.1, where the gate" in _error(capsys)
