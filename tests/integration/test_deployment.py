@@ -349,9 +349,7 @@ def test_a_modified_copy_of_the_fedllm_app_is_refused(
 
 
 @pytest.mark.slow
-def test_node_keys_made_at_the_sites_register_and_connect(
-    federation: Federation, attempts: Attempts
-) -> None:
+def test_node_keys_made_at_the_sites_register_and_connect(federation: Federation) -> None:
     registered = _registered_keys(federation)
     for name, site in federation.sites.items():
         assert site.node_key == site.site_dir / "node.key"  # made at the site...
