@@ -44,6 +44,9 @@ from tests.support.local_federation import LocalFederation, free_port
 from tests.support.netns import Netns
 from tests.support.outsider_app import GOT_DATA, GOT_ERROR, outsider_home, write_outsider_app
 
+# Flower's FAB builder calls a pathspec API that warns on every pattern.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pathspec")
+
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 DOOMED = "hospital-d"  # a fourth site, killed once round 1 is recorded
 MEMBERS = (*SITES, DOOMED)
