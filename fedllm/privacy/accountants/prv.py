@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Any
 
 import numpy as np
 from opacus.accountants.analysis.prv import (
@@ -23,6 +24,7 @@ from opacus.accountants.analysis.prv import (
     compose_heterogeneous,
     discretize,
 )
+from scipy.special import erfc
 
 from fedllm.privacy.accountants.base import Accountant, Composition
 from fedllm.privacy.accountants.rdp import (
@@ -58,7 +60,7 @@ def prv_epsilon(history: tuple[DPEvent, ...], delta: float) -> float:
     domain = Domain.create_aligned(-size, size, mesh)
     with warnings.catch_warnings(), np.errstate(divide="ignore"):
         truncated = [
-            TruncatedPrivacyRandomVariable(
+            _Truncated(
                 PoissonSubsampledGaussianPRV(e.sample_rate, e.noise_multiplier),
                 domain.t_min,
                 domain.t_max,
@@ -70,6 +72,45 @@ def prv_epsilon(history: tuple[DPEvent, ...], delta: float) -> float:
         )
         _, _, upper = composed.compute_epsilon(delta, delta_error, EPS_ERROR)
     return float(upper)
+
+
+class _Truncated(TruncatedPrivacyRandomVariable):  # type: ignore[misc]
+    """Opacus's truncated PRV, its values unchanged, faster where ``discretize`` integrates
+    its mean: quadrature asks for ~600 scalar points, each of which Opacus evaluates through
+    ``np.where`` on both branches and with the constant ``cdf(t_min)`` recomputed (~75% of a
+    PRV evaluation). Scalars here take the branch that applies, with the same numpy and scipy
+    functions in the same order, and ``cdf(t_min)`` once."""
+
+    def __init__(self, prv: PoissonSubsampledGaussianPRV, t_min: float, t_max: float) -> None:
+        super().__init__(prv, t_min, t_max)
+        with np.errstate(divide="ignore"):  # q = 1: log(0) = -inf, every t is above it
+            self._support_from = np.log(1 - prv.sample_rate)
+        self._cdf_min = self._scalar_cdf(t_min)
+
+    def cdf(self, t: Any) -> Any:
+        if np.ndim(t) != 0:
+            return super().cdf(t)
+        if t < self.t_min:
+            return 0.0
+        if not t < self.t_max:
+            return 1.0
+        return (self._scalar_cdf(t) - self._cdf_min) / self._remaining_mass
+
+    def _scalar_cdf(self, t: float) -> Any:
+        """``PoissonSubsampledGaussianPRV.cdf`` at one point (propositions B1 and B4 of Gopi et
+        al.), written as Opacus writes it."""
+        q, sigma = self._prv.sample_rate, self._prv.noise_multiplier
+        if not t > self._support_from:
+            return 0.0
+        z = np.log((np.exp(t) + q - 1) / q)
+        return (
+            -q * erfc((2 * z * sigma**2 - 1) / (2 * SQRT2 * sigma)) / 2
+            - (1 - q) * erfc((2 * z * sigma**2 + 1) / (2 * SQRT2 * sigma)) / 2
+            + 1.0
+        )
+
+
+SQRT2 = np.sqrt(2)
 
 
 class PRVComposition(Composition):
