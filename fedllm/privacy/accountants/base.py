@@ -28,10 +28,6 @@ class Composition(ABC):
         self.delta = delta
         self.history = history
 
-    @property
-    def steps(self) -> int:
-        return sum(e.steps for e in self.history)
-
     def then(self, event: DPEvent) -> Composition:
         """This history followed by ``event``; ``self`` is unchanged."""
         _check(event)

@@ -38,6 +38,7 @@ from fedllm.privacy.events import DPEvent
 
 EPS_ERROR = 0.01  # PRVAccountant.get_epsilon's defaults: eps_error, and delta_error = delta/1000
 DELTA_ERROR_SHARE = 1e-3
+SQRT2 = np.sqrt(2)  # as Opacus's prvs module computes it
 
 
 @functools.lru_cache(maxsize=512)
@@ -74,7 +75,7 @@ def prv_epsilon(history: tuple[DPEvent, ...], delta: float) -> float:
     return float(upper)
 
 
-class _Truncated(TruncatedPrivacyRandomVariable):  # type: ignore[misc]
+class _Truncated(TruncatedPrivacyRandomVariable):
     """Opacus's truncated PRV, its values unchanged, faster where ``discretize`` integrates
     its mean: quadrature asks for ~600 scalar points, each of which Opacus evaluates through
     ``np.where`` on both branches and with the constant ``cdf(t_min)`` recomputed (~75% of a
@@ -110,9 +111,6 @@ class _Truncated(TruncatedPrivacyRandomVariable):  # type: ignore[misc]
         )
 
 
-SQRT2 = np.sqrt(2)
-
-
 class PRVComposition(Composition):
     """The merged history and its RDP curve; the exact PRV figure on demand."""
 
@@ -132,8 +130,9 @@ class PRVComposition(Composition):
     def bound(self) -> float:
         """RDP at ``delta - 2 delta_error`` plus twice ``eps_error``: PRV's upper estimate is
         ``eps(delta - delta_error) + eps_error`` of the discretized composition, which Gopi et
-        al.'s error bound (their theorem 5.5, the guarantee Opacus's estimate rests on) keeps
-        below the true ``eps(delta - 2 delta_error) + 2 eps_error``, itself below RDP's."""
+        al.'s error bound (the guarantee Opacus's estimate rests on) keeps below the true
+        ``eps(delta - 2 delta_error) + 2 eps_error``, itself below RDP's (tested on random
+        histories)."""
         if not self.history:
             return 0.0
         return self.rdp.epsilon_at(self.delta * (1 - 2 * DELTA_ERROR_SHARE)) + 2 * EPS_ERROR
