@@ -30,8 +30,9 @@ class SiteNoise:
     sampled: int
 
 
-def noise_multiplier(cfg: RunConfig, state: RecordDict) -> float:
-    """The run's site-level noise multiplier z, calibrated once per run and cached."""
+def site_level_noise_multiplier(cfg: RunConfig, state: RecordDict) -> float:
+    """The client-level DP noise multiplier z of the released sums for the run's planned
+    rounds at its client-epsilon, calibrated once per run and cached in the site's state."""
     key = f"{cfg.client_epsilon!r}|{cfg.client_delta!r}|{cfg.num_server_rounds}|{cfg.accountant}"
     cached = state.config_records.get(proto.STATE_CLIENT_CALIBRATION)
     if cached is not None and cached["key"] == key:
@@ -57,7 +58,7 @@ def site_noise(cfg: RunConfig, config: ConfigRecord, state: RecordDict) -> SiteN
             f"the server says {sampled} sites share the client-level noise; it must be in "
             f"1..{cfg.num_sites} (`num-sites`)"
         )
-    z = noise_multiplier(cfg, state)
+    z = site_level_noise_multiplier(cfg, state)
     return SiteNoise(cfg.client_clip, site_noise_std(z, cfg.client_clip, sampled), sampled)
 
 

@@ -1,8 +1,10 @@
 """One round of local training at a site, with its privacy accounting.
 
 The noise multiplier is calibrated once per run for the site's whole planned schedule
-(`num-server-rounds` x local steps at its sampling rate) and kept in ``context.state`` with
-every DP event spent, so the epsilon a site reports is cumulative and replayable.
+(`num-server-rounds` x local steps at its sampling rate) and kept in ``context.state``. What
+the site has spent comes from its ledger alone: the composed privacy loss of the verified
+entries, kept per ledger head (:func:`fedllm.privacy.spent`), so the round's checks, its new
+entry and its reported epsilon compose only this round's event.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from fedllm.privacy import (
     DPEvent,
     DPParams,
     DPSchedule,
-    LedgerEntry,
     LedgerState,
     PrivacyRequest,
     calibrate_noise,
     check_budget,
-    history_epsilon,
+    spent,
 )
 from fedllm.scaling import scale_site, scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
@@ -82,8 +83,9 @@ def node_site_name(context: Context) -> str:
     return str(context.node_config.get(proto.NODE_SITE_NAME, f"node-{context.node_id}"))
 
 
-def noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) -> float:
-    """The site's calibrated noise, computed once per run and cached in its state."""
+def record_level_noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) -> float:
+    """The DP-SGD noise multiplier for the site's whole planned schedule at the run's
+    target-epsilon, calibrated once per run and cached in the site's state."""
     key = (
         f"{cfg.target_epsilon!r}|{cfg.target_delta!r}|{schedule.sample_rate!r}|"
         f"{schedule.total_steps}|{cfg.accountant}"
@@ -129,7 +131,7 @@ def train_round(
     metrics = MetricRecord({proto.NUM_EXAMPLES: len(site.data.train)})
     dp, planned = None, None
     if cfg.dp:
-        sigma = noise_multiplier(cfg, schedule, state)
+        sigma = record_level_noise_multiplier(cfg, schedule, state)
         guard.policy.check_noise(sigma)
         dp = DPParams(
             sigma, cfg.max_grad_norm, cfg.accountant, grad_sample_mode=cfg.grad_sample_mode
@@ -176,8 +178,8 @@ def train_round(
                 f"the round took epsilon to {site_epsilon:.4f}, above the site's max-epsilon "
                 f"{guard.policy.max_epsilon}; the spend is recorded and the update withheld"
             )
-        run = [e for e in ledger.entries if e.run_id == run_id]
-        metrics[proto.EPSILON] = history_epsilon(run, cfg.target_delta, cfg.accountant)
+        run = spent(ledger.entries, cfg.target_delta, cfg.accountant, run_id)
+        metrics[proto.EPSILON] = run.epsilon()
         metrics[proto.SITE_EPSILON] = site_epsilon
     metrics[proto.UPDATE_BYTES] = state_bytes(exchanged_state(model))  # sizes only: no copy
     return to_arrays(model), metrics
@@ -186,10 +188,9 @@ def train_round(
 def _check_run_target(ledger: LedgerState, run_id: str, planned: DPEvent, cfg: RunConfig) -> None:
     """This run's own spend stays within the run's target-epsilon (the site's whole history
     is checked against its policy separately)."""
-    run = [e for e in ledger.entries if e.run_id == run_id]
-    after = history_epsilon([*run, LedgerEntry.planned(planned)], cfg.target_delta, cfg.accountant)
-    if after > cfg.target_epsilon:
+    after = spent(ledger.entries, cfg.target_delta, cfg.accountant, run_id).then(planned)
+    if not after.within(cfg.target_epsilon):
         raise PrivacyBudgetExceededError(
-            f"this round would bring the run's epsilon to {after:.4f}, above its "
+            f"this round would bring the run's epsilon to {after.epsilon():.4f}, above its "
             f"target-epsilon {cfg.target_epsilon}"
         )

@@ -21,7 +21,7 @@ from typing import Any
 
 from fedllm.data.partition import PARTITIONERS
 from fedllm.errors import ConfigError
-from fedllm.privacy.accounting import ACCOUNTANTS
+from fedllm.privacy.accountants import ACCOUNTANTS
 from fedllm.privacy.engine import GRAD_SAMPLE_MODES
 
 # "site": each site scales features with its own rows' statistics (nothing leaves the site).

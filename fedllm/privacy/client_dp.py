@@ -12,7 +12,8 @@ The server samples a fixed number of sites per round (Flower's ``sample_nodes``)
 Opacus's subsampled-Gaussian accountants do not cover that, so no amplification by the
 server's sampling is claimed (sample rate 1 per round, an upper bound), as for record-level DP.
 
-Pure math here; :class:`ClientDPAccountant` holds the history of one run's rounds.
+Pure math here; :class:`ClientDPAccountant` holds the history of one run's rounds, composed
+round by round (each round composes only its own event onto the run's composition).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedllm.errors import PrivacyError
-from fedllm.privacy.accounting import DPEvent, DPSchedule, calibrate_noise, epsilon
+from fedllm.privacy.accountants import Composition, get_accountant
+from fedllm.privacy.accounting import calibrate_noise
+from fedllm.privacy.events import DPEvent, DPSchedule
 
 SITE_SAMPLE_RATE = 1.0  # no amplification by the server's (fixed-size) sampling of sites
 
@@ -81,6 +84,10 @@ class ClientDPAccountant:
     target_epsilon: float
     accountant: str
     events: list[DPEvent] = field(default_factory=list)
+    _composed: Composition = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._composed = get_accountant(self.accountant).compose(self.events, self.delta)
 
     @classmethod
     def calibrated(
@@ -92,15 +99,17 @@ class ClientDPAccountant:
     @property
     def epsilon(self) -> float:
         """Cumulative site-level epsilon of every round released so far."""
-        return epsilon(self.events, self.delta, self.accountant)
+        return self._composed.epsilon()
 
     def epsilon_after_full_round(self) -> float:
         """The epsilon the next round would bring with every sampled site summed."""
         planned = DPEvent(self.noise_multiplier, SITE_SAMPLE_RATE, 1)
-        return epsilon([*self.events, planned], self.delta, self.accountant)
+        return self._composed.then(planned).epsilon()
 
     def record(self, summed: int, sampled: int) -> float:
         """Account one released sum of ``summed`` of ``sampled`` sites; the realized z."""
         z = realized_noise_multiplier(self.noise_multiplier, summed, sampled)
-        self.events.append(DPEvent(z, SITE_SAMPLE_RATE, 1))
+        event = DPEvent(z, SITE_SAMPLE_RATE, 1)
+        self.events.append(event)
+        self._composed = self._composed.then(event)
         return z

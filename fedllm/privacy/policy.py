@@ -10,7 +10,7 @@ max-epsilon = 3.0            # cumulative, over every run this site ever trains 
 delta = 1e-5                 # the largest delta a run may use
 min-noise-multiplier = 0.5   # the smallest DP-SGD noise multiplier accepted
 max-clip-norm = 1.0          # the largest per-example clipping norm accepted
-accountants = ["prv", "rdp"] # accountants the site accepts
+accountants = ["prv", "rdp"] # accountants the site accepts (default: every registered one)
 allow-non-dp = false         # train without DP at all (only for research baselines)
 allow-reproducible-noise = false  # DP noise derived from the run's public seed (research only)
 ```
@@ -27,7 +27,7 @@ from typing import Any
 
 from fedllm.errors import PolicyError
 from fedllm.files import write_new
-from fedllm.privacy.accounting import ACCOUNTANTS
+from fedllm.privacy.accountants import ACCOUNTANTS
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class SitePolicy:
     delta: float
     min_noise_multiplier: float = 0.0
     max_clip_norm: float = math.inf
-    accountants: tuple[str, ...] = ACCOUNTANTS
+    accountants: tuple[str, ...] = tuple(ACCOUNTANTS)
     allow_non_dp: bool = False
     allow_reproducible_noise: bool = False
 

@@ -15,7 +15,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedllm.privacy.ledger import LedgerEntry, history_epsilon
+from fedllm.privacy.budget import history_epsilon
+from fedllm.privacy.chain import LedgerEntry
 from fedllm.privacy.policy import SitePolicy
 
 BLOCKS = {  # format -> (opening, closing) of the machine-readable block
