@@ -8,7 +8,7 @@ import pytest
 from fedllm.errors import SecAggError
 from fedllm.secagg.coordinator import SecAggSettings
 from fedllm.secagg.site import MASK, SHARE_KEYS, SiteSecAgg, state_from_config, state_to_config
-from tests.secagg_run import secure_sum
+from tests.secagg_run import RUN_ID, Identities, secure_sum
 
 SIZE = 1_000
 
@@ -75,7 +75,7 @@ def test_one_sampled_site_is_never_aggregated_securely() -> None:
 
 
 def test_a_site_refuses_stages_out_of_order_and_survives_a_record_round_trip() -> None:
-    site = SiteSecAgg.setup(5, 3)
+    site = SiteSecAgg.setup(5, 3, RUN_ID, "site-5", Identities.of([5]).keys[5])
     with pytest.raises(SecAggError, match="expected 'share-keys' of round 3"):
         site.expect(MASK, 3)
     with pytest.raises(SecAggError, match="round 4"):
