@@ -140,10 +140,16 @@ class SiteSecAgg:
 
     def expect(self, stage: str, server_round: int) -> None:
         """Refuse a stage out of order or for another round (a confused or replaying server)."""
-        if server_round != self.server_round or _NEXT.get(self.stage) != stage:
+        expected = _NEXT.get(self.stage)
+        if server_round != self.server_round or expected != stage:
             raise SecAggError(
-                f"secure aggregation: got stage {stage!r} of round {server_round}, expected "
-                f"{_NEXT.get(self.stage)!r} of round {self.server_round}"
+                f"secure aggregation: got stage {stage!r} of round {server_round}, "
+                + (
+                    f"expected {expected!r} of round {self.server_round}"
+                    if expected
+                    else f"but round {self.server_round} is over at this site (it revealed "
+                    "its shares)"
+                )
             )
         self.stage = stage
 
