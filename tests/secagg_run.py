@@ -4,6 +4,7 @@ dropping out at a chosen stage."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +45,12 @@ def secure_sum(
     server_round: int = 1,
     seen: dict[int, np.ndarray] | None = None,
     drop_before_unmask: frozenset[int] = frozenset(),
+    choose_dropped: Callable[[SecAggRound], frozenset[int]] | None = None,
 ) -> np.ndarray:
     """The unmasked sum of ``vectors`` (node id -> uint64) of the sites that did not drop.
-    ``seen`` receives what the server got from each site (its masked vector)."""
+    ``seen`` receives what the server got from each site (its masked vector);
+    ``choose_dropped`` picks, once the neighbourhoods are drawn, more sites dropping before
+    masking."""
     nodes = sorted(vectors)
     ids = Identities.of(nodes)
     shares, t = SecAggSettings(num_shares, threshold).for_round(len(vectors))
@@ -58,6 +62,8 @@ def secure_sum(
         site.expect(SHARE_KEYS, server_round)
         sent[nid] = site.share_keys(server.peers_of(nid), t, shares, ids.roster)
     server.receive_ciphertexts(sent)
+    if choose_dropped is not None:
+        drop_before_masking = drop_before_masking | choose_dropped(server)
     masked = {}
     for nid, site in sites.items():
         if nid in drop_before_masking:
