@@ -37,6 +37,7 @@ from fedllm.privacy import PrivacyRequest, SitePolicy
 from fedllm.secagg import (
     MASK,
     REVEAL,
+    ROSTER_FILE,
     SHARE_KEYS,
     UNMASK,
     Layout,
@@ -80,18 +81,15 @@ def sites_root(cfg: RunConfig, config: ConfigRecord) -> Path:
 
 
 def site_identity(context: Context, config: ConfigRecord) -> SecAggSite:
-    """Deployment: the node-config's `site-key`, `policy-path` and `secagg-roster`. Simulation:
+    """Deployment: the node-config's `site-key`, `policy-path` and `secagg-roster` (default:
+    ``secagg-roster.toml`` beside the policy). Simulation:
     the virtual site's folder (key and policy made on first use, as for training) and the
     federation's sites, each key read from its own folder."""
     node = context.node_config
     if proto.NODE_DATA_PATH in node:
         guard = SiteGuard.deployed(context)
-        if proto.NODE_SECAGG_ROSTER not in node:
-            raise SecAggError(
-                f"this SuperNode's node-config lacks `{proto.NODE_SECAGG_ROSTER}`: a site checks "
-                "its peers' round keys against a roster of identity keys it trusts"
-            )
-        roster = Roster.load(Path(str(node[proto.NODE_SECAGG_ROSTER])))
+        default = Path(str(node[proto.NODE_POLICY_PATH])).parent / ROSTER_FILE
+        roster = Roster.load(Path(str(node.get(proto.NODE_SECAGG_ROSTER, default))))
         name = node_site_name(context)
     else:
         site = SiteRuntime.from_context(context)

@@ -5,6 +5,7 @@ travels as."""
 
 from fedllm.secagg.coordinator import SecAggRound, SecAggSettings
 from fedllm.secagg.identity import (
+    ROSTER_FILE,
     Roster,
     SignedKeys,
     keys_statement,
@@ -29,6 +30,7 @@ from fedllm.secagg.vector import Layout, average_delta, prg, quantize, weighted_
 __all__ = [
     "MASK",
     "REVEAL",
+    "ROSTER_FILE",
     "SETUP",
     "SHARE_KEYS",
     "UNMASK",

@@ -8,11 +8,12 @@ same way before any share of a dropped site is revealed (Bonawitz et al. 2017, m
 setting: the consistency check). Signatures cover a domain tag, the run and the round, so none
 can be replayed into another run, round or role.
 
-Roster file (deployment; the node-config's ``secagg-roster`` names it)::
+Roster file (deployment: ``secagg-roster.toml`` beside the site's policy, or the file the
+node-config's ``secagg-roster`` names)::
 
     # fedllm secure-aggregation roster: the sites whose identity keys this site trusts
     [sites]
-    "hospital-a" = "base64 of the 32-byte Ed25519 public key"   # = site-key.pub's key
+    "hospital-a" = "base64 of the 32-byte Ed25519 public key"   # or site-key.pub's PEM text
     "hospital-b" = "..."
 
 In simulation the roster is the federation's virtual sites, each key read from the site's own
@@ -33,6 +34,7 @@ from fedllm.errors import SecAggError, SignatureError
 KEYS_TAG = b"fedllm secagg round keys v1\x00"
 SURVIVORS_TAG = b"fedllm secagg survivors v1\x00"
 PUBLIC_KEY_FILE = "site-key.pub"
+ROSTER_FILE = "secagg-roster.toml"  # deployment's default roster, beside the site's policy
 
 
 def _blob(data: bytes) -> bytes:

@@ -26,6 +26,7 @@ import pytest
 from fedllm import deploy
 from fedllm.crypto import SiteKey, create_deployment
 from fedllm.privacy import SitePolicy
+from fedllm.secagg import ROSTER_FILE, Roster
 from tests.conftest import ROOT, write_heart_center
 from tests.support.local_federation import LocalFederation, free_port
 from tests.support.netns import Netns
@@ -76,6 +77,13 @@ def make_site(root: Path, name: str, seed: int, rows: int = 40) -> Path:
     return folder
 
 
+def write_rosters(folder: Path, names: list[str]) -> None:
+    """Each site's secagg-roster.toml: every member's identity key (exchanged out of band)."""
+    roster = Roster({n: SiteKey.load(folder / n / "site-key.pem").public for n in names})
+    for name in names:
+        (folder / name / ROSTER_FILE).write_text(roster.to_toml())
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("deployment")
@@ -103,6 +111,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 made.ca.cert, node.key, folder / f"processed.{node.site}.data", folder, node.site,
                 prefix=node_prefix,
             )  # fmt: skip
+        write_rosters(root / "sites", list(sites))  # before any run: SecAgg+ reads them per stage
         yield Federation(local, root, sites, net, "" if net else str(made_net))
     finally:
         local.close()
