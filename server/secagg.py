@@ -26,6 +26,7 @@ message carries the round's train config (a simulated site finds its folder from
 
 from __future__ import annotations
 
+import time
 from logging import INFO, WARNING
 from typing import Any, cast
 
@@ -164,6 +165,7 @@ class SecureAveraging(Averaging):
             protocol.receive_masked({n: v for n, v in vectors.items() if v is not None})
             ahead = self._ahead_of(server_round + 1, {n: valid[n] for n in protocol.masked})
             survivors = protocol.survivors
+            started = time.perf_counter()
             answers = self._exchange(
                 server_round,
                 proto.SECAGG_UNMASK,
@@ -178,6 +180,7 @@ class SecureAveraging(Averaging):
             }
             revealed = {n: _shares(r) for n, r in answers.items() if proto.SA_OWNERS in r}
             waiting = sorted(n for n in answers if n not in revealed and protocol.needs_proof(n))
+            timing = {"unmask": time.perf_counter() - started}
             if waiting:  # a neighbour dropped: shares only against the survivors' signatures
                 proofs = {nid: protocol.signatures_for(nid) for nid in waiting}
                 later = self._exchange(
@@ -192,7 +195,10 @@ class SecureAveraging(Averaging):
                     },
                 )
                 revealed.update({n: _shares(r) for n, r in later.items() if proto.SA_OWNERS in r})
+                timing["reveal"] = time.perf_counter() - started - timing["unmask"]
+            started = time.perf_counter()
             total = protocol.unmask(revealed)
+            timing["unmask compute"] = time.perf_counter() - started
         except SecAggError as err:
             raise AggregateRejected("secure aggregation", str(err)) from None
         summed = [valid[n] for n in sorted(protocol.masked)]
@@ -210,7 +216,13 @@ class SecureAveraging(Averaging):
             raise AggregateRejected("secure aggregation", str(err), len(summed)) from None
         layout = Layout.of(current)
         arrays = layout.unflatten(layout.flatten(current) + delta)
-        log(INFO, "secagg: round %d, sum of %d sites unmasked", server_round, len(summed))
+        log(
+            INFO,
+            "secagg: round %d, sum of %d sites unmasked (%s)",
+            server_round,
+            len(summed),
+            ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timing.items()),
+        )
         return arrays, aggregate_train_metrics([msg.content for msg in summed], self.weight_key)
 
     def _ahead_of(self, next_round: int, replies: dict[int, Message]) -> SecAggRound | None:
