@@ -86,6 +86,7 @@ def site_identity(context: Context, config: ConfigRecord) -> SecAggSite:
     the virtual site's folder (key and policy made on first use, as for training) and the
     federation's sites, each key read from its own folder."""
     node = context.node_config
+    folder: Path | None = None  # simulation: the virtual site's own folder
     if proto.NODE_DATA_PATH in node:
         guard = SiteGuard.deployed(context)
         default = Path(str(node[proto.NODE_POLICY_PATH])).parent / ROSTER_FILE
@@ -95,13 +96,14 @@ def site_identity(context: Context, config: ConfigRecord) -> SecAggSite:
         site = SiteRuntime.from_context(context)
         root = sites_root(site.cfg, config)
         name = site.data.name
-        guard = SiteGuard.simulated(root / name, site_request(site.cfg))
+        folder = root / name
+        guard = SiteGuard.simulated(folder, site_request(site.cfg))
         roster = Roster.simulated(root, [s.name for s in load_federation(site.cfg).sites])
     key = guard.ledger.key
     if key is None:
         raise SecAggError("secure aggregation: the site has no identity key")
-    if proto.NODE_DATA_PATH not in node:
-        publish_public_key(root / name, key)
+    if folder is not None:
+        publish_public_key(folder, key)  # where its peers read it
     return SecAggSite(name, key, guard.policy, roster)
 
 

@@ -24,7 +24,7 @@ from fedllm.secagg.identity import SignedKeys
 from fedllm.secagg.shamir import combine_many
 from fedllm.secagg.site import PAIRWISE, agree, masking_key
 from fedllm.secagg.sizing import majority, neighbourhood
-from fedllm.secagg.vector import prg
+from fedllm.secagg.vector import Masks
 
 
 @dataclass(frozen=True)
@@ -171,16 +171,17 @@ class SecAggRound:
                 f"round {self.server_round}: the revealed shares do not rebuild every "
                 f"secret: {err}; no partial sum is applied"
             ) from None
-        total, size = self.total.copy(), self.total.size
+        total = self.total.copy()
+        masks = Masks(total.size)
         for owner in sorted(self.keyed):
             if owner in self.masked:
-                np.subtract(total, prg(secrets[owner], size), out=total)
+                masks.subtract(total, secrets[owner])
                 continue
             sk1 = masking_key(secrets[owner])  # a dropped site: undo its pairwise masks
             for peer in sorted(self.neighbours[owner] & self.masked):
-                pairwise = prg(agree(sk1, self.public_keys[peer].pk1, PAIRWISE), size)
+                pairwise = agree(sk1, self.public_keys[peer].pk1, PAIRWISE)
                 if peer > owner:  # the peer added it
-                    np.subtract(total, pairwise, out=total)
+                    masks.subtract(total, pairwise)
                 else:
-                    np.add(total, pairwise, out=total)
+                    masks.add(total, pairwise)
         return total

@@ -41,7 +41,7 @@ from fedllm.errors import SecAggError
 from fedllm.secagg.identity import Roster, SignedKeys, survivors_statement
 from fedllm.secagg.shamir import SECRET_BYTES, combine_secret, split_secret
 from fedllm.secagg.sizing import majority
-from fedllm.secagg.vector import prg
+from fedllm.secagg.vector import Masks
 
 SETUP, SHARE_KEYS, MASK, UNMASK, REVEAL = "setup", "share-keys", "mask", "unmask", "reveal"
 SEED, SK1 = "seed", "sk1"  # the two kinds of share a site can reveal for a peer
@@ -215,7 +215,9 @@ class SiteSecAgg:
                 f"secure aggregation: shares from {len(ciphertexts)} neighbours, below the "
                 f"threshold {self.threshold}"
             )
-        masked: np.ndarray = vector + prg(self.seed, vector.size)  # wraps modulo 2**64
+        masked: np.ndarray = vector.copy()
+        masks = Masks(vector.size)
+        masks.add(masked, self.seed)  # wraps modulo 2**64
         sk1 = masking_key(self.sk1)
         for src, ciphertext in ciphertexts.items():
             if src not in self.peers or src == self.node_id:
@@ -231,11 +233,11 @@ class SiteSecAgg:
             if owner != src or dst != self.node_id:
                 raise SecAggError(f"secure aggregation: misaddressed shares from node {src}")
             self.seed_shares[src], self.sk1_shares[src] = seed_share, sk1_share
-            pairwise = prg(agree(sk1, self.peers[src].pk1, PAIRWISE), vector.size)
+            pairwise = agree(sk1, self.peers[src].pk1, PAIRWISE)
             if self.node_id > src:
-                masked += pairwise
+                masks.add(masked, pairwise)
             else:
-                masked -= pairwise
+                masks.subtract(masked, pairwise)
         return masked
 
     def unmask(self, survivors: list[int], signer: SiteKey) -> UnmaskAnswer:
