@@ -61,6 +61,7 @@ class SecureAveraging(Averaging):
         self._size = 0  # values in a masked vector this round
         self._lost: dict[int, str] = {}  # node -> the key stage it did not answer, and why
         self._config = ConfigRecord()  # the round's train config, sent with every stage
+        self._vectors: dict[int, np.ndarray] = {}  # masked vectors checked this round
         # The next round's protocol with keys and shares exchanged ahead (see the module doc).
         self._ahead: SecAggRound | None = None
 
@@ -73,6 +74,7 @@ class SecureAveraging(Averaging):
         grid: Grid,
     ) -> list[Message]:
         self._grid, self._protocol, self._lost, self._config = grid, None, {}, config
+        self._vectors = {}
         ahead, self._ahead = self._ahead, None
         if not messages:
             return messages
@@ -149,8 +151,10 @@ class SecureAveraging(Averaging):
     def problem(self, msg: Message, current: ArrayRecord) -> str | None:
         if self._protocol is None or msg.metadata.src_node_id not in self._protocol.keyed:
             return "not part of this round's key sharing"
-        if _masked_vector(msg, self._size) is None:
+        vector = _masked_vector(msg, self._size)
+        if vector is None:
             return f"no masked vector of {self._size} uint64 values"
+        self._vectors[msg.metadata.src_node_id] = vector  # read once: 8 bytes a value
         return None
 
     def mean(
@@ -160,7 +164,11 @@ class SecureAveraging(Averaging):
         if protocol is None:
             raise AggregateRejected("secure aggregation", "no keys were shared this round")
         valid = {msg.metadata.src_node_id: msg for msg in replies}
-        vectors = {n: _masked_vector(msg, self._size) for n, msg in valid.items()}
+        vectors = {
+            n: self._vectors[n] if n in self._vectors else _masked_vector(msg, self._size)
+            for n, msg in valid.items()
+        }
+        self._vectors = {}
         try:
             protocol.receive_masked({n: v for n, v in vectors.items() if v is not None})
             ahead = self._ahead_of(server_round + 1, {n: valid[n] for n in protocol.masked})
