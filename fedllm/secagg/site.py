@@ -39,16 +39,13 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 from fedllm.crypto.signing import SiteKey
 from fedllm.errors import SecAggError
 from fedllm.secagg.identity import Roster, SignedKeys, survivors_statement
-from fedllm.secagg.shamir import SECRET_BYTES, combine_secret, split_secret
+from fedllm.secagg.shamir import SECRET_BYTES, split_secret
 from fedllm.secagg.sizing import majority
 from fedllm.secagg.vector import Masks
 
 SETUP, SHARE_KEYS, MASK, UNMASK, REVEAL = "setup", "share-keys", "mask", "unmask", "reveal"
 SEED, SK1 = "seed", "sk1"  # the two kinds of share a site can reveal for a peer
 PAIRWISE, CHANNEL = b"fedllm secagg pairwise mask", b"fedllm secagg share channel"
-
-__all__ = ["combine_secret", "split_secret"]  # re-exported for callers of the old module
-
 
 def masking_key(seed: bytes) -> X25519PrivateKey:
     """The masking key pair (sk1) derived from a 16-byte seed (HKDF-SHA256 to the 32 bytes

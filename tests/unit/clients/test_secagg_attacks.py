@@ -10,6 +10,7 @@ exactly (the update lies on the quantization grid: stochastic rounding is then e
 from __future__ import annotations
 
 import base64
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -366,6 +367,6 @@ def test_a_deployed_policy_requires_secure_aggregation_unless_it_says_otherwise(
     relaxed = {"max-epsilon": 1.0, "delta": 1e-5, "require-secure-aggregation": False}
     assert not SitePolicy.from_mapping(relaxed).require_secure_aggregation
     again = SitePolicy.from_mapping({"max-epsilon": 1.0, "delta": 1e-5, "min-secagg-threshold": 5})
-    assert SitePolicy.from_mapping(__import__("tomllib").loads(again.to_toml())) == again
+    assert SitePolicy.from_mapping(tomllib.loads(again.to_toml())) == again
     with pytest.raises(PolicyError, match="`min-secagg-threshold` must be >= 2, got 1"):
         SitePolicy.from_mapping({"max-epsilon": 1.0, "delta": 1e-5, "min-secagg-threshold": 1})
