@@ -47,6 +47,7 @@ SETUP, SHARE_KEYS, MASK, UNMASK, REVEAL = "setup", "share-keys", "mask", "unmask
 SEED, SK1 = "seed", "sk1"  # the two kinds of share a site can reveal for a peer
 PAIRWISE, CHANNEL = b"fedllm secagg pairwise mask", b"fedllm secagg share channel"
 
+
 def masking_key(seed: bytes) -> X25519PrivateKey:
     """The masking key pair (sk1) derived from a 16-byte seed (HKDF-SHA256 to the 32 bytes
     of an X25519 private key). Shamir-sharing the seed instead of the key keeps each share
