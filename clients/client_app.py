@@ -4,7 +4,6 @@ update and its cumulative epsilon; evaluate the global model on its own test row
 from __future__ import annotations
 
 from logging import ERROR, WARNING
-from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -12,10 +11,17 @@ from flwr.common.logger import log
 
 from clients import client_dp, secagg
 from clients.site import SiteGuard
-from clients.train import SiteRuntime, node_site_name, privacy_request, train_round
+from clients.train import SiteRuntime, node_site_name, train_round
 from fedllm import protocol as proto
 from fedllm.data.tabular import FeatureMoments
-from fedllm.errors import DataError, FedLLMError, PrivacyError, UpdateError, refusal_kind
+from fedllm.errors import (
+    DataError,
+    FedLLMError,
+    PolicyError,
+    PrivacyError,
+    UpdateError,
+    refusal_kind,
+)
 from fedllm.scaling import moments_record
 from fedllm.training import evaluate
 
@@ -37,6 +43,12 @@ def train(msg: Message, context: Context) -> Message:
     secure = proto.SECAGG in msg.content.config_records
     try:
         guard = _guard(context, site, config)
+        if not secure and guard.policy.require_secure_aggregation:
+            raise PolicyError(
+                "the server asks for a plain update (a train request without the "
+                f"`{proto.SECAGG}` record); this site's policy requires secure aggregation "
+                "(require-secure-aggregation = true): it never sends its update unmasked"
+            )
         noise = (
             client_dp.site_noise(site.cfg, config, context.state) if site.cfg.client_dp else None
         )
@@ -89,12 +101,8 @@ for _action, _handler in secagg.HANDLERS.items():
 def _guard(context: Context, site: SiteRuntime, config: ConfigRecord) -> SiteGuard:
     if site.deployed:
         return SiteGuard.deployed(context)
-    root = (
-        Path(site.cfg.ledger_dir)
-        if site.cfg.ledger_dir
-        else Path(str(config[proto.RUN_DIR])) / "sites"
-    )
-    return SiteGuard.simulated(root / site.data.name, privacy_request(site.cfg))
+    root = secagg.sites_root(site.cfg, config)
+    return SiteGuard.simulated(root / site.data.name, secagg.site_request(site.cfg))
 
 
 @app.evaluate()

@@ -206,7 +206,8 @@ class RunConfig:
             )
 
     def _check_secagg(self) -> None:
-        """SecAgg+: shares per site (0 = every sampled site), threshold (0 = a majority)."""
+        """SecAgg+: shares per site (0 = sized for the federation), threshold (0 = the
+        sizing's; never below a majority, which sites refuse)."""
         if self.secagg_shares != 0 and self.secagg_shares < 2:
             raise ConfigError(f"`secagg-shares` must be 0 (all) or >= 2, got {self.secagg_shares}")
         if self.secagg_threshold != 0 and self.secagg_threshold < 2:

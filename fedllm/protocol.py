@@ -54,15 +54,23 @@ FEATURE_COUNT, FEATURE_SUM, FEATURE_SUM_SQ = "feature-count", "feature-sum", "fe
 SECAGG_SETUP = "secagg_setup"
 SECAGG_SHARE_KEYS = "secagg_share_keys"
 SECAGG_UNMASK = "secagg_unmask"
+SECAGG_REVEAL = "secagg_reveal"  # only in rounds where a site dropped after key sharing
 # Keys inside a SECAGG record (request and answer of each stage).
 SA_ROUND = SERVER_ROUND
 SA_PK1, SA_PK2 = "pk1", "pk2"  # a site's public keys (setup answer; train answer, next round)
-SA_PEERS = "peers"  # share keys: the neighbours, with their keys in SA_PK1 / SA_PK2 lists
+SA_NAME = "site-name"  # ... the site's name in the roster, and its identity signature over
+SA_SIGNATURE = "signature"  # run, round, node id, name and both keys (lists when relayed)
+SA_PEERS = "peers"  # share keys: the neighbours, with SA_NAME, SA_PK1, SA_PK2, SA_SIGNATURE lists
 SA_THRESHOLD, SA_NUM_SHARES = "threshold", "num-shares"
 SA_DESTINATIONS, SA_CIPHERTEXTS = "destinations", "ciphertexts"  # encrypted shares, by peer
 SA_SOURCES = "sources"  # train request: who the forwarded ciphertexts come from
-SA_ALIVE, SA_DROPPED = "alive", "dropped"  # unmask request
-SA_OWNERS, SA_SHARES = "owners", "shares"  # unmask answer: whose share each is
+SA_SURVIVORS = "survivors"  # unmask request: every site whose masked vector is in the sum
+# Unmask answer: SA_SIGNATURE over the survivor set, and the shares (none when a neighbour
+# dropped: they come in the reveal answer, once the request carries the neighbours' SA_SIGNERS
+# and SA_SIGNATURES over the same set).
+SA_OWNERS, SA_SHARES = "owners", "shares"  # whose share each is, the shares
+SA_SIGNERS = "signers"  # reveal request: who signed the survivor set (SA_SIGNATURES: theirs)
+SA_SIGNATURES = "signatures"
 SA_NEXT_ROUND = "next-round"  # keys (train answer) or shares (unmask) made ahead for it
 SA_NEXT = "next-"  # prefix: the next round's threshold, num-shares, peers, pk1, pk2
 
@@ -72,6 +80,7 @@ NODE_SITE_NAME = "site-name"
 NODE_POLICY_PATH = "policy-path"
 NODE_LEDGER_PATH = "ledger-path"
 NODE_SITE_KEY = "site-key"
+NODE_SECAGG_ROSTER = "secagg-roster"  # deployment: the identity keys of the sites it trusts
 NODE_PARTITION_ID = "partition-id"  # simulation: set by Flower's engine
 NODE_NUM_PARTITIONS = "num-partitions"  # simulation: set by Flower's engine
 

@@ -13,6 +13,8 @@ max-clip-norm = 1.0          # the largest per-example clipping norm accepted
 accountants = ["prv", "rdp"] # accountants the site accepts (default: every registered one)
 allow-non-dp = false         # train without DP at all (only for research baselines)
 allow-reproducible-noise = false  # DP noise derived from the run's public seed (research only)
+require-secure-aggregation = true # never send a plain update (train only over SecAgg+)
+min-secagg-threshold = 2     # the fewest shares that may rebuild this site's secrets
 ```
 """
 
@@ -40,6 +42,8 @@ class PrivacyRequest:
     max_grad_norm: float
     accountant: str
     reproducible_noise: bool = False
+    secure_aggregation: bool = True  # the run aggregates over SecAgg+ (`secagg`)
+    secagg_threshold: int = 0  # the run's `secagg-threshold` (0: sized per round)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class SitePolicy:
     accountants: tuple[str, ...] = tuple(ACCOUNTANTS)
     allow_non_dp: bool = False
     allow_reproducible_noise: bool = False
+    require_secure_aggregation: bool = True
+    min_secagg_threshold: int = 2
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_epsilon) and self.max_epsilon > 0):
@@ -71,6 +77,10 @@ class SitePolicy:
                 f"policy `accountants` must be a non-empty list of {', '.join(ACCOUNTANTS)}, "
                 f"got {list(self.accountants)}"
             )
+        if self.min_secagg_threshold < 2:
+            raise PolicyError(
+                f"policy `min-secagg-threshold` must be >= 2, got {self.min_secagg_threshold}"
+            )
 
     @classmethod
     def from_request(cls, request: PrivacyRequest) -> SitePolicy:
@@ -82,6 +92,8 @@ class SitePolicy:
             accountants=(request.accountant,),
             allow_non_dp=not request.dp,
             allow_reproducible_noise=request.reproducible_noise,
+            require_secure_aggregation=request.secure_aggregation,
+            min_secagg_threshold=max(2, request.secagg_threshold),
         )
 
     @classmethod
@@ -94,6 +106,8 @@ class SitePolicy:
             "accountants",
             "allow-non-dp",
             "allow-reproducible-noise",
+            "require-secure-aggregation",
+            "min-secagg-threshold",
         }
         unknown = sorted(set(values) - known)
         if unknown:
@@ -114,6 +128,10 @@ class SitePolicy:
                 accountants=tuple(str(a) for a in accountants),
                 allow_non_dp=allow,
                 allow_reproducible_noise=_flag(values, "allow-reproducible-noise", source),
+                require_secure_aggregation=_flag(
+                    values, "require-secure-aggregation", source, default=True
+                ),
+                min_secagg_threshold=_count(values, "min-secagg-threshold", source, 2),
             )
         except PolicyError as err:
             message = str(err)
@@ -144,6 +162,11 @@ class SitePolicy:
         lines.append(f"allow-non-dp = {'true' if self.allow_non_dp else 'false'}")
         if self.allow_reproducible_noise:
             lines.append("allow-reproducible-noise = true")
+        lines.append(
+            "require-secure-aggregation = "
+            + ("true" if self.require_secure_aggregation else "false")
+        )
+        lines.append(f"min-secagg-threshold = {self.min_secagg_threshold}")
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> None:
@@ -194,10 +217,17 @@ class SitePolicy:
             )
 
 
-def _flag(values: Mapping[str, Any], key: str, source: str) -> bool:
-    value = values.get(key, False)
+def _flag(values: Mapping[str, Any], key: str, source: str, default: bool = False) -> bool:
+    value = values.get(key, default)
     if not isinstance(value, bool):
         raise PolicyError(f"{source}: `{key}` must be true or false, got {value!r}")
+    return value
+
+
+def _count(values: Mapping[str, Any], key: str, source: str, default: int) -> int:
+    value = values.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyError(f"{source}: `{key}` must be an integer, got {value!r}")
     return value
 
 

@@ -23,12 +23,14 @@ from server.site_records import SiteRecords
 from server.strategies import FedAvg, build_strategy
 from tests.loopback_grid import LoopbackGrid
 from tests.messages import instruction
+from tests.secagg_run import memory_identity
 
 NODES = [21, 22, 23, 24, 25]
 BLOCK = 4000  # each site's update lives on its own block of values
 SIZE = BLOCK * len(NODES)
 CLIP, CLIP_RANGE = 1.0, 8.0
 SITES: dict[str, RunConfig] = {}
+IDENTITY = memory_identity(NODES)
 
 
 def _run_config(defaults: dict[str, Any], **values: Any) -> RunConfig:
@@ -56,7 +58,7 @@ def _train(msg: Message, context: Context) -> Message:
     local = ArrayRecord({"w": Array(arrays["w"].numpy() + _update(context.node_id))})
     update = client_dp.privatize(arrays, local, noise, metrics, cfg.secagg_clip_range)
     records = secagg.masked_update(
-        msg, context, arrays, update, metrics, cfg.secagg_clip_range, weight=1
+        msg, context, arrays, update, metrics, cfg.secagg_clip_range, weight=1, identity=IDENTITY
     )
     content = RecordDict(
         {
@@ -75,7 +77,7 @@ def _secagg_rounds(
     SITES["cfg"] = cfg
     grid = LoopbackGrid(
         NODES,
-        {"train": _train, **{f"train.{k}": v for k, v in secagg.HANDLERS.items()}},
+        {"train": _train, **{f"train.{k}": v for k, v in secagg.handlers(IDENTITY).items()}},
     )
     grid.dropped = dict.fromkeys(drop, "train")  # after key sharing: its noise is missing
     strategy = build_strategy(cfg)  # FedAvg over SecAgg+, every site weighing 1
