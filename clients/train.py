@@ -203,6 +203,8 @@ def train_round(
     model = site.model(arrays)
     with guard.ledger.locked() as ledger:
         if cfg.dp:
+            if evaluate_first:  # refused before anything is released
+                guard.policy.check_evaluation(evaluations_done(ledger, run_id))
             count = released_count(site, guard, ledger, run_id, server_round)
             plan = release_plan(cfg, count)
             sigma = record_level_noise_multiplier(cfg, plan, state)
@@ -212,7 +214,6 @@ def train_round(
             )
             planned = [plan.schedule.round_event(sigma)]
             if evaluate_first:
-                guard.policy.check_evaluation(evaluations_done(ledger, run_id))
                 planned.insert(0, evaluation_event(cfg.evaluation_noise))
             _check_run_target(ledger, run_id, planned, cfg)
             check_budget(
