@@ -180,8 +180,8 @@ _EVALUATION = (
         "the test-row count, noised with the same Gaussian evaluation release (in clear "
         "without DP)",
     ),
-    Field(EVALUATION, LOSS, Basis.POLICY, "loss in clear: runs without DP only", dp=False),
-    Field(EVALUATION, ACCURACY, Basis.POLICY, "accuracy in clear: runs without DP only", dp=False),
+    Field(EVALUATION, LOSS, Basis.POLICY, "the test loss in clear", dp=False),
+    Field(EVALUATION, ACCURACY, Basis.POLICY, "the test accuracy in clear", dp=False),
 )
 _SECAGG_KEYS = (
     Field(SECAGG, SA_PK1, Basis.CRYPTO, "a fresh public key (masking-key agreement)"),
@@ -234,7 +234,7 @@ MANIFEST: dict[str, tuple[Field, ...]] = {
             METRICS,
             TRAIN_LOSS,
             Basis.POLICY,
-            "the training loss in clear: runs without DP only (a DP run sends none)",
+            "the training loss in clear (a DP run sends none)",
             dp=False,
         ),
         Field(METRICS, UPDATE_BYTES, Basis.POLICY, "the size of the arrays sent: the model's"),
@@ -243,7 +243,7 @@ MANIFEST: dict[str, tuple[Field, ...]] = {
             SECAGG_CLIPPED,
             Basis.EPSILON,
             "the fraction of the DP-trained update's values beyond secagg-clip-range: "
-            "post-processing of the DP-SGD output (not sent under client-level DP)",
+            "post-processing of the DP-SGD output",
             secure=True,
             client_dp=False,
         ),
@@ -259,7 +259,7 @@ MANIFEST: dict[str, tuple[Field, ...]] = {
             ANY_KEY,
             Basis.EPSILON,
             "the local model trained with DP-SGD (its difference from the global model is the "
-            "DP output; under client-level DP also clipped and noised): plain aggregation only",
+            "DP output; under client-level DP also clipped and noised)",
             secure=False,
         ),
         Field(
@@ -336,6 +336,28 @@ MANIFEST: dict[str, tuple[Field, ...]] = {
         *(Field(f.record, f.key, f.basis, f.why + " (next round)") for f in _SHARES_SENT),
     ),
 }
+
+
+def manifest_table() -> list[str]:
+    """The manifest as the rows of README's Markdown table (message, record.key, basis, why)."""
+    rows = []
+    for message_type, fields in MANIFEST.items():
+        for f in fields:
+            modes = [
+                text
+                for want, text in (
+                    (f.dp is True, "only under DP"),
+                    (f.dp is False, "only without DP"),
+                    (f.secure is True, "only with secure aggregation"),
+                    (f.secure is False, "only without secure aggregation"),
+                    (f.client_dp is True, "only with client-level DP"),
+                    (f.client_dp is False, "not with client-level DP"),
+                )
+                if want
+            ]
+            why = f.why + (f" ({'; '.join(modes)})" if modes else "")
+            rows.append(f"| `{message_type}` | `{f.record}.{f.key}` | {f.basis.value} | {why} |")
+    return rows
 
 
 def unlisted(message_type: str, content: Mapping[str, Iterable[str]], mode: Mode) -> list[str]:

@@ -139,3 +139,12 @@ def test_every_reply_field_is_in_the_manifest_and_every_manifest_field_is_sent(
     assert sent - listed == set()
     metrics = json.loads((tmp_path / "dp" / "metrics.json").read_text())
     assert metrics["releases"]["feature-statistics"] == [f"site-{i}" for i in range(4)]
+
+
+def test_readme_lists_the_manifest() -> None:
+    """README's "The release manifest" table is the manifest, row for row."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    start = readme.index("|---|", readme.index("### The release manifest"))
+    table = readme[start : readme.index("\n\n", start)]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert rows == proto.manifest_table()
