@@ -4,9 +4,10 @@
 strategy (``server/strategies/``: FedAvg, FedAdam or FedProx, over SecAgg+ unless
 `secagg = false`, with every round recorded by site: ``server/site_records.py``), run Flower's
 round loop, and leave the results in the run folder (``server/recorder.py``). Each round:
-the sampled sites' DP-trained updates are averaged, the sites evaluate the new model on their
-own test rows, the server evaluates it on the held-out set, and metrics.json and a checkpoint
-are written with each site's cumulative epsilon.
+the sampled sites' DP-trained updates are averaged, the server evaluates the new model on the
+held-out set (the sites on their own test rows only where the run and their policies allow:
+``fedllm/evaluation.py``), and metrics.json and a checkpoint are written with each site's
+cumulative epsilon.
 """
 
 from __future__ import annotations
