@@ -27,6 +27,9 @@ CLIENT_DELTA = "client-delta"
 CLIENT_NOISE_MULTIPLIER = "client-noise-multiplier"  # realized: z * sqrt(summed / sampled)
 CLIENT_CLIP = "client-clip"
 CLIENT_SUMMED = "client-sites-summed"
+# What sites released outside DP under their policies: metrics.json `releases`.
+RELEASES = "releases"
+FEATURE_STATISTICS = "feature-statistics"  # the sites that sent feature statistics
 
 
 def clean(value: float) -> float | None:
@@ -86,7 +89,7 @@ class RunMetrics:
         return {
             "config": self.config,
             "config-sources": self.config_sources,
-            "releases": self.releases,
+            RELEASES: self.releases,
             "initial": self.initial,
             "rounds": self.rounds,
             "final": self.final(),

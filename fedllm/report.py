@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedllm.metrics import FEATURE_STATISTICS, RELEASES
+
 NOT_PRIVATE = (
     "NOT PRIVATE: reproducible-noise was on, so the sites' DP noise and batch sampling were "
     "derived from the run's public seed; whoever knows the run config can regenerate the noise "
@@ -153,7 +155,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
             "training rows, which never left the site; the epsilon covers DP-SGD on the scaled "
             "rows, not the records' influence on those statistics."
         )
-    released = metrics.get("releases", {}).get("feature-statistics")
+    released = metrics.get(RELEASES, {}).get(FEATURE_STATISTICS)
     if cfg.get("feature-scaling") == "federated":
         who = ", ".join(released) if released else "the sites whose policies allowed it"
         privacy += (

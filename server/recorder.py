@@ -160,7 +160,7 @@ class RunRecorder:
 
     def released_statistics(self, sites: list[str]) -> None:
         """The sites that released feature statistics (outside DP, under their policies)."""
-        self.metrics.releases["feature-statistics"] = sorted(sites)
+        self.metrics.releases[m.FEATURE_STATISTICS] = sorted(sites)
         self.metrics.write()
 
     def stop(self, server_round: int, reason: str, refusals: dict[str, Refusal]) -> None:
