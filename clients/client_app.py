@@ -89,8 +89,8 @@ def train(msg: Message, context: Context) -> Message:
             site.cfg.secagg_clip_range,
             weight=1 if noise is not None else None,  # client-level DP: sites count equally
         )
-        if noise is not None:  # a statistic of one site's partly noised update: not sent
-            del metrics[proto.SECAGG_CLIPPED]
+        if noise is not None and proto.SECAGG_CLIPPED in metrics:
+            del metrics[proto.SECAGG_CLIPPED]  # a statistic of one site's partly noised update
         reply = _reply(msg, site.data.name, None, metrics, result.evaluation)
         for key, record in records.items():
             reply.content[key] = record
