@@ -8,6 +8,7 @@ or not, secure aggregation or not, client-level DP or not), is never sent."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from logging import ERROR, WARNING
 from pathlib import Path
@@ -38,6 +39,7 @@ from fedllm.errors import (
 from fedllm.privacy.chain import TRAIN
 
 app = ClientApp()
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")  # quoted text in an error: a value from the data
 
 
 @app.train()
@@ -108,7 +110,9 @@ def _refuse(msg: Message, name: str, server_round: int, err: FedLLMError) -> Mes
     kind = refusal_kind(err)
     level = ERROR if kind == "data" else WARNING
     log(level, "%s refuses round %d (%s): %s", name, server_round, kind, err)
-    refusal = ConfigRecord({proto.REFUSAL_KIND: kind, proto.REFUSAL_REASON: str(err)})
+    # A data file's problem may quote the offending cells or labels: those stay in the log.
+    reason = _QUOTED.sub("'...'", str(err)) if kind == "data" else str(err)
+    refusal = ConfigRecord({proto.REFUSAL_KIND: kind, proto.REFUSAL_REASON: reason})
     content = RecordDict(
         {
             proto.METRICS: MetricRecord({proto.NUM_EXAMPLES: 0}),

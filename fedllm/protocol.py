@@ -154,7 +154,8 @@ _REFUSED = (
         REFUSAL_REASON,
         Basis.POLICY,
         "the site's own text: the limit it enforces, a budget figure (its epsilon: "
-        "post-processing of its ledger) or what is wrong with its data file's format",
+        "post-processing of its ledger) or what is wrong with its data file's format, with "
+        "any quoted value masked (the site's log keeps it)",
     ),
     Field(METRICS, NUM_EXAMPLES, Basis.POLICY, "0 in a refusal: a constant"),
 )

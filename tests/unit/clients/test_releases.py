@@ -198,3 +198,21 @@ def test_nothing_sent_follows_the_exact_count_beyond_the_released_one(
     assert sent[0][proto.NUM_EXAMPLES] == 70
     assert schedules[0] == schedules[1]
     assert schedules[0][-1][:2] == (7, 1 / 7)  # ceil(70 / 10) steps at rate 1 / 7
+
+
+def test_a_data_refusal_names_the_problem_without_the_values_it_found(
+    tmp_path: Path, defaults: dict[str, Any]
+) -> None:
+    """A malformed cell of the site's own file: the server learns the file, line and kind of
+    problem, never the cell (the site's log has it)."""
+    context = _site(tmp_path, defaults, SitePolicy(max_epsilon=1.0, delta=1e-5))
+    data = tmp_path / "processed.x.data"
+    lines = data.read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[0] = "secret-age-63"
+    lines[3] = ",".join(cells)
+    data.write_text("\n".join(lines) + "\n")
+    arrays = RecordDict({proto.CONFIG: ConfigRecord({proto.SERVER_ROUND: 1})})
+    reply = train(Message(content=arrays, dst_node_id=7, message_type="train"), context)
+    _refused(reply, "data", f"{data}:4: non-numeric value")
+    assert "secret-age-63" not in str(reply.content.config_records[proto.REFUSAL])
