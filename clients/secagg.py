@@ -32,7 +32,7 @@ from clients.train import SiteRuntime, node_site_name, privacy_request
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.crypto.signing import SiteKey
-from fedllm.errors import SecAggError
+from fedllm.errors import PolicyError, SecAggError
 from fedllm.privacy import PrivacyRequest, SitePolicy
 from fedllm.secagg import (
     MASK,
@@ -77,6 +77,11 @@ def sites_root(cfg: RunConfig, config: ConfigRecord) -> Path:
     """Simulation: the folder holding every virtual site's own folder."""
     if cfg.ledger_dir:
         return Path(cfg.ledger_dir)
+    if proto.RUN_DIR not in config:
+        raise PolicyError(
+            "a simulated site keeps its policy and ledger in the run folder, and the server's "
+            f"message does not name it (`{proto.RUN_DIR}`)"
+        )
     return Path(str(config[proto.RUN_DIR])) / "sites"
 
 

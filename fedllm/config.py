@@ -142,6 +142,12 @@ class RunConfig:
     strategy: str = "fedavg"
     server_learning_rate: float = 0.1
     proximal_mu: float = 0.0
+    # Releases besides DP-SGD, each a Gaussian mechanism in the sites' epsilon: the example
+    # count once per run (noise std in records), and under DP the global models of the last
+    # `site-evaluations` rounds evaluated at the sites (noise multiplier `evaluation-noise`).
+    count_noise: float = 20.0
+    site_evaluations: int = 0
+    evaluation_noise: float = 10.0
     # Not a run-config key: where each TASK_DEFAULT_KEYS value came from, set by from_flower
     # (a key absent here was given explicitly). Metadata, so it takes no part in equality.
     sources: tuple[tuple[str, ValueSource], ...] = field(default=(), compare=False)
@@ -196,6 +202,9 @@ class RunConfig:
         if not 0.0 < self.target_delta < 1.0:
             raise ConfigError(f"`target-delta` must be in (0, 1), got {self.target_delta}")
 
+        self._check_positive("count_noise", "evaluation_noise")
+        if self.site_evaluations < 0:
+            raise ConfigError(f"`site-evaluations` must be >= 0, got {self.site_evaluations}")
         self._check_secagg()
         self._check_client_dp()
         self._check_strategy()
