@@ -18,12 +18,13 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 
+from clients.site import calibrated_once
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.errors import PrivacyError
 from fedllm.privacy import SitePolicy
 from fedllm.privacy.client_dp import calibrate_client_noise, privatize_update, site_noise_std
-from fedllm.secagg import Layout, state_from_config
+from fedllm.secagg import Layout, state_from_config, state_round
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,14 @@ def site_level_noise_multiplier(cfg: RunConfig, state: RecordDict) -> float:
     """The client-level DP noise multiplier z of the released sums for the run's planned
     rounds at its client-epsilon, calibrated once per run and cached in the site's state."""
     key = f"{cfg.client_epsilon!r}|{cfg.client_delta!r}|{cfg.num_server_rounds}|{cfg.accountant}"
-    cached = state.config_records.get(proto.STATE_CLIENT_CALIBRATION)
-    if cached is not None and cached["key"] == key:
-        return float(cached["noise-multiplier"])  # type: ignore[arg-type]
-    z = calibrate_client_noise(
-        cfg.client_epsilon, cfg.client_delta, cfg.num_server_rounds, cfg.accountant
+    return calibrated_once(
+        state,
+        proto.STATE_CLIENT_CALIBRATION,
+        key,
+        lambda: calibrate_client_noise(
+            cfg.client_epsilon, cfg.client_delta, cfg.num_server_rounds, cfg.accountant
+        ),
     )
-    state[proto.STATE_CLIENT_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": z})
-    return z
 
 
 def site_noise(
@@ -98,7 +99,7 @@ def guaranteed_sites(state: RecordDict, sampled: int, secure: bool, server_round
     # previous round's unmask stage): the train message masks with whichever is this round's.
     for key in (proto.STATE_SECAGG_NEXT, proto.STATE_SECAGG):
         record = state.config_records.get(key)
-        if record is not None and record["server-round"] == server_round:
+        if record is not None and state_round(record) == server_round:
             shared = state_from_config(dict(record))
             break
     if shared is None or shared.threshold < 1:

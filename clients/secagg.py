@@ -46,6 +46,7 @@ from fedllm.secagg import (
     SiteSecAgg,
     publish_public_key,
     state_from_config,
+    state_round,
     state_to_config,
     weighted_vector,
 )
@@ -117,7 +118,7 @@ def _state(context: Context, stage: str, server_round: int) -> SiteSecAgg:
     set up and shared ahead takes that state over."""
     ahead = context.state.config_records.get(proto.STATE_SECAGG_NEXT)
     record: ConfigRecord | None
-    if stage == MASK and ahead is not None and ahead["server-round"] == server_round:
+    if stage == MASK and ahead is not None and state_round(ahead) == server_round:
         record = ahead
         del context.state[proto.STATE_SECAGG_NEXT]
     else:

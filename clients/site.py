@@ -9,10 +9,11 @@ used, otherwise one is generated from the run config (limits exactly what the ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import Context
+from flwr.app import ConfigRecord, Context, RecordDict
 
 from fedllm.crypto import SiteKey
 from fedllm.errors import PolicyError
@@ -54,3 +55,19 @@ class SiteGuard:
             policy.write(policy_path)
         key = SiteKey.load_or_generate(folder / KEY_FILE)
         return cls(policy, PrivacyLedger(folder / LEDGER_FILE, key))
+
+
+def calibrated_once(
+    state: RecordDict, record: str, key: str, calibrate: Callable[[], float]
+) -> float:
+    """A noise multiplier calibrated once per run and kept in the site's state under
+    ``record`` (recalibrated when ``key``, the run's calibration inputs, changes)."""
+    cached = state.config_records.get(record)
+    if cached is not None and cached["key"] == key:
+        return float(cached[_MULTIPLIER])  # type: ignore[arg-type]
+    value = calibrate()
+    state[record] = ConfigRecord({"key": key, _MULTIPLIER: value})
+    return value
+
+
+_MULTIPLIER = "noise-multiplier"  # in a calibration record of the site's own state

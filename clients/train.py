@@ -21,7 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
 from clients.evaluate import clear_scores, evaluation_event, evaluations_done, release_noised
-from clients.site import SiteGuard
+from clients.site import SiteGuard, calibrated_once
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyBudgetExceededError
@@ -126,12 +126,12 @@ def record_level_noise_multiplier(cfg: RunConfig, plan: ReleasePlan, state: Reco
     """The DP-SGD noise multiplier for everything the site plans to release in the run at the
     run's target-epsilon, calibrated once per run and cached in the site's state."""
     key = f"{cfg.target_epsilon!r}|{cfg.target_delta!r}|{plan!r}|{cfg.accountant}"
-    cached = state.config_records.get(proto.STATE_CALIBRATION)
-    if cached is not None and cached["key"] == key:
-        return float(cached["noise-multiplier"])  # type: ignore[arg-type]
-    sigma = calibrate_plan(cfg.target_epsilon, cfg.target_delta, plan, cfg.accountant)
-    state[proto.STATE_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": sigma})
-    return sigma
+    return calibrated_once(
+        state,
+        proto.STATE_CALIBRATION,
+        key,
+        lambda: calibrate_plan(cfg.target_epsilon, cfg.target_delta, plan, cfg.accountant),
+    )
 
 
 def release_seed(cfg: RunConfig, server_round: int, site_index: int, kind: int) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedllm import protocol as proto
 from fedllm.metrics import FEATURE_STATISTICS, RELEASES
 
 NOT_PRIVATE = (
@@ -166,7 +167,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         )
     privacy += "\n\n" + releases_statement(cfg)
     final = metrics["final"]
-    if final.get("update-bytes"):
+    if final.get(proto.UPDATE_BYTES):
         privacy += (
             f"\n\nEach site sent {final['update-bytes']:,} bytes of parameters per round "
             f"(the whole model: {final['model-bytes']:,} bytes)."

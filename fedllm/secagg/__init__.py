@@ -22,6 +22,7 @@ from fedllm.secagg.site import (
     SiteSecAgg,
     UnmaskAnswer,
     state_from_config,
+    state_round,
     state_to_config,
 )
 from fedllm.secagg.sizing import majority, neighbourhood
@@ -52,6 +53,7 @@ __all__ = [
     "quantize",
     "split_secret",
     "state_from_config",
+    "state_round",
     "state_to_config",
     "survivors_statement",
     "weighted_vector",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -311,12 +312,23 @@ class SiteSecAgg:
         return base64.urlsafe_b64encode(agree(self._sk2, self.peers[nid].pk2, CHANNEL))
 
 
+_ROUND = "server-round"  # in a saved state: the round it belongs to
+
+
+def state_round(values: Mapping[str, object]) -> int:
+    """The round a state saved with :func:`state_to_config` belongs to."""
+    value = values[_ROUND]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SecAggError(f"a saved secure-aggregation state has round {value!r}")
+    return value
+
+
 def state_to_config(state: SiteSecAgg) -> dict[str, object]:
     """Flat values a Flower ConfigRecord holds (ints, strings, bytes and lists of them)."""
     peers = list(state.peers.values())
     return {
         "node-id": state.node_id,
-        "server-round": state.server_round,
+        _ROUND: state.server_round,
         "run-id": state.run_id,
         "name": state.name,
         "threshold": state.threshold,
@@ -366,7 +378,7 @@ def state_from_config(values: dict[str, object]) -> SiteSecAgg:
     ]
     return SiteSecAgg(
         node_id=int(values["node-id"]),  # type: ignore[call-overload]
-        server_round=int(values["server-round"]),  # type: ignore[call-overload]
+        server_round=state_round(values),
         run_id=int(values["run-id"]),  # type: ignore[call-overload]
         name=str(values["name"]),
         threshold=int(values["threshold"]),  # type: ignore[call-overload]
