@@ -153,10 +153,9 @@ def reported_epsilon(run_dir: Path, site: str) -> float | None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if not metrics["config"].get("dp", True):
         return None
-    for record in reversed(metrics["rounds"]):
-        value = record.get("epsilon", {}).get(site)
-        if value is not None:
-            return float(value)
+    value = metrics.get("final", {}).get("epsilon-per-site", {}).get(site)
+    if value is not None:
+        return float(value)
     raise ConfigError(f"metrics.json reports no epsilon for the audited site {site}")
 
 
