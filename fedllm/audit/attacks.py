@@ -2,12 +2,13 @@
 
 - ``black-box``: sees only the final global model; scores an input canary by minus the
   model's loss on it (a training row with a random label is fitted, so its loss drops).
-- ``coordinator``: what the server holds: the global model before and after every round. Under
-  FedAvg the global model moves by the weighted mean of the sites' updates (the aggregate, all
-  the server learns under SecAgg+), so the sum of the rounds' aggregates is the final model
-  minus the initial one; a Dirac canary ``s C e_j`` taken by SGD moves coordinate ``j`` by
-  ``-lr s C / B`` each time it is sampled, so the score is ``-s (final - initial)_j`` (Nasr et
-  al. 2023's white-box score: the sum over steps of the update's inner product with the canary).
+- ``coordinator``: what the server receives. With secure aggregation off, the audited site's
+  plain update every round (summed by :mod:`fedllm.audit.observed`); with it on, only the
+  aggregate: under FedAvg the global model moves by the weighted mean of the sites' updates,
+  so the sum of the rounds' aggregates is the final model minus the initial one. A Dirac
+  canary ``s C e_j`` taken by SGD moves coordinate ``j`` by ``-lr s C / B`` each time it is
+  sampled, so the score is ``-s u_j`` for the summed update ``u`` (Nasr et al. 2023's
+  white-box score: the sum over steps of the update's inner product with the canary).
 - ``seed-knowing``: the coordinator plus the run config. It regenerates each site's DP noise as
   the site would have drawn it from the public seed (``NoiseSource.reproducible`` with
   :func:`~fedllm.privacy.randomness.public_training_seed`, the draws in the order fedllm's
@@ -63,6 +64,8 @@ class Observation:
     initial: Arrays
     final: Arrays
     rounds: tuple[SiteRound, ...]
+    site_index: int = 0  # the audited site
+    own: Arrays | None = None  # its summed plain updates as the server received them, if any
 
     @property
     def aggregate(self) -> Arrays:
@@ -91,22 +94,27 @@ def site_rounds(sites_dir: Path, names: list[str], run_id: str | None = None) ->
 
 
 def coordinator_scores(obs: Observation, canaries: GradientCanaries) -> np.ndarray:
-    """``-s_i (final - initial)_{j_i}`` for every canary: (m,)."""
-    return np.asarray(-canaries.signs * canaries.values(obs.aggregate))
+    """``-s_i u_{j_i}`` for every canary: (m,), with ``u`` the audited site's summed updates
+    where the server received them in the clear, else the summed aggregate."""
+    observed = obs.own if obs.own is not None else obs.aggregate
+    return np.asarray(-canaries.signs * canaries.values(observed))
 
 
 def seed_knowing_scores(obs: Observation, canaries: GradientCanaries) -> np.ndarray:
     """The coordinator's scores after removing the noise regenerated from the public seed."""
-    noise = regenerated_noise(obs)
-    clean = {name: value - noise[name] for name, value in obs.aggregate.items()}
+    own = obs.own is not None
+    observed = obs.own if obs.own is not None else obs.aggregate
+    noise = regenerated_noise(obs, only_audited=own)
+    clean = {name: value - noise[name] for name, value in observed.items()}
     return np.asarray(-canaries.signs * canaries.values(clean))
 
 
-def regenerated_noise(obs: Observation) -> Arrays:
+def regenerated_noise(obs: Observation, only_audited: bool = False) -> Arrays:
     """The DP noise's part of the summed aggregate, if every site drew it from the public seed:
     per site and round ``-lr * w * sum_t z_t``, with ``z_t ~ N(0, (sigma C / B)^2)`` drawn
     parameter by parameter as :class:`~fedllm.privacy.bookkeeping.BookkeepingDPSGD` draws it
-    and ``w`` the site's FedAvg weight in that round (its released count over the round's)."""
+    and ``w`` the site's FedAvg weight in that round (its released count over the round's).
+    ``only_audited``: the noise of the audited site's own updates (weight 1)."""
     cfg = obs.cfg
     if cfg.optimizer != "sgd" or cfg.strategy != "fedavg":
         raise ConfigError(
@@ -122,6 +130,8 @@ def regenerated_noise(obs: Observation) -> Arrays:
     for r in obs.rounds:
         if r.noise_multiplier <= 0 or not r.count:
             continue
+        if only_audited and r.site_index != obs.site_index:
+            continue
         batch = max(1, int(r.count * r.sample_rate))  # the expected batch size the site divides by
         std = r.noise_multiplier * cfg.max_grad_norm / batch
         source = NoiseSource.reproducible(
@@ -131,7 +141,7 @@ def regenerated_noise(obs: Observation) -> Arrays:
         for _ in range(r.steps):
             for n, p in params:
                 summed[n] += torch.normal(torch.zeros_like(p), std, generator=source.noise)
-        weight = r.count / per_round[r.server_round]
+        weight = 1.0 if only_audited else r.count / per_round[r.server_round]
         for n, _ in params:
             total[n] -= cfg.learning_rate * weight * summed[n].double()
     return {n: t.numpy() for n, t in total.items()}

@@ -33,6 +33,7 @@ from fedllm.audit.attacks import (
 )
 from fedllm.audit.canaries import GradientCanaries, InputCanaries, PlantedCanaries
 from fedllm.audit.guesses import AuditOutcome, audit
+from fedllm.audit.observed import load_observed
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError
 from fedllm.rundir import default_run_name
@@ -43,8 +44,8 @@ RUN = "run"  # the audited run's folder inside the audit folder
 OBSERVES = {
     BLACK_BOX: "the final global model only (input canaries scored by their loss)",
     "coordinator": (
-        "the global model after every round: the aggregate of the sites' updates, all the "
-        "server learns under secure aggregation (Dirac gradient canaries)"
+        "what the server receives: with secure aggregation off, the audited site's update in "
+        "every round; with it on, the aggregate of the sites' updates (Dirac gradient canaries)"
     ),
     SEED_KNOWING: (
         "the coordinator's view plus the run config: regenerates every site's DP noise from "
@@ -145,7 +146,9 @@ def observe(prepared: AuditRun) -> Observation:
     final = {k: v.detach().numpy().astype(np.float64) for k, v in exchanged_state(model).items()}
     names = [site.name for site in federation.sites]
     rounds = site_rounds(prepared.run_dir / "sites", names)
-    return Observation(cfg, task, model, initial, final, tuple(rounds))
+    index = prepared.plan.site_index
+    own = load_observed(prepared.run_dir, names[index])
+    return Observation(cfg, task, model, initial, final, tuple(rounds), index, own)
 
 
 def reported_epsilon(run_dir: Path, site: str) -> float | None:
@@ -176,9 +179,13 @@ def attack(prepared: AuditRun, obs: Observation) -> dict[str, AuditOutcome]:
     return outcomes
 
 
-def report(prepared: AuditRun, outcomes: dict[str, AuditOutcome]) -> dict[str, Any]:
-    """audit.json's content; ``violations`` lists the attackers whose bound exceeds the
-    reported epsilon where the guarantee claims to hold (DP with secret noise)."""
+def report(
+    prepared: AuditRun, outcomes: dict[str, AuditOutcome], site_updates: bool = False
+) -> dict[str, Any]:
+    """audit.json's content. ``site_updates``: the server kept the audited site's own plain
+    updates, so the gradient attackers scored those rather than the aggregate.
+    ``violations`` lists the attackers whose bound exceeds the reported epsilon where the
+    guarantee claims to hold (DP with secret noise)."""
     cfg, plan = prepared.cfg, prepared.plan
     site = load_federation(cfg).sites[plan.site_index].name
     reported = reported_epsilon(prepared.run_dir, site)
@@ -192,6 +199,13 @@ def report(prepared: AuditRun, outcomes: dict[str, AuditOutcome]) -> dict[str, A
         attackers[name] = {
             "observes": OBSERVES[name],
             "secure-aggregation": cfg.secagg,
+            "scored": (
+                "final global model"
+                if name == BLACK_BOX
+                else "the audited site's updates"
+                if site_updates
+                else "the aggregate updates"
+            ),
             "canaries": outcome.canaries,
             "included": outcome.included,
             "guesses": outcome.best.guesses,
@@ -255,8 +269,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def finish(prepared: AuditRun) -> dict[str, Any]:
     """Attack the finished run and write audit.json and audit.png into the audit folder."""
-    outcomes = attack(prepared, observe(prepared))
-    result = report(prepared, outcomes)
+    obs = observe(prepared)
+    result = report(prepared, attack(prepared, obs), site_updates=obs.own is not None)
     (prepared.folder / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, prepared.folder / "audit.png")
     return result

@@ -149,3 +149,27 @@ def test_black_box_scores_rank_fitted_canaries_first(config: Any) -> None:
         optimizer.step()
     scores = black_box_scores(task, model, canaries)
     assert scores[:20].mean() > scores[20:].mean()
+
+
+def test_the_server_keeps_each_sites_plain_updates_only_in_an_audit_without_secagg(
+    config: Any, tmp_path: Path
+) -> None:
+    from flwr.app import Array, ArrayRecord
+
+    from fedllm.audit.observed import ObservedUpdates, load_observed
+
+    assert ObservedUpdates.for_run(config(secagg=False), tmp_path) is None  # not an audit
+    assert ObservedUpdates.for_run(config(audit_canaries="c.json"), tmp_path) is None  # SecAgg
+    observed = ObservedUpdates.for_run(config(audit_canaries="c.json", secagg=False), tmp_path)
+    assert observed is not None
+
+    def arrays(value: float) -> ArrayRecord:
+        return ArrayRecord({"w": Array(np.full((2, 3), value, dtype=np.float32))})
+
+    observed.add("site-0", arrays(1.5), arrays(1.0))
+    observed.add("site-0", arrays(0.0), arrays(1.0))
+    observed.add("site-1", arrays(3.0), arrays(1.0))
+    kept = load_observed(tmp_path, "site-0")
+    assert kept is not None
+    np.testing.assert_allclose(kept["w"], np.full((2, 3), -0.5))
+    assert load_observed(tmp_path, "site-7") is None
