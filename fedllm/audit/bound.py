@@ -5,7 +5,7 @@ Steinke, Nasr and Jagielski (2023), "Privacy Auditing with One (1) Training Run"
 with probability 1/2; after training an attacker guesses "in" or "out" for ``r`` of them
 (abstaining on the rest) and gets ``v`` right. Under (epsilon, delta)-DP the number of correct
 guesses is stochastically dominated by Binomial(r, e^eps / (1 + e^eps)) up to a delta term
-(their Theorem 5.2); :func:`p_value` is that tail, and :func:`epsilon_lower_bound` the largest
+(their main theorem); :func:`p_value` is that tail, and :func:`epsilon_lower_bound` the largest
 epsilon the observed ``v`` rejects at the given confidence. Both follow the paper's Appendix D
 code (``p_value_DP_audit``, ``get_eps_audit``) step for step, with the binomial computed in
 log space with NumPy instead of SciPy.
@@ -55,7 +55,7 @@ def _log_choose(r: int) -> np.ndarray:
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     """Probability of at least ``v`` correct guesses out of ``r`` (of ``m`` canaries) under
-    (epsilon, delta)-DP: ``beta + alpha * 2 m delta`` (Steinke et al. 2023, Theorem 5.2 and
+    (epsilon, delta)-DP: ``beta + alpha * 2 m delta`` (Steinke et al. 2023, main theorem and
     Appendix D), where ``beta = P[Binomial(r, q) >= v]`` with ``q = e^eps / (1 + e^eps)`` (the
     accuracy of eps-DP randomized response) and ``alpha = max_i P[v > Binomial(r, q) >= v -
     i] / i``. Capped at 1."""

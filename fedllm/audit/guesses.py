@@ -2,7 +2,7 @@
 
 The attacker ranks the ``m`` canaries by score (higher: more likely included), guesses "in"
 for the ``k`` highest and "out" for the ``k`` lowest and abstains on the rest (Steinke et al.
-2023, Section 6). Which ``k`` works best depends on how strong the attack is, and choosing it
+2023, experiments). Which ``k`` works best depends on how strong the attack is, and choosing it
 after seeing which guesses were right would void the confidence; so a few ``k`` fixed in
 advance are all tried and each is tested at ``(1 - confidence) / len(ks)`` (Bonferroni): the
 largest of their bounds then holds at the stated confidence.
