@@ -42,6 +42,7 @@ class AuditOutcome:
     delta: float
     best: Guesses
     tried: tuple[Guesses, ...]
+    ceiling: float = 0.0  # the bound had every guess been right: what this audit can show at most
 
     @property
     def epsilon(self) -> float:
@@ -87,11 +88,12 @@ def audit(
     counts = guess_counts(m, fractions)
     corrected = 1.0 - (1.0 - confidence) / len(counts)
     truth = np.where(included, 1, -1)
-    tried = []
+    tried, ceiling = [], 0.0
     for k in counts:
         g = guess(scores, k)
         r = int(np.count_nonzero(g))
         v = int(np.count_nonzero(g == truth))
         tried.append(Guesses(k, r, v, epsilon_lower_bound(m, r, v, delta, corrected)))
+        ceiling = max(ceiling, epsilon_lower_bound(m, r, r, delta, corrected))
     best = max(tried, key=lambda t: t.epsilon)
-    return AuditOutcome(m, int(included.sum()), confidence, delta, best, tuple(tried))
+    return AuditOutcome(m, int(included.sum()), confidence, delta, best, tuple(tried), ceiling)

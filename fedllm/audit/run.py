@@ -212,6 +212,7 @@ def report(
             "correct": outcome.best.correct,
             "guesses-per-side": outcome.best.per_side,
             "epsilon-lower-bound": outcome.epsilon,
+            "ceiling": outcome.ceiling,
             "exceeds-reported": exceeds,
             "tried": [
                 {

@@ -85,15 +85,19 @@ def summary(result: dict[str, Any]) -> str:
         f"{result['site']}: reported epsilon {shown} (delta {result['delta']:g}); "
         f"lower bounds at {result['confidence']:.0%} confidence:",
         "",
-        f"{'attacker':<14}{'canaries':>10}{'guesses':>9}{'correct':>9}{'epsilon >=':>12}",
+        f"{'attacker':<14}{'canaries':>10}{'guesses':>9}{'correct':>9}{'epsilon >=':>12}"
+        f"{'ceiling':>9}",
     ]
     for name, row in result["attackers"].items():
         flag = "  ABOVE REPORTED" if row["exceeds-reported"] else ""
         lines.append(
             f"{name:<14}{row['canaries']:>10}{row['guesses']:>9}{row['correct']:>9}"
-            f"{row['epsilon-lower-bound']:>12.3f}{flag}"
+            f"{row['epsilon-lower-bound']:>12.3f}{row.get('ceiling', 0.0):>9.2f}{flag}"
         )
     best = result["strongest"]
+    lines.append(
+        "(ceiling: the bound had every guess been right, the most these canaries can show)"
+    )
     lines.append("")
     lines.append(
         f"reported epsilon {shown}; the strongest attack we ran ({best['attacker']}) shows at "

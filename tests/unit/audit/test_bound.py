@@ -131,6 +131,9 @@ def test_perfect_scores_give_the_all_correct_bound_at_the_corrected_level() -> N
     level = 0.05 / len(counts)
     q = level ** (1 / 100)
     assert outcome.epsilon == pytest.approx(math.log(q / (1 - q)), abs=1e-6)
+    assert outcome.ceiling == outcome.epsilon
+    shuffled = audit(np.random.default_rng(3).random(100), included, delta=0.0)
+    assert shuffled.ceiling == outcome.ceiling and shuffled.epsilon < 0.5
 
 
 def test_bad_counts_are_refused_by_name() -> None:
