@@ -29,8 +29,8 @@ DATA = Path(os.environ.get("FEDLLM_DATA", ROOT / ".." / "shared" / "data")).reso
 RESULTS = ROOT / "benchmarks" / "results"
 ATTACKERS = "black-box,coordinator,seed-knowing"
 
-# Each task's own defaults (README, "Task defaults"), plain FedAvg (the coordinator reads the
-# aggregate, which secure aggregation would not hide; it only slows the runs down).
+# Each task's own defaults (README, "Task defaults"); secure aggregation off, so the coordinator
+# sees the audited site's own updates (the strongest view a server can have).
 TASKS: dict[str, dict[str, object]] = {
     # A wide MLP: 1000 Dirac canaries need 1000 coordinates (logistic regression has 31).
     "breast-cancer": {"task": "breast-cancer", "hidden-units": 1024},

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 # Breast cancer's defaults (4 Dirichlet sites, 10 full-batch rounds), a wide MLP so that 1000
-# Dirac canaries have coordinates of their own; plain FedAvg to keep the runs short (the
-# coordinator reads only the aggregate, which secure aggregation would not hide).
+# Dirac canaries have coordinates of their own; secure aggregation off, so the coordinator sees
+# the audited site's own updates (the strongest view a server can have) and the runs are short.
 COMMON = ("hidden-units=1024", "secagg=false", 'checkpoint="off"')
 CANARIES = 1000
 

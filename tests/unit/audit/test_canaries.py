@@ -173,3 +173,21 @@ def test_the_server_keeps_each_sites_plain_updates_only_in_an_audit_without_seca
     assert kept is not None
     np.testing.assert_allclose(kept["w"], np.full((2, 3), -0.5))
     assert load_observed(tmp_path, "site-7") is None
+
+
+def test_the_coordinator_scores_the_sites_own_updates_when_it_has_them(config: Any) -> None:
+    """Secure aggregation off: the site's own summed update; on: the aggregate (final minus
+    initial global model)."""
+    from fedllm.audit.attacks import coordinator_scores
+
+    cfg = config()
+    canaries = GradientCanaries(("w", "w"), np.array([0, 2]), np.array([1.0, -1.0]))
+    initial = {"w": np.zeros(3)}
+    final = {"w": np.array([-1.0, 0.0, 1.0])}  # the aggregate moved both canaries' way
+    own = {"w": np.array([-3.0, 0.0, -3.0])}
+    task = get_task(cfg.task)
+    model = task.build_model(cfg, (30,))
+    aggregate = Observation(cfg, task, model, initial, final, ())
+    assert coordinator_scores(aggregate, canaries).tolist() == [1.0, 1.0]
+    site = Observation(cfg, task, model, initial, final, (), 0, own)
+    assert coordinator_scores(site, canaries).tolist() == [3.0, -3.0]
