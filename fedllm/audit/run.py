@@ -167,14 +167,14 @@ def attack(prepared: AuditRun, obs: Observation) -> dict[str, AuditOutcome]:
     plan, cfg = prepared.plan, prepared.cfg
     outcomes = {}
     for name in plan.attackers:
-        if name == BLACK_BOX:
-            assert prepared.inputs is not None  # drawn whenever black-box is asked for
+        if name == BLACK_BOX and prepared.inputs is not None:
             scores = black_box_scores(obs.task, obs.model, prepared.inputs)
             mask = prepared.masks["input"]
-        else:
-            assert prepared.gradient is not None
+        elif name in GRADIENT_SCORERS and prepared.gradient is not None:
             scores = GRADIENT_SCORERS[name](obs, prepared.gradient)
             mask = prepared.masks["gradient"]
+        else:
+            raise ConfigError(f"attacker {name!r} has no canaries drawn for it in this audit")
         outcomes[name] = audit(scores, mask, cfg.target_delta, plan.confidence)
     return outcomes
 
