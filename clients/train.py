@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from clients.evaluate import clear_scores, evaluation_event, evaluations_done, release_noised
 from clients.site import SiteGuard, calibrated_once
 from fedllm import protocol as proto
+from fedllm.audit.canaries import GradientCanaries, planted_at
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyBudgetExceededError
 from fedllm.evaluation import SiteEvaluation
@@ -37,7 +38,7 @@ from fedllm.privacy import (
 )
 from fedllm.privacy.accounting import calibrate_plan
 from fedllm.privacy.chain import COUNT
-from fedllm.privacy.randomness import release_generator
+from fedllm.privacy.randomness import public_training_seed, release_generator
 from fedllm.privacy.releases import COUNT_SENSITIVITY, ReleasePlan, gaussian_event, release_count
 from fedllm.scaling import scale_site, scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
@@ -54,6 +55,7 @@ class SiteRuntime:
     data: SiteData
     site_index: int
     deployed: bool = False  # a real SuperNode (its own data file), not a virtual site
+    canaries: GradientCanaries | None = None  # `fedllm audit`: gradient canaries it plants
 
     @classmethod
     def from_context(cls, context: Context) -> SiteRuntime:
@@ -63,6 +65,7 @@ class SiteRuntime:
         task = get_task(cfg.task)
         node = context.node_config
         if proto.NODE_DATA_PATH in node:
+            planted_at(cfg.audit_canaries, 0, deployed=True)  # refused when set
             site = task.site(cfg, str(node[proto.NODE_DATA_PATH]), node_site_name(context))
             return cls(cfg, task, site, 0, deployed=True)
         index = int(node[proto.NODE_PARTITION_ID])  # type: ignore[arg-type]
@@ -73,7 +76,11 @@ class SiteRuntime:
                 f"`flwr federation simulation-config --num-supernodes {cfg.num_sites}`, "
                 f"or run with num-sites={nodes}"
             )
-        return cls(cfg, task, load_federation(cfg).sites[index], index)
+        data = load_federation(cfg).sites[index]
+        planted = planted_at(cfg.audit_canaries, index, deployed=False)
+        if planted is None:
+            return cls(cfg, task, data, index)
+        return cls(cfg, task, planted.extend(data), index, canaries=planted.gradient)
 
     def scaled(self, config: ConfigRecord) -> SiteRuntime:
         """With federated scaling, the site's rows scaled by the pooled scaler in ``config``."""
@@ -243,7 +250,7 @@ def train_round(
                 if cfg.dp
                 else clear_scores(site.task, model, site.data)
             )
-        public_seed = cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index
+        public_seed = public_training_seed(cfg.seed, server_round, site.site_index)
         settings = LocalTraining(
             cfg.local_epochs,
             cfg.batch_size,
@@ -255,6 +262,8 @@ def train_round(
             noise_seed=public_seed if cfg.reproducible_noise else None,
             proximal_mu=cfg.proximal_mu,  # FedProx (0 otherwise): outside DP, costs no epsilon
             schedule_examples=count if cfg.dp else None,
+            canaries=site.canaries,
+            canary_clip=cfg.max_grad_norm,
         )
         result = train_local(site.task, model, site.data.train, settings, dp)
         events = result.events or [DPEvent(0.0, plan.schedule.sample_rate, result.steps)]

@@ -148,6 +148,8 @@ class RunConfig:
     count_noise: float = 20.0
     site_evaluations: int = 0
     evaluation_noise: float = 10.0
+    # Privacy audit (`fedllm audit`, simulation only): the canary file the audited site plants.
+    audit_canaries: str = ""
     # Not a run-config key: where each TASK_DEFAULT_KEYS value came from, set by from_flower
     # (a key absent here was given explicitly). Metadata, so it takes no part in equality.
     sources: tuple[tuple[str, ValueSource], ...] = field(default=(), compare=False)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from fedllm.audit.canaries import GradientCanaries, plant_gradient_canaries
 from fedllm.privacy.accounting import DPEvent
 from fedllm.privacy.engine import DPParams, PrivateStep, make_private
 from fedllm.privacy.randomness import NoiseSource
@@ -26,7 +27,9 @@ class LocalTraining:
     ``proximal_mu``: FedProx's weight (0: none), see :func:`proximal_term`.
     ``schedule_examples``: under DP, the example count the sampling rate, the steps per epoch
     and the normalizer are derived from: the site's released (noised) count, so none of them
-    depends on the exact count (None: the exact count, for tests and plain training)."""
+    depends on the exact count (None: the exact count, for tests and plain training).
+    ``canaries``: an audit's gradient canaries this site plants (``fedllm audit``, simulation
+    only), each a record with gradient norm ``canary_clip`` (:mod:`fedllm.audit.canaries`)."""
 
     epochs: int
     batch_size: int
@@ -36,6 +39,8 @@ class LocalTraining:
     noise_seed: int | None = None
     proximal_mu: float = 0.0
     schedule_examples: int | None = None
+    canaries: GradientCanaries | None = None
+    canary_clip: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,17 @@ def train_local(
     optimizer = local_optimizer(model, settings)
     # Anchored at the weights as loaded (the global model); added after DP's clipping and noise.
     proximal = proximal_term(optimizer, settings.proximal_mu) if settings.proximal_mu else None
+    planted = None
+    if settings.canaries is not None and len(settings.canaries) and m:
+        batches = math.ceil(m / settings.batch_size)
+        planted = plant_gradient_canaries(
+            model,
+            optimizer,
+            settings.canaries,
+            settings.canary_clip,
+            rate=1.0 / batches,
+            expected_batch_size=max(1, int(m * (1 / batches))),  # as the engine divides
+        )
     model.train()
     private: PrivateStep | None = None
     sampling = np.random.default_rng(settings.seed)  # used only by DP's Poisson sampling
@@ -112,6 +128,8 @@ def train_local(
         private.close()
     if proximal is not None:
         proximal.remove()
+    if planted is not None:
+        planted.remove()
     model.to("cpu")
     mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
     rate = 1.0 / math.ceil(m / settings.batch_size) if m else 0.0

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedllm import protocol as proto
+from fedllm.audit.observed import ObservedUpdates
 from fedllm.errors import FedLLMError, UpdateError
 from fedllm.evaluation import SiteEvaluation
 from fedllm.weights import check_arrays
@@ -72,6 +73,9 @@ class SiteRecords(Strategy):
         self._latest: ArrayRecord | None = None  # the global model after the last round
         self._sent: dict[str, set[int]] = {}  # stage -> nodes asked
         self._silent: set[int] = set()  # nodes that did not answer this round's training
+        self.observed = (  # `fedllm audit` only: each site's plain updates, for its attacker
+            ObservedUpdates.for_run(recorder.cfg, recorder.run_dir) if recorder else None
+        )
 
     def summary(self) -> None:
         log(INFO, "\t├──> fedllm: each round recorded by site (%s)", type(self.averaging).__name__)
@@ -120,6 +124,9 @@ class SiteRecords(Strategy):
         record.trained = dict(
             sorted((site_name(msg), _numbers(_metrics(msg))) for msg in sorted_.valid)
         )
+        if self.observed is not None:  # `fedllm audit`, plain updates: what the server received
+            for msg in sorted_.valid:
+                self.observed.add(site_name(msg), msg.content.array_records[proto.ARRAYS], current)
         if self.evaluation is not None and self.evaluation.carried_by(server_round):
             self._carried_evaluation(server_round - 1, sorted_.valid)
         released = len(sorted_.valid)  # the server has seen their (noised) updates, or the sum

@@ -3,6 +3,7 @@
 One module per journey, each adding its commands to the parser:
 
 - :mod:`~fedllm.cli.simulate`: ``fedllm simulate`` (the researcher: virtual sites on Ray);
+- :mod:`~fedllm.cli.audit`: ``fedllm audit`` (a privacy officer: a lower bound on a site's epsilon);
 - :mod:`~fedllm.cli.site`: ``fedllm site init|trust|untrust|publisher|apps``,
   ``fedllm ledger show|verify``, ``fedllm report`` (a site and its data-protection officer);
 - :mod:`~fedllm.cli.certs`: ``fedllm certs init|add-site|check`` (the operator's PKI);
@@ -21,11 +22,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fedllm.cli import app, certs, checkpoint, deploy, lm, simulate, site
+from fedllm.cli import app, audit, certs, checkpoint, deploy, lm, simulate, site
 from fedllm.errors import FedLLMError
 
 # The order of `fedllm --help`: the researcher's, the site's, the operator's journeys.
-JOURNEYS = (simulate, site, certs, app, checkpoint, deploy, lm)
+JOURNEYS = (simulate, audit, site, certs, app, checkpoint, deploy, lm)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,3 +59,10 @@ def release_generator(seed: int | None) -> np.random.Generator:
     if seed is None:
         return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
     return np.random.default_rng(np.random.SeedSequence([0x72656C65617365, seed & (2**63 - 1)]))
+
+
+def public_training_seed(seed: int, server_round: int, site_index: int) -> int:
+    """The public seed of a site's local training in a round (the run's ``seed``, the round,
+    the site's index): plain training's shuffles, and under reproducible-noise the DP noise
+    and batches (:meth:`NoiseSource.reproducible`), which is why that key is not private."""
+    return seed * 1_000_003 + server_round * 1_009 + site_index

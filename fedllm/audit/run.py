@@ -1,0 +1,277 @@
+"""``fedllm audit``: one real federated run with canaries planted at one site, then the attacks.
+
+The run is the product's own (the ServerApp and ClientApp on Flower's simulation engine, the
+sites' DP-SGD with their own noise); the audit only adds the `audit-canaries` run-config key,
+whose file the audited site plants (:mod:`fedllm.audit.canaries`). The auditor draws ``m``
+gradient canaries and ``m`` input canaries, includes each with probability 1/2 from fresh OS
+entropy, and keeps the masks to itself; the attackers (:mod:`fedllm.audit.attacks`) see the
+candidates, the run config and what the server saw, never the masks. Each attacker's scores
+become an epsilon lower bound (:mod:`fedllm.audit.guesses`), reported beside the epsilon the
+accountant reports for that site. A bound above the reported epsilon (secret noise) means the
+code does not implement its guarantee: the audit says so and fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedllm.audit.attacks import (
+    BLACK_BOX,
+    GRADIENT_SCORERS,
+    SEED_KNOWING,
+    Observation,
+    black_box_scores,
+    check_attackers,
+    site_rounds,
+)
+from fedllm.audit.canaries import GradientCanaries, InputCanaries, PlantedCanaries
+from fedllm.audit.guesses import AuditOutcome, audit
+from fedllm.audit.observed import load_observed
+from fedllm.config import RunConfig
+from fedllm.errors import ConfigError
+from fedllm.rundir import default_run_name
+from fedllm.tasks import get_task, load_federation
+from fedllm.weights import exchanged_state
+
+RUN = "run"  # the audited run's folder inside the audit folder
+OBSERVES = {
+    BLACK_BOX: "the final global model only (input canaries scored by their loss)",
+    "coordinator": (
+        "what the server receives: with secure aggregation off, the audited site's update in "
+        "every round; with it on, the aggregate of the sites' updates (Dirac gradient canaries)"
+    ),
+    SEED_KNOWING: (
+        "the coordinator's view plus the run config: regenerates every site's DP noise from "
+        "the public seed and removes it (Dirac gradient canaries)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """The audit's own options (the run's come from the run config)."""
+
+    canaries: int = 1000
+    attackers: tuple[str, ...] = (BLACK_BOX, "coordinator", SEED_KNOWING)
+    site_index: int = 0
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        check_attackers(list(self.attackers))
+        if self.canaries < 2:
+            raise ConfigError(f"`--canaries` must be >= 2, got {self.canaries}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"`--confidence` must be in (0, 1), got {self.confidence}")
+
+
+@dataclass
+class AuditRun:
+    """A prepared audit: the run config (with `audit-canaries`), the folder, the secrets."""
+
+    cfg: RunConfig
+    folder: Path
+    plan: AuditPlan
+    gradient: GradientCanaries | None
+    inputs: InputCanaries | None
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # the auditor's secret
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / RUN
+
+
+def prepare_audit(overrides: dict[str, Any], plan: AuditPlan) -> AuditRun:
+    """Validate the run config, draw the canaries and their secret inclusion, write the file
+    the audited site plants: all before any training."""
+    from fedllm import simulation
+
+    fused = {**simulation.default_config(), **overrides}
+    if fused.get("ledger-dir"):
+        raise ConfigError("an audit needs fresh site ledgers: leave `ledger-dir` empty")
+    if fused.get("audit-canaries"):
+        raise ConfigError("`audit-canaries` is set by `fedllm audit` itself; do not pass it")
+    name = str(fused.get("run-name") or default_run_name(f"audit-{fused.get('task', 'run')}"))
+    folder = Path(str(fused.get("out-dir", "runs"))) / name
+    if folder.exists():
+        raise ConfigError(f"audit folder {folder} already exists; choose another `run-name`")
+    planted = (folder / "site-canaries.json").resolve()
+    overrides = {
+        **overrides,
+        "out-dir": str(folder),
+        "run-name": RUN,
+        "audit-canaries": str(planted),
+    }
+    cfg = simulation.prepare(overrides)
+    if not 0 <= plan.site_index < cfg.num_sites:
+        raise ConfigError(f"`--site` must be in 0..{cfg.num_sites - 1}, got {plan.site_index}")
+    task = get_task(cfg.task)
+    federation = load_federation(cfg)
+    rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    gradient = inputs = None
+    masks: dict[str, np.ndarray] = {}
+    if any(a in GRADIENT_SCORERS for a in plan.attackers):
+        model = task.build_model(cfg, federation.input_shape)
+        gradient = GradientCanaries.draw(model, plan.canaries, rng)
+        masks["gradient"] = rng.random(plan.canaries) < 0.5
+    if BLACK_BOX in plan.attackers:
+        inputs = InputCanaries.draw(federation.input_shape, task.num_classes, plan.canaries, rng)
+        masks["input"] = rng.random(plan.canaries) < 0.5
+    folder.mkdir(parents=True)
+    PlantedCanaries(
+        plan.site_index,
+        gradient.subset(masks["gradient"]) if gradient is not None else None,
+        inputs.subset(masks["input"]) if inputs is not None else None,
+    ).save(planted)
+    return AuditRun(cfg, folder, plan, gradient, inputs, masks)
+
+
+def observe(prepared: AuditRun) -> Observation:
+    """What the attackers get from the finished run."""
+    cfg = prepared.cfg
+    task = get_task(cfg.task)
+    federation = load_federation(cfg)
+    model = task.build_model(cfg, federation.input_shape)  # the initial global model
+    initial = {k: v.detach().numpy().astype(np.float64) for k, v in exchanged_state(model).items()}
+    final_path = prepared.run_dir / "model.pt"
+    if not final_path.is_file():
+        raise ConfigError(f"the audited run ended without {final_path}")
+    model.load_state_dict(torch.load(final_path, weights_only=True))
+    final = {k: v.detach().numpy().astype(np.float64) for k, v in exchanged_state(model).items()}
+    names = [site.name for site in federation.sites]
+    rounds = site_rounds(prepared.run_dir / "sites", names)
+    index = prepared.plan.site_index
+    own = load_observed(prepared.run_dir, names[index])
+    return Observation(cfg, task, model, initial, final, tuple(rounds), index, own)
+
+
+def reported_epsilon(run_dir: Path, site: str) -> float | None:
+    """The audited site's cumulative epsilon as the run reports it (None without DP)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if not metrics["config"].get("dp", True):
+        return None
+    value = metrics.get("final", {}).get("epsilon-per-site", {}).get(site)
+    if value is not None:
+        return float(value)
+    raise ConfigError(f"metrics.json reports no epsilon for the audited site {site}")
+
+
+def attack(prepared: AuditRun, obs: Observation) -> dict[str, AuditOutcome]:
+    """Every attacker's scores turned into a bound against the secret masks."""
+    plan, cfg = prepared.plan, prepared.cfg
+    outcomes = {}
+    for name in plan.attackers:
+        if name == BLACK_BOX and prepared.inputs is not None:
+            scores = black_box_scores(obs.task, obs.model, prepared.inputs)
+            mask = prepared.masks["input"]
+        elif name in GRADIENT_SCORERS and prepared.gradient is not None:
+            scores = GRADIENT_SCORERS[name](obs, prepared.gradient)
+            mask = prepared.masks["gradient"]
+        else:
+            raise ConfigError(f"attacker {name!r} has no canaries drawn for it in this audit")
+        outcomes[name] = audit(scores, mask, cfg.target_delta, plan.confidence)
+    return outcomes
+
+
+def report(
+    prepared: AuditRun, outcomes: dict[str, AuditOutcome], site_updates: bool = False
+) -> dict[str, Any]:
+    """audit.json's content. ``site_updates``: the server kept the audited site's own plain
+    updates, so the gradient attackers scored those rather than the aggregate.
+    ``violations`` lists the attackers whose bound exceeds the reported epsilon where the
+    guarantee claims to hold (DP with secret noise)."""
+    cfg, plan = prepared.cfg, prepared.plan
+    site = load_federation(cfg).sites[plan.site_index].name
+    reported = reported_epsilon(prepared.run_dir, site)
+    attackers: dict[str, Any] = {}
+    violations = []
+    for name, outcome in outcomes.items():
+        exceeds = reported is not None and outcome.epsilon > reported
+        expected = name == SEED_KNOWING and cfg.reproducible_noise
+        if exceeds and not expected:
+            violations.append(name)
+        attackers[name] = {
+            "observes": OBSERVES[name],
+            "secure-aggregation": cfg.secagg,
+            "scored": (
+                "final global model"
+                if name == BLACK_BOX
+                else "the audited site's updates"
+                if site_updates
+                else "the aggregate updates"
+            ),
+            "canaries": outcome.canaries,
+            "included": outcome.included,
+            "guesses": outcome.best.guesses,
+            "correct": outcome.best.correct,
+            "guesses-per-side": outcome.best.per_side,
+            "epsilon-lower-bound": outcome.epsilon,
+            "ceiling": outcome.ceiling,
+            "exceeds-reported": exceeds,
+            "tried": [
+                {
+                    "per-side": t.per_side,
+                    "guesses": t.guesses,
+                    "correct": t.correct,
+                    "epsilon": t.epsilon,
+                }
+                for t in outcome.tried
+            ],
+        }
+    strongest = max(outcomes, key=lambda n: outcomes[n].epsilon)
+    return {
+        "site": site,
+        "site-index": plan.site_index,
+        "reported-epsilon": reported,
+        "delta": cfg.target_delta,
+        "confidence": plan.confidence,
+        "method": "one-run auditing (Steinke, Nasr, Jagielski 2023), Bonferroni over guess counts",
+        "dp": cfg.dp,
+        "reproducible-noise": cfg.reproducible_noise,
+        "attackers": attackers,
+        "strongest": {"attacker": strongest, "epsilon-lower-bound": outcomes[strongest].epsilon},
+        "violations": violations,
+        "run": str(prepared.run_dir),
+        "config": cfg.to_flower(),
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Each attacker's lower bound as a bar, the reported epsilon as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["attackers"])
+    bounds = [result["attackers"][n]["epsilon-lower-bound"] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, bounds, color="tab:blue", label=f"lower bound ({result['confidence']:.0%})")
+    if result["reported-epsilon"] is not None:
+        ax.axhline(
+            result["reported-epsilon"],
+            color="tab:red",
+            linestyle="--",
+            label=f"reported epsilon {result['reported-epsilon']:.3g}",
+        )
+    ax.set_ylabel("epsilon")
+    ax.set_title(f"privacy audit of {result['site']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def finish(prepared: AuditRun) -> dict[str, Any]:
+    """Attack the finished run and write audit.json and audit.png into the audit folder."""
+    obs = observe(prepared)
+    result = report(prepared, attack(prepared, obs), site_updates=obs.own is not None)
+    (prepared.folder / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, prepared.folder / "audit.png")
+    return result
