@@ -97,8 +97,9 @@ def site_rows(cfg: RunConfig, source: Source) -> list[SiteRows]:
         if source.test is None
         else (np.arange(len(source.test[1]), dtype=np.float64)[:, None], source.test[1]),
     )
-    fed = build_federation(_RowIds(), replace(cfg, feature_scaling="site"), ids, cfg.num_sites,
-                           cfg.partitioner)  # fmt: skip
+    fed = build_federation(
+        _RowIds(), replace(cfg, feature_scaling="site"), ids, cfg.num_sites, cfg.partitioner
+    )
     return [
         SiteRows(s.name, s.train.x[:, 0].long().numpy(), s.test.x[:, 0].long().numpy())
         for s in fed.sites
@@ -153,11 +154,31 @@ def validation_federation(
     return Federation(tuple(sites), pooled, tuple(sites[0].train.x.shape[1:]), task.num_classes)
 
 
-@functools.lru_cache(maxsize=8)
+_FEDERATIONS: dict[tuple[Any, ...], Federation] = {}
+
+
 def cached_validation_federation(
     cfg: RunConfig, reported_seeds: tuple[int, ...], fraction: float
 ) -> Federation:
-    return validation_federation(cfg, reported_seeds, fraction)
+    """:func:`validation_federation`, kept per process for the latest two data keys (the
+    local-training settings a grid varies do not change the rows)."""
+    key = (
+        cfg.task,
+        cfg.data_path,
+        cfg.partitioner,
+        cfg.num_sites,
+        cfg.dirichlet_alpha,
+        cfg.seed,
+        cfg.test_fraction,
+        cfg.feature_scaling,
+        reported_seeds,
+        fraction,
+    )
+    if key not in _FEDERATIONS:
+        while len(_FEDERATIONS) >= 2:  # MNIST's are ~200 MB each
+            del _FEDERATIONS[next(iter(_FEDERATIONS))]
+        _FEDERATIONS[key] = validation_federation(cfg, reported_seeds, fraction)
+    return _FEDERATIONS[key]
 
 
 def choose(grid_: tuple[Setting, ...], scores: dict[Setting, list[float]]) -> Setting:
@@ -225,8 +246,9 @@ def _peer_site(task: Task, cfg: RunConfig, model: nn.Module, data: Split, seed: 
     if cfg.dp:
         batches = math.ceil(len(data) / cfg.batch_size)
         steps = batches * cfg.local_epochs * cfg.num_server_rounds
-        sigma = _peer_noise(cfg.target_epsilon, cfg.target_delta, 1.0 / batches, steps,
-                            cfg.accountant)  # fmt: skip
+        sigma = _peer_noise(
+            cfg.target_epsilon, cfg.target_delta, 1.0 / batches, steps, cfg.accountant
+        )
         dp = PeerDP(sigma, cfg.max_grad_norm, cfg.target_delta, cfg.accountant)
     train_round(task, model, data, cfg.batch_size, cfg.learning_rate, cfg.local_epochs, dp, False)
 
@@ -250,3 +272,14 @@ def _split(x: np.ndarray, y: np.ndarray) -> Split:
         torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32),
         torch.as_tensor(np.ascontiguousarray(y), dtype=torch.int64),
     )
+
+
+def tune_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One tuning run, for a worker process: ``job`` holds the run-config overrides (the
+    tuning seed among them), the side, the reported seeds and the validation fraction."""
+    from fedllm.simulation import default_config
+
+    torch.set_num_threads(1)  # one core per worker, as Ray gives each simulated site
+    cfg = RunConfig.from_flower({**default_config(), **job["config"]})
+    fed = cached_validation_federation(cfg, tuple(job["reported-seeds"]), float(job["fraction"]))
+    return run_inprocess(str(job["side"]), cfg, fed)
