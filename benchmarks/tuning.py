@@ -181,6 +181,28 @@ def cached_validation_federation(
     return _FEDERATIONS[key]
 
 
+def carve(fed: Federation, fraction: float, seed: int) -> Federation:
+    """For a federation whose held-out rows never move (one reported split, as the
+    Shakespeare rows use): each site keeps ``1 - fraction`` of its training rows to train and
+    scores on the rest, drawn with ``seed``; its held-out rows are not touched."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    sites = []
+    for i, site in enumerate(fed.sites):
+        order = torch.from_numpy(np.random.default_rng([seed, i, 13]).permutation(len(site.train)))
+        k = max(1, round(fraction * len(site.train)))
+        val, fit = order[:k], order[k:]
+        sites.append(
+            SiteData(
+                site.name,
+                Split(site.train.x[fit], site.train.y[fit]),
+                Split(site.train.x[val], site.train.y[val]),
+            )
+        )
+    pooled = Split(torch.cat([s.test.x for s in sites]), torch.cat([s.test.y for s in sites]))
+    return Federation(tuple(sites), pooled, fed.input_shape, fed.num_classes)
+
+
 def choose(grid_: tuple[Setting, ...], scores: dict[Setting, list[float]]) -> Setting:
     """The setting with the best mean validation accuracy; ties go to the earlier one."""
     missing = [s for s in grid_ if not scores.get(s)]
@@ -190,7 +212,9 @@ def choose(grid_: tuple[Setting, ...], scores: dict[Setting, list[float]]) -> Se
     return grid_[best]
 
 
-def run_inprocess(side: str, cfg: RunConfig, fed: Federation) -> dict[str, Any]:
+def run_inprocess(
+    side: str, cfg: RunConfig, fed: Federation, eval_batch: int = 1024
+) -> dict[str, Any]:
     """FedAvg over ``fed``'s sites for ``cfg.num_server_rounds`` rounds with ``side``'s local
     training; the final model's scores on the pooled validation rows."""
     if side not in SIDES:
@@ -212,7 +236,7 @@ def run_inprocess(side: str, cfg: RunConfig, fed: Federation) -> dict[str, Any]:
             for k, v in local.state_dict().items():
                 total[k] = total.get(k, torch.zeros_like(v, dtype=torch.float64)) + v.double() * n
         model.load_state_dict({k: (v / weight).float() for k, v in total.items()})
-    scores: dict[str, Any] = dict(evaluate(task, model, fed.central_test))
+    scores: dict[str, Any] = dict(evaluate(task, model, fed.central_test, eval_batch))
     scores["seconds"] = round(time.monotonic() - started, 2)
     return scores
 

@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         if (argv or sys.argv[1:])
         else ""
     )
+    preflight(plan)
     started = time.monotonic()
     sweep = tune(plan, results / "utility-sweep.json", args.jobs)
     tuned_s = time.monotonic() - started
@@ -528,6 +529,20 @@ def main(argv: list[str] | None = None) -> int:
     save(out, results)
     print((results / "utility.md").read_text())
     return 0
+
+
+def preflight(plan: Plan) -> None:
+    """Every data set loads and every config parses before anything runs."""
+    from fedllm.config import RunConfig
+    from fedllm.errors import FedLLMError
+    from fedllm.simulation import default_config
+    from fedllm.tasks import load_federation
+
+    for name in sorted(set(plan.datasets) | set(plan.strategies)):
+        try:
+            load_federation(RunConfig.from_flower({**default_config(), **plan.base(name)}))
+        except FedLLMError as err:
+            raise SystemExit(f"{name}: {err} (data folder: {DATA}; set FEDLLM_DATA)") from None
 
 
 def plan_summary(plan: Plan) -> dict[str, Any]:

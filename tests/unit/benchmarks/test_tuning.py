@@ -91,3 +91,22 @@ def test_choose_takes_the_best_mean_and_the_earlier_of_a_tie() -> None:
     assert choose((a, b, c), {a: [0.9], b: [0.9], c: [0.1]}) == a
     with pytest.raises(ValueError, match="no validation score"):
         choose((a, b), {a: [0.9]})
+
+
+def test_carve_scores_on_training_rows_and_leaves_the_held_out_rows(
+    defaults: dict[str, Any],
+) -> None:
+    from tuning import carve
+
+    from fedllm.tasks import load_federation
+
+    fed = load_federation(_cfg(defaults))
+    tuned = carve(fed, 0.1, 100)
+    for site, before in zip(tuned.sites, fed.sites, strict=True):
+        rows = {r.tobytes() for r in before.train.x.numpy()}
+        assert len(site.train) + len(site.test) == len(before.train)
+        assert all(r.tobytes() in rows for r in site.test.x.numpy())  # from training rows
+        assert not {r.tobytes() for r in site.train.x.numpy()} & {
+            r.tobytes() for r in site.test.x.numpy()
+        }
+    assert len(tuned.central_test) == sum(len(s.test) for s in tuned.sites)
