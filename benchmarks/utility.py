@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -336,16 +337,18 @@ def command_for(run: Run, runs_dir: Path) -> list[str]:
     return cmd
 
 
-def execute(run: Run, runs_dir: Path) -> dict[str, Any]:
-    """One reported run in its own process (resumed: an existing metrics.json is read)."""
+def execute(run: Run, runs_dir: Path, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One reported run in its own process; a run that finished before (resumed) is read
+    back, with the wall time ``earlier`` recorded for it."""
     metrics_path = runs_dir / run.name / "metrics.json"
     log_path = runs_dir / "logs" / f"{run.name}.log"
     started = time.monotonic()
-    if not metrics_path.is_file():
-        if (runs_dir / run.name).exists():  # a run cut short: start it again
-            for path in sorted((runs_dir / run.name).rglob("*"), reverse=True):
-                path.unlink() if path.is_file() else path.rmdir()
-            (runs_dir / run.name).rmdir()
+    wall = None
+    if metrics_path.is_file() and earlier is not None:
+        wall = earlier.get("wall-s")
+    else:
+        if (runs_dir / run.name).exists():  # cut short, or not recorded: run it again
+            shutil.rmtree(runs_dir / run.name)
         cmd = command_for(run, runs_dir)
         with log_path.open("w") as log:
             log.write(shlex.join(cmd) + "\n\n")
@@ -356,16 +359,17 @@ def execute(run: Run, runs_dir: Path) -> dict[str, Any]:
     metrics = json.loads(metrics_path.read_text())
     final = metrics["final"]
     rounds = metrics["rounds"]
-    # Seconds of the rounds themselves (the rest is start-up: Ray, data, calibration).
-    in_rounds = final.get("elapsed-s") or (rounds[-1].get("elapsed-s") if rounds else None)
+    # Seconds from the server's start to the end of each round: the first round also holds
+    # the start-up of the simulated sites (Ray actors, imports, calibration).
+    ends = [r.get("elapsed-s") for r in rounds]
     return {
         "row": run.row,
         "side": run.side,
         "target-epsilon": run.eps,
         "seed": run.seed,
         "run-name": run.name,
-        "wall-s": round(time.monotonic() - started, 1),
-        "rounds-s": in_rounds,
+        "wall-s": wall if wall is not None else round(time.monotonic() - started, 1),
+        "round-ends-s": ends if all(e is not None for e in ends) else None,
         "rounds": len(rounds),
         "accuracy": final["accuracy"],
         "auc": final.get("auc"),
@@ -379,6 +383,12 @@ def execute(run: Run, runs_dir: Path) -> dict[str, Any]:
 def report(plan: Plan, runs: list[Run], out: dict[str, Any], results: Path, jobs: int) -> None:
     runs_dir = Path(out["runs-dir"])
     (runs_dir / "logs").mkdir(parents=True, exist_ok=True)
+    previous = results / "utility.json"
+    earlier = (
+        {r["run-name"]: r for r in json.loads(previous.read_text())["runs"]}
+        if previous.is_file()
+        else {}
+    )
     done: list[dict[str, Any]] = []
     lock = threading.Lock()
     started = time.monotonic()
@@ -387,7 +397,7 @@ def report(plan: Plan, runs: list[Run], out: dict[str, Any], results: Path, jobs
     def lane(items: list[tuple[int, Run]]) -> None:
         for i, run in items:
             try:
-                result = execute(run, runs_dir)
+                result = execute(run, runs_dir, earlier.get(run.name))
             except RuntimeError as err:
                 with lock:
                     failures.append(str(err))

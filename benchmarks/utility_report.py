@@ -223,20 +223,22 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
 
 
 def estimate(plan: dict[str, Any], measured: Path, jobs: int) -> str:
-    """This plan's time, from a finished (pilot) run's per-round costs: reported runs as
-    start-up + rounds x per-round seconds, tuning runs as rounds x per-round seconds, each by
-    data set, side and DP on/off."""
+    """This plan's time, from a finished (pilot) run's per-round costs: a reported run as its
+    start-up and first round plus (rounds - 1) later rounds, a tuning run as rounds x its
+    per-round seconds, each by data set, side and DP on/off."""
     out = json.loads((measured / "utility.json").read_text())
     sweep = json.loads((measured / "utility-sweep.json").read_text())
     start: dict[tuple[str, str, bool], list[float]] = defaultdict(list)
     per_round: dict[tuple[str, str, bool], list[float]] = defaultdict(list)
     for run in out["runs"]:
-        if run.get("rounds-s") is None or not run["rounds"]:
+        ends = run.get("round-ends-s")
+        if not ends or len(ends) < 2:
             continue
         base = next(d for d in out["datasets"] if run["row"] == d or run["row"].startswith(d))
         k = (base, run["side"], run["target-epsilon"] is not None)
-        start[k].append(run["wall-s"] - run["rounds-s"])
-        per_round[k].append(run["rounds-s"] / run["rounds"])
+        each = (ends[-1] - ends[0]) / (len(ends) - 1)  # a round after the first
+        per_round[k].append(each)
+        start[k].append(run["wall-s"] - each * (len(ends) - 1))  # start-up and the first round
     tune_round: dict[tuple[str, str, bool], list[float]] = defaultdict(list)
     for run in sweep["runs"]:
         k = (run["dataset"], run["side"], run["regime"] != "off")
@@ -261,7 +263,9 @@ def estimate(plan: dict[str, Any], measured: Path, jobs: int) -> str:
                 t = size * len(plan["tuning-seeds"]) * rounds * cost(tune_round, (name, side, dp))
                 tuning += t
             for dp in regimes:
-                each = cost(start, (name, side, dp)) + rounds * cost(per_round, (name, side, dp))
+                each = cost(start, (name, side, dp)) + (rounds - 1) * cost(
+                    per_round, (name, side, dp)
+                )
                 report["mnist" if name == "mnist" else "other"] += each * len(plan["seeds"])
                 lines.append(
                     f"  {name:14s} {side:6s} {'DP ' if dp else 'off'}: {each:6.0f} s a run"

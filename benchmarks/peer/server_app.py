@@ -60,9 +60,13 @@ def main(grid: Grid, context: Context) -> None:
     model = task.build_model(cfg, federation.input_shape)  # the same initial weights as fedllm
     test = federation.central_test
 
+    finished: dict[int, float] = {}  # seconds since start when each round was evaluated
+
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord(dict(evaluate(task, model, test)))
+        scores = MetricRecord(dict(evaluate(task, model, test)))
+        finished[server_round] = round(time.monotonic() - started, 3)
+        return scores
 
     strategy = FedAvg(
         fraction_train=cfg.fraction_train,
@@ -78,10 +82,12 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=central,
     )
     names = [site.name for site in federation.sites]
-    write_metrics(cfg, names, result, time.monotonic() - started)
+    write_metrics(cfg, names, result, finished, time.monotonic() - started)
 
 
-def write_metrics(cfg: RunConfig, names: list[str], result: Any, elapsed: float) -> Path:
+def write_metrics(
+    cfg: RunConfig, names: list[str], result: Any, finished: dict[int, float], elapsed: float
+) -> Path:
     """``<out-dir>/<run-name>/metrics.json``, shaped like fedllm's (rounds, final)."""
     rounds = []
     for rnd in sorted(result.train_metrics_clientapp):
@@ -89,6 +95,7 @@ def write_metrics(cfg: RunConfig, names: list[str], result: Any, elapsed: float)
         scores = dict(result.evaluate_metrics_serverapp.get(rnd, {}))
         sites = [names[int(i)] for i in train.get("partition-id", [])]
         entry = {"round": rnd, **{k: float(v) for k, v in scores.items()}}
+        entry["elapsed-s"] = finished.get(rnd)
         if "cumulative-epsilon" in train:
             entry["epsilon"] = dict(zip(sites, train["cumulative-epsilon"], strict=True))
             entry["printed-epsilon"] = dict(zip(sites, train["epsilon"], strict=True))
