@@ -203,13 +203,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # Opacus's secure-RNG and hook warnings, every round
     load_before = os.getloadavg()[0]
-    steps = []
+    steps: list[dict[str, object]] = []
     for model in task_models():
         mode = choose_mode(model.build(), "auto")
         for batch_size in (64, 256):
             ms = step_times(model, batch_size, sides(model.task, "auto"), reps)
             row = {"model": model.name, "batch": batch_size, "mode": mode, **ms, **ratios(ms)}
-            steps.append(row)
+            steps.append(dict(row))
             print(
                 f"{model.name:32s} B={batch_size:<4d} plain: fedllm {ms['fedllm plain']:7.3f} ms, "
                 f"opacus {ms['opacus plain']:7.3f} ms | DP over own plain: fedllm ({mode}) "
@@ -219,7 +219,7 @@ def main() -> None:
                 f"{row['opacus DP / fastest plain']:5.2f}x",
                 flush=True,
             )
-    rounds = []
+    rounds: list[dict[str, object]] = []
     federations = {
         "breast-cancer": ("breast-cancer", {"num-sites": 4, "partitioner": "dirichlet"}),
         "heart-disease": (
@@ -237,11 +237,11 @@ def main() -> None:
             print(f"skipping {label}: {DATA / 'heart_disease'} is not here")
             continue
         secs = round_times(task_name, overrides, reps)
-        row = {"federation": label, **secs, **ratios(secs)}
-        rounds.append(row)
+        entry = {"federation": label, **secs, **ratios(secs)}
+        rounds.append(dict(entry))
         print(
-            f"round of {label}: fedllm DP/plain {row['fedllm DP / fedllm plain']:.2f}x | opacus "
-            f"DP/plain {row['opacus DP / opacus plain']:.2f}x",
+            f"round of {label}: fedllm DP/plain {entry['fedllm DP / fedllm plain']:.2f}x | opacus "
+            f"DP/plain {entry['opacus DP / opacus plain']:.2f}x",
             flush=True,
         )
     write(steps, rounds, args.threads, reps, (load_before, os.getloadavg()[0]))

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     # (b) and (d) tuned alike: every setting of the grid, each row scored on the same
     # validation sequences (carved from the training sequences) after the same passes.
     tuning = carve(federation, VALIDATION, TUNING_SEED)
-    epochs = int(fed["num-server-rounds"]) * int(fed["local-epochs"])  # (d): (b)'s passes
+    epochs = cfg.num_server_rounds * cfg.local_epochs  # (d): as many passes as (b)
     for setting in grid:
         trial = replace(
             cfg,

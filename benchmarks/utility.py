@@ -484,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         args.grid_limit = args.grid_limit or 2
     results = Path(args.results or (RESULTS / ("utility-pilot" if args.pilot else ""))).resolve()
     if args.report_only:
-        out = json.loads((results / "utility.json").read_text())
-        (results / "utility.md").write_text(markdown(out))
+        saved = json.loads((results / "utility.json").read_text())
+        (results / "utility.md").write_text(markdown(saved))
         print((results / "utility.md").read_text())
         return 0
     named = [t.strip() for t in args.tasks.split(",") if t.strip()]

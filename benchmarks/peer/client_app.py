@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 
 from fedllm.config import RunConfig
@@ -34,7 +35,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, site = _site(context)
     task = get_task(cfg.task)
     model = task.build_model(cfg, tuple(site.train.x.shape[1:]))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     # fedllm's build_model seeds torch's global generator with the public seed; the example's
     # Net() does not, and Opacus (secure_mode off) draws its noise and Poisson batches from
     # that generator: without a fresh seed every round would repeat the same noise.
@@ -62,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
     result = train_round(
         task, model, site.train, cfg.batch_size, cfg.learning_rate, cfg.local_epochs, dp
     )
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, MetricRecordValues] = {
         "num-examples": n,
         "partition-id": int(context.node_config["partition-id"]),  # type: ignore[arg-type]
         "train_loss": result.loss,
@@ -91,7 +92,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     cfg, site = _site(context)
     task = get_task(cfg.task)
     model = task.build_model(cfg, tuple(site.train.x.shape[1:]))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     scores = evaluate(task, model, site.test)
     metrics = MetricRecord(
         {"loss": scores["loss"], "accuracy": scores["accuracy"], "num-examples": len(site.test)}
