@@ -22,8 +22,9 @@ in the results. (c) keeps the DP setting of the earlier sweep (LOCAL["dp"]), unt
 its start; the checkpoint's own note, steps and loss, is what the table reports), so the
 federated part can be re-run without pretraining again.
 
-Reads ../shared/data/tiny_shakespeare/input.txt (never copied into the repository; the public
-and private parts are written to a temporary folder). Writes results/shakespeare.{md,json}.
+Reads ../shared/data/tiny_shakespeare/input.txt, or $FEDLLM_DATA/tiny_shakespeare/input.txt
+(never copied into the repository; the public and private parts are written to a temporary
+folder). Writes results/shakespeare.{md,json}.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = (ROOT / ".." / "shared" / "data" / "tiny_shakespeare" / "input.txt").resolve()
+DATA = (
+    Path(os.environ.get("FEDLLM_DATA", ROOT / ".." / "shared" / "data"))
+    / "tiny_shakespeare"
+    / "input.txt"
+).resolve()
 RESULTS = ROOT / "benchmarks" / "results"
 
 ARCH: dict[str, object] = {"context-length": 128, "lm-layers": 4, "lm-heads": 4, "lm-width": 128}
@@ -95,7 +100,7 @@ def stream(cmd: list[str], log: Path, prefix: str) -> None:
     """Run ``cmd``, echoing progress lines (rounds, pretraining steps) and keeping the log."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert proc.stdout is not None
         for line in proc.stdout:
