@@ -203,7 +203,7 @@ def tune(plan: Plan, sweep_path: Path, jobs: int) -> dict[str, Any]:
                                 }
                             )
     todo.sort(key=lambda j: (j["dataset"] != "mnist", j["side"] != "peer"))  # longest first
-    started = time.monotonic()
+    started = time.monotonic() - float(old.get("wall-s", 0.0))  # resumed: time so far counts
     print(f"tuning: {len(todo)} runs ({len(done)} already done), {jobs} at once", flush=True)
     runs = list(done.values())
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -344,10 +344,11 @@ def execute(run: Run, runs_dir: Path, earlier: dict[str, Any] | None = None) -> 
     log_path = runs_dir / "logs" / f"{run.name}.log"
     started = time.monotonic()
     wall = None
-    if metrics_path.is_file() and earlier is not None:
-        wall = earlier.get("wall-s")
+    resumed = metrics_path.is_file()
+    if resumed:  # finished before: its wall time if it was recorded, else unknown
+        wall = (earlier or {}).get("wall-s")
     else:
-        if (runs_dir / run.name).exists():  # cut short, or not recorded: run it again
+        if (runs_dir / run.name).exists():  # cut short: run it again
             shutil.rmtree(runs_dir / run.name)
         cmd = command_for(run, runs_dir)
         with log_path.open("w") as log:
@@ -368,7 +369,7 @@ def execute(run: Run, runs_dir: Path, earlier: dict[str, Any] | None = None) -> 
         "target-epsilon": run.eps,
         "seed": run.seed,
         "run-name": run.name,
-        "wall-s": wall if wall is not None else round(time.monotonic() - started, 1),
+        "wall-s": wall if resumed else round(time.monotonic() - started, 1),
         "round-ends-s": ends if all(e is not None for e in ends) else None,
         "rounds": len(rounds),
         "accuracy": final["accuracy"],
@@ -383,15 +384,15 @@ def execute(run: Run, runs_dir: Path, earlier: dict[str, Any] | None = None) -> 
 def report(plan: Plan, runs: list[Run], out: dict[str, Any], results: Path, jobs: int) -> None:
     runs_dir = Path(out["runs-dir"])
     (runs_dir / "logs").mkdir(parents=True, exist_ok=True)
-    previous = results / "utility.json"
-    earlier = (
-        {r["run-name"]: r for r in json.loads(previous.read_text())["runs"]}
-        if previous.is_file()
-        else {}
+    previous = (
+        json.loads((results / "utility.json").read_text())
+        if (results / "utility.json").is_file()
+        else {"runs": []}
     )
+    earlier = {r["run-name"]: r for r in previous["runs"]}
+    started = time.monotonic() - float(previous.get("report-wall-s", 0.0))  # resumed
     done: list[dict[str, Any]] = []
     lock = threading.Lock()
-    started = time.monotonic()
     failures: list[str] = []
 
     def lane(items: list[tuple[int, Run]]) -> None:
@@ -408,7 +409,7 @@ def report(plan: Plan, runs: list[Run], out: dict[str, Any], results: Path, jobs
                 print(
                     f"  [{i}/{len(runs)}] {run.name}: accuracy {result['accuracy']:.4f}, "
                     f"epsilon {result['epsilon']}, printed {result['printed-epsilon']} "
-                    f"({result['wall-s']:.0f} s, total {time.monotonic() - started:.0f} s)",
+                    f"({result['wall-s']} s, total {time.monotonic() - started:.0f} s)",
                     flush=True,
                 )
                 out["runs"] = sorted(done, key=lambda r: r["run-name"])
@@ -519,23 +520,21 @@ def main(argv: list[str] | None = None) -> int:
         else ""
     )
     preflight(plan)
-    started = time.monotonic()
     sweep = tune(plan, results / "utility-sweep.json", args.jobs)
-    tuned_s = time.monotonic() - started
     runs = reported_runs(plan, sweep["choices"])
     out: dict[str, Any] = {
         "command": command,
         "plan": plan_summary(plan),
         "datasets": {n: DATASETS[n].label for n in DATASETS},
         "choices": sweep["choices"],
-        "tuning-wall-s": round(tuned_s, 1),
+        "tuning-wall-s": sweep["wall-s"],
         "runs-dir": str(results / "runs"),
         "complete": False,
         "runs": [],
     }
     print(f"reporting: {len(runs)} runs", flush=True)
     report(plan, runs, out, results, args.jobs)
-    out["wall-s"] = round(time.monotonic() - started, 1)
+    out["wall-s"] = round(out["tuning-wall-s"] + out["report-wall-s"], 1)
     save(out, results)
     print((results / "utility.md").read_text())
     return 0

@@ -56,7 +56,7 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                 "auc": [r["auc"] for r in runs if r.get("auc") is not None],
                 "epsilon": [r["epsilon"] for r in runs],
                 "printed-epsilon": [r.get("printed-epsilon") for r in runs],
-                "wall-s": [r["wall-s"] for r in runs],
+                "wall-s": [r["wall-s"] for r in runs if r.get("wall-s") is not None],
             }
         table.append(entry)
     return table
@@ -150,7 +150,8 @@ def markdown(out: dict[str, Any]) -> str:
     ]
     walls: dict[tuple[str, str], list[float]] = defaultdict(list)
     for run in out["runs"]:
-        walls[(run["row"], run["side"])].append(run["wall-s"])
+        if run.get("wall-s") is not None:
+            walls[(run["row"], run["side"])].append(run["wall-s"])
     for (row, side), values in sorted(walls.items()):
         lines.append(f"| {row} | {side} | {len(values)} | {statistics.mean(values):.0f} s | |")
     lines += ["", NOTES]
@@ -232,7 +233,7 @@ def estimate(plan: dict[str, Any], measured: Path, jobs: int) -> str:
     per_round: dict[tuple[str, str, bool], list[float]] = defaultdict(list)
     for run in out["runs"]:
         ends = run.get("round-ends-s")
-        if not ends or len(ends) < 2:
+        if not ends or len(ends) < 2 or run.get("wall-s") is None:
             continue
         base = next(d for d in out["datasets"] if run["row"] == d or run["row"].startswith(d))
         k = (base, run["side"], run["target-epsilon"] is not None)
