@@ -5,8 +5,9 @@ hungarian, va; DP-SGD at epsilon 1, RDP accountant, federated evaluation every r
 
 1. simulation: ``fedllm simulate`` (Flower's simulation engine, Ray, one process);
 2. deployment, cold: a TLS SuperLink with node authentication and three SuperNodes as
-   separate processes, Flower's default isolation (a fresh ``flwr-clientapp`` process, which
-   imports torch, per message): the "before";
+   separate processes, whose executors preload nothing (``--cold``: every task imports torch,
+   as Flower's default isolation, a fresh ``flwr-clientapp`` process per message, did before
+   app pinning ruled it out): the "before";
 3. deployment, warm: the same with ``--isolation process`` and fedllm's warm executor (ClientApp
    tasks forked from a process that has torch imported): the "after".
 
@@ -39,8 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support: the one-machine deployment the tests also use
 
 from fedllm import deploy  # noqa: E402
-from fedllm.crypto import SiteKey, create_deployment  # noqa: E402
-from fedllm.privacy import SitePolicy  # noqa: E402
+from fedllm.crypto import create_deployment  # noqa: E402
 from tests.support.local_federation import LocalFederation, free_port  # noqa: E402
 
 HEART = ROOT.parent / "shared" / "data" / "heart_disease"
@@ -106,18 +106,16 @@ def deployed(work: Path, data: Path, rounds: int, warm: bool) -> list[float]:
     name = "warm" if warm else "cold"
     root = work / name
     root.mkdir()
-    made = create_deployment(root / "pki", ["localhost", "127.0.0.1"], list(CENTERS))
+    made = create_deployment(root / "pki", ["localhost", "127.0.0.1"])
     local = LocalFederation(root)
+    pinned = deploy.FabInfo.of(deploy.build_fab(ROOT))  # the app every site trusts
     try:
-        local.start_superlink([n.pub for n in made.nodes], free_port())
-        for node in made.nodes:
-            folder = root / "sites" / node.site
-            folder.mkdir(parents=True)
-            SitePolicy(max_epsilon=10.0, delta=1e-5).write(folder / "policy.toml")
-            SiteKey.generate(folder / "site-key.pem")
+        sites = {c: local.add_site(c, [pinned]) for c in CENTERS}  # keys made at the sites
+        local.start_superlink([root / "pki" / "nodes" / f"{c}.pub" for c in CENTERS], free_port())
+        for center, files in sites.items():
             local.start_node(
-                made.ca.cert, node.key, data / f"processed.{node.site}.data", folder, node.site,
-                warm=warm,
+                made.ca.cert, files.node_key, data / f"processed.{center}.data", files.folder,
+                center, warm=warm,
             )  # fmt: skip
         if warm:  # the executors import torch once, before the run, as a real site would
             for process in local.processes:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fedllm.config import RunConfig
-from fedllm.privacy import DPParams, DPSchedule, PrivacySpend, calibrate_noise
+from fedllm.privacy import DPEvent, DPParams, DPSchedule, calibrate_noise, epsilon
 from fedllm.tasks import get_task, load_federation
 from fedllm.training import LocalTraining, evaluate, train_local
 
@@ -64,7 +64,7 @@ def run(cfg_dict: dict, server_lr: float = 1.0, server_momentum: float = 0.0) ->
     task = get_task(cfg.task)
     fed = load_federation(cfg)
     model = task.build_model(cfg, fed.input_shape)
-    spends = [PrivacySpend(cfg.accountant, cfg.target_delta) for _ in fed.sites]
+    spends: list[list[DPEvent]] = [[] for _ in fed.sites]
     velocity = None
     for rnd in range(1, cfg.num_server_rounds + 1):
         global_state = copy.deepcopy(model.state_dict())
@@ -95,7 +95,7 @@ def run(cfg_dict: dict, server_lr: float = 1.0, server_momentum: float = 0.0) ->
             )
             res = train_local(task, local, site.train, settings, dp)
             if cfg.dp:
-                spends[i].record(res.events)
+                spends[i].extend(res.events)
             n = len(site.train)
             total += n
             for k, v in local.state_dict().items():
@@ -113,7 +113,9 @@ def run(cfg_dict: dict, server_lr: float = 1.0, server_momentum: float = 0.0) ->
                 {k: (global_state[k].double() + server_lr * velocity[k]).float() for k in new}
             )
     scores = evaluate(task, model, fed.central_test)
-    scores["epsilon"] = max(s.epsilon() for s in spends) if cfg.dp else None
+    scores["epsilon"] = (
+        max(epsilon(s, cfg.target_delta, cfg.accountant) for s in spends) if cfg.dp else None
+    )
     return scores
 
 

@@ -71,3 +71,7 @@ class CertificateError(FedLLMError):
 
 class DeployError(FedLLMError):
     """A deployment command cannot start: a missing file, a refused key, a dead process."""
+
+
+class AppNotTrustedError(FedLLMError):
+    """A run ships an app (FAB) the site has not pinned: refused before any of its code runs."""

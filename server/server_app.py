@@ -4,9 +4,10 @@
 strategy (``server/strategies/``: FedAvg, FedAdam or FedProx, over SecAgg+ unless
 `secagg = false`, with every round recorded by site: ``server/site_records.py``), run Flower's
 round loop, and leave the results in the run folder (``server/recorder.py``). Each round:
-the sampled sites' DP-trained updates are averaged, the sites evaluate the new model on their
-own test rows, the server evaluates it on the held-out set, and metrics.json and a checkpoint
-are written with each site's cumulative epsilon.
+the sampled sites' DP-trained updates are averaged, the server evaluates the new model on the
+held-out set (the sites on their own test rows only where the run and their policies allow:
+``fedllm/evaluation.py``), and metrics.json and a checkpoint are written with each site's
+cumulative epsilon.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
+from fedllm.rundir import create_run_dir
 from fedllm.tasks import Split, Task, get_task, load_federation
 from fedllm.training import evaluate
 from fedllm.weights import load_arrays, to_arrays
@@ -41,8 +43,12 @@ def main(grid: Grid, context: Context) -> None:
     federation = load_federation(cfg)  # validates the data before any site trains
     model = task.build_model(cfg, federation.input_shape)
     grid = polling(grid)  # replies collected every 0.2 s, not Flower's 3 s
-    scaling = run_scaling(grid, cfg, federation.central_test)  # federated scaling: pooled
-    recorder = RunRecorder.create(cfg, model_card(cfg, federation, model, scaling.shared))
+    run_dir = create_run_dir(cfg)  # where simulated sites keep their files: before any asks
+    scaling = run_scaling(grid, cfg, federation.central_test, run_dir)  # federated: pooled
+    card = model_card(cfg, federation, model, scaling.shared)
+    recorder = RunRecorder.create(cfg, card, run_dir)
+    if scaling.released:  # feature statistics, outside DP, where the sites' policies allowed
+        recorder.released_statistics(list(scaling.released))
     strategy = build_strategy(cfg, recorder)
     # Virtual sites keep their policy, key and ledger in the run folder (unless `ledger-dir`);
     # a deployed site ignores this and uses its own node-config paths.

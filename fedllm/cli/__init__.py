@@ -3,9 +3,10 @@
 One module per journey, each adding its commands to the parser:
 
 - :mod:`~fedllm.cli.simulate`: ``fedllm simulate`` (the researcher: virtual sites on Ray);
-- :mod:`~fedllm.cli.site`: ``fedllm site init``, ``fedllm ledger show|verify``,
-  ``fedllm report`` (a site and its data-protection officer);
+- :mod:`~fedllm.cli.site`: ``fedllm site init|trust|untrust|publisher|apps``,
+  ``fedllm ledger show|verify``, ``fedllm report`` (a site and its data-protection officer);
 - :mod:`~fedllm.cli.certs`: ``fedllm certs init|add-site|check`` (the operator's PKI);
+- :mod:`~fedllm.cli.app`: ``fedllm app digest|keygen|sign`` (the app the sites pin);
 - :mod:`~fedllm.cli.deploy`: ``fedllm superlink start``, ``fedllm supernode start``;
 - :mod:`~fedllm.cli.checkpoint`: ``fedllm checkpoint show|export``;
 - :mod:`~fedllm.cli.lm`: ``fedllm pretrain``, ``fedllm generate`` (the language model).
@@ -20,11 +21,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fedllm.cli import certs, checkpoint, deploy, lm, simulate, site
+from fedllm.cli import app, certs, checkpoint, deploy, lm, simulate, site
 from fedllm.errors import FedLLMError
 
 # The order of `fedllm --help`: the researcher's, the site's, the operator's journeys.
-JOURNEYS = (simulate, site, certs, checkpoint, deploy, lm)
+JOURNEYS = (simulate, site, certs, app, checkpoint, deploy, lm)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """``fedllm superlink start`` (the operator) and ``fedllm supernode start`` (a site): one command
 each that checks its files, starts the real Flower processes with fedllm's flags
-(:mod:`fedllm.deploy.settings`) and stops them together on Ctrl-C or SIGTERM."""
+(:mod:`fedllm.deploy.settings`) beside fedllm's own (the gate on the SuperLink's public
+address, the executor beside a SuperNode) and stops them together on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from types import FrameType
 
 from fedllm import deploy
 from fedllm.crypto import check_node_public_key
+from fedllm.deploy.settings import host_port
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,15 +27,30 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     start = link.add_parser(
         "start",
-        help="start flower-superlink (TLS, node authentication, state database) and "
-        "register the sites' node keys",
+        help="start flower-superlink on loopback (TLS, node authentication, state database), "
+        "the gate that serves only its Fleet API on the public address, and register the "
+        "sites' node keys",
     )
     start.add_argument("pki", type=Path, metavar="PKI", help="the folder `fedllm certs init` made")
     start.add_argument(
         "--state", type=Path, required=True, help="folder of the state database (keep it)"
     )
-    start.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all)")
-    start.add_argument("--port", type=int, default=deploy.SUPERLINK_PORT)
+    start.add_argument(
+        "--host", default="127.0.0.1", help="public listen address (0.0.0.0: all interfaces)"
+    )
+    start.add_argument(
+        "--port",
+        type=int,
+        default=deploy.SUPERLINK_PORT,
+        help="public port: SuperNodes dial it (the Fleet API only)",
+    )
+    start.add_argument(
+        "--control-port",
+        type=int,
+        default=deploy.CONTROL_PORT,
+        help="flower-superlink's own port on 127.0.0.1: the Flower CLI (flwr run, flwr "
+        f"supernode ...) on this machine dials it (default {deploy.CONTROL_PORT})",
+    )
     start.add_argument(
         "--register",
         type=Path,
@@ -53,15 +70,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         dest="supernode_command", required=True
     )
     start = node.add_parser(
-        "start", help="start flower-supernode with the site's key, data and privacy files"
+        "start",
+        help="start flower-supernode and the executor that runs only the apps this site "
+        "pinned, with the site's key, data and privacy files",
     )
     start.add_argument("--superlink", required=True, metavar="HOST:PORT")
     start.add_argument("--ca", type=Path, required=True, help="the CA certificate (ca.crt)")
-    start.add_argument("--key", type=Path, required=True, help="this site's node key (.key)")
-    start.add_argument("--data", type=Path, required=True, help="this site's data file")
     start.add_argument(
         "--site-dir", type=Path, required=True, help="the folder `fedllm site init` made"
     )
+    start.add_argument("--key", type=Path, help="this site's node key (default: SITE_DIR/node.key)")
+    start.add_argument("--data", type=Path, required=True, help="this site's data file")
     start.add_argument("--name", required=True, help="the site's name in metrics and logs")
     start.add_argument(
         "--port", type=int, default=deploy.SUPERNODE_PORT, help="its ClientApp Runtime API port"
@@ -69,14 +88,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     start.add_argument(
         "--cold",
         action="store_true",
-        help="Flower's default isolation: a fresh ClientApp process per message (slower)",
+        help="the executor preloads nothing: each task imports torch itself (slower, less memory)",
     )
     start.set_defaults(run=_supernode_start)
 
 
 def _superlink_start(args: argparse.Namespace) -> int:
     settings = deploy.SuperLinkSettings(
-        args.pki.resolve(), args.state.resolve(), args.host, args.port
+        args.pki.resolve(), args.state.resolve(), args.host, args.port, args.control_port
     )
     settings.check()
     keys = [k.resolve() for k in args.register] if args.register else None
@@ -89,38 +108,50 @@ def _superlink_start(args: argparse.Namespace) -> int:
     flwr_home = Path(env.get("FLWR_HOME", Path.home() / ".flwr"))
     env["FLWR_HOME"] = os.environ["FLWR_HOME"] = str(flwr_home)
     proc = subprocess.Popen(settings.command(deploy.executable("flower-superlink")), env=env)
-    with _stopping([proc]):
-        deploy.wait_listening(settings.dial_host, settings.port, proc, 60, None)
+    procs = [proc]
+    with _stopping(procs):
+        deploy.wait_listening(deploy.LOOPBACK, settings.control_port, proc, 60, None)
+        gate = subprocess.Popen(settings.gate_command(), env=env)
+        procs.append(gate)
+        deploy.wait_listening(settings.dial_host, settings.port, gate, 60, None)
         path = deploy.write_connection(flwr_home, args.connection, settings.address(), settings.ca)
         print(f"fedllm: connection [superlink.{args.connection}] written to {path}", flush=True)
         for key, line in zip(keys, deploy.register_nodes(keys, args.connection), strict=True):
             print(f"fedllm: {line} ({check_node_public_key(key)})", flush=True)
         print(
-            f"fedllm: SuperLink ready on {settings.address()}; start a run with "
-            f"`flwr run . {args.connection} --stream`",
+            f"fedllm: SuperLink ready: SuperNodes dial {host_port(args.host, args.port)} (the "
+            f"Fleet API only); the Control API is on {settings.address()}, this machine only; "
+            f"start a run here with `flwr run . {args.connection} --stream`",
             flush=True,
         )
-        return _wait([proc])
+        return _wait(procs)
 
 
 def _supernode_start(args: argparse.Namespace) -> int:
+    site_dir = args.site_dir.resolve()
+    key = args.key.resolve() if args.key else deploy.SiteFiles(site_dir).node_key
     settings = deploy.SiteSettings(
         args.superlink,
         args.ca.resolve(),
-        args.key.resolve(),
+        key,
         args.data.resolve(),
-        args.site_dir.resolve(),
+        site_dir,
         args.name,
         args.port,
         warm=not args.cold,
     )
-    settings.check()
+    trusted = settings.check()
+    pinned = trusted.summary() if trusted.apps else ""
+    print(
+        f"fedllm: site {args.name} runs only the apps pinned in {settings.files.trusted_apps}: "
+        + (pinned or "none yet, so every run is refused (fedllm site trust)"),
+        flush=True,
+    )
     env = deploy.flower_env()
     node = subprocess.Popen(settings.command(deploy.executable("flower-supernode")), env=env)
     procs = [node]
     with _stopping(procs):
-        if settings.warm:
-            procs.append(subprocess.Popen(settings.executor_command(node.pid), env=env))
+        procs.append(subprocess.Popen(settings.executor_command(node.pid), env=env))
         return _wait(procs)
 
 

@@ -1,6 +1,7 @@
-"""A site's journeys: ``fedllm site init`` (its policy and signing key), ``fedllm ledger
-show|verify`` (its privacy ledger) and ``fedllm report`` (a signed report for its
-data-protection officer, and the officer's check of it)."""
+"""A site's journeys: ``fedllm site init`` (its policy and keys, made here),
+``fedllm site trust|untrust|publisher|apps`` (the apps it runs), ``fedllm ledger show|verify``
+(its privacy ledger) and ``fedllm report`` (a signed report for its data-protection officer,
+and the officer's check of it)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedllm.errors import PolicyError, SignatureError
+from fedllm.errors import SignatureError
 
 if TYPE_CHECKING:
     from fedllm.crypto import PublicKey
+    from fedllm.deploy import TrustedApps
     from fedllm.privacy.site_report import VerifiedLedger
 
 
@@ -21,7 +23,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         dest="site_command", required=True
     )
     init = site.add_parser(
-        "init", help="create DIR/policy.toml and DIR/site-key.pem for a new SuperNode"
+        "init",
+        help="create a new site's files in DIR: policy, signing key, SuperNode key pair, "
+        "SuperExec secret, trusted apps (none yet)",
     )
     init.add_argument("dir", type=Path, metavar="DIR")
     init.add_argument("--max-epsilon", type=float, default=1.0, help="cumulative, all runs")
@@ -29,7 +33,62 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     init.add_argument("--min-noise-multiplier", type=float, default=0.0)
     init.add_argument("--max-clip-norm", type=float, default=math.inf)
     init.add_argument("--accountants", default="prv,rdp", help="comma-separated (prv,rdp)")
+    init.add_argument(
+        "--allow-feature-statistics",
+        action="store_true",
+        help="send per-feature count, sum and sum of squares for federated scaling (not DP; "
+        "default: refused)",
+    )
+    init.add_argument(
+        "--max-evaluations",
+        type=int,
+        default=0,
+        help="noised evaluations of global models one DP run may ask for, each charged to the "
+        "ledger (default 0: none)",
+    )
+    init.add_argument(
+        "--max-federation-size",
+        type=int,
+        default=10,
+        help="client-level DP: the most sites this site splits its noise among (default 10)",
+    )
     init.set_defaults(run=_site_init)
+
+    trust = site.add_parser(
+        "trust",
+        help="pin an app (a FAB digest) this site will run; every other app is refused",
+        description="Pin one app. Give its digest as you reviewed it: --sha256 (what the "
+        "operator's `fedllm app digest` printed), --app (build the FAB from a source folder "
+        "you reviewed), --fab (a FAB file) or --signature (a publisher's signature; trust the "
+        "publisher first with `fedllm site publisher`).",
+    )
+    trust.add_argument("dir", type=Path, metavar="DIR", help="the site's folder")
+    source = trust.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sha256", metavar="DIGEST", help="the FAB's SHA-256 digest")
+    source.add_argument("--app", type=Path, metavar="APP_DIR", help="a Flower App's folder")
+    source.add_argument("--fab", type=Path, metavar="FILE.fab", help="a built FAB")
+    source.add_argument(
+        "--signature", type=Path, metavar="FILE", help="a publisher's signature (fedllm app sign)"
+    )
+    trust.set_defaults(run=_site_trust)
+
+    untrust = site.add_parser("untrust", help="unpin an app: its runs are refused from now on")
+    untrust.add_argument("dir", type=Path, metavar="DIR", help="the site's folder")
+    untrust.add_argument("sha256", metavar="DIGEST")
+    untrust.set_defaults(run=_site_untrust)
+
+    publisher = site.add_parser(
+        "publisher",
+        help="trust a publisher's Ed25519 key for `fedllm site trust --signature`",
+    )
+    publisher.add_argument("dir", type=Path, metavar="DIR", help="the site's folder")
+    publisher.add_argument("name", metavar="NAME")
+    publisher.add_argument("key", type=Path, metavar="KEY.pub", help="OpenSSH ssh-ed25519 line")
+    publisher.set_defaults(run=_site_publisher)
+
+    apps = site.add_parser("apps", help="list the apps and publishers this site trusts")
+    apps.add_argument("dir", type=Path, metavar="DIR", help="the site's folder")
+    apps.set_defaults(run=_site_apps)
 
     ledger = commands.add_parser("ledger", help="check a site's privacy ledger").add_subparsers(
         dest="ledger_command", required=True
@@ -95,45 +154,137 @@ def _public_key(value: str | None) -> PublicKey | None:
 
 
 def _site_init(args: argparse.Namespace) -> int:
-    from fedllm.crypto import SiteKey
+    from fedllm.deploy import init_site
     from fedllm.privacy import SitePolicy
 
     folder: Path = args.dir.resolve()
-    policy_path, key_path = folder / "policy.toml", folder / "site-key.pem"
-    public_path = folder / "site-key.pub"
-    if "'" in str(folder) or '"' in str(folder):
-        raise PolicyError(
-            f"site folder {folder} has a quote in its path: node-config cannot hold it"
-        )
-    for path in (policy_path, key_path, public_path):
-        if path.exists():  # checked first, so a refusal leaves no half-made site behind
-            raise PolicyError(f"{path} already exists; not overwriting the site's files")
     policy = SitePolicy(
         max_epsilon=args.max_epsilon,
         delta=args.delta,
         min_noise_multiplier=args.min_noise_multiplier,
         max_clip_norm=args.max_clip_norm,
         accountants=tuple(a.strip() for a in args.accountants.split(",") if a.strip()),
+        allow_feature_statistics=args.allow_feature_statistics,
+        max_evaluations=args.max_evaluations,
+        max_federation_size=args.max_federation_size,
     )
-    policy.write(policy_path)
-    key = SiteKey.generate(key_path)
-    public_path.write_text(key.public.pem())
-    config = (
-        f"data-path='...' policy-path='{policy_path}' "
-        f"ledger-path='{folder / 'ledger.jsonl'}' site-key='{key_path}'"
+    made = init_site(folder, policy)
+    files, q = made.files, _quote
+    print(f"fedllm: site files in {folder}:")
+    print("  policy.toml        the weakest privacy this site trains under, and what it releases")
+    print(
+        f"                     besides DP updates: feature statistics "
+        f"{'allowed' if policy.allow_feature_statistics else 'refused'}, "
+        f"{policy.max_evaluations} noised evaluation(s) per run"
+    )
+    print("  site-key.pem/.pub  signs the ledger and reports (private key: 0600, stays here)")
+    print("  node.key/.pub      the SuperNode's key (private key: 0600, never leaves this machine)")
+    print("  superexec.secret   shared by the SuperNode and its executor (0600)")
+    print("  trusted-apps.toml  the apps this site runs: none yet")
+    print(f"\nSend the operator only node.pub ({made.node.fingerprint}):")
+    print(f"  {files.node_pub.read_text().strip()}")
+    print("They file it with: fedllm certs add-site PKI_DIR SITE_NAME node.pub")
+    print("\nPin the app after review (the digest the operator's `fedllm app digest` printed):")
+    print(f"  fedllm site trust {q(folder)} --sha256 DIGEST")
+    print(
+        "\nStart the SuperNode: fedllm supernode start --superlink HOST:PORT --ca ca.crt "
+        f"--site-dir {q(folder)} --data DATA_FILE --name SITE_NAME"
     )
     print(
-        f"fedllm: site files in {folder}: policy.toml, site-key.pem (private: keep it on this "
-        "machine), site-key.pub"
+        f"\nGive your data-protection officer the public key {files.site_key_pub.name} "
+        f"({made.site_key.public.fingerprint}):"
     )
-    print("\nStart this site's SuperNode with (data-path: where its training data lies):")
-    print(f'  --node-config "{config}"')
-    print(
-        f"\nGive your data-protection officer the public key {public_path.name} "
-        f"({key.public.fingerprint}):"
-    )
-    print(key.public.pem(), end="")
+    print(made.site_key.public.pem(), end="")
     return 0
+
+
+def _trusted(folder: Path) -> tuple[Path, TrustedApps]:
+    from fedllm.deploy import SiteFiles, TrustedApps
+
+    path = SiteFiles(folder.resolve()).trusted_apps
+    return path, TrustedApps.load(path)
+
+
+def _site_trust(args: argparse.Namespace) -> int:
+    from fedllm.crypto import AppSignature
+    from fedllm.deploy import FabInfo, build_fab
+    from fedllm.deploy.pinning import trusted_app
+    from fedllm.errors import ConfigError
+
+    path, trusted = _trusted(args.dir)
+    if args.signature is not None:
+        signed = AppSignature.load(args.signature)
+        key = signed.verify()
+        name = trusted.publisher_of(key)
+        if name is None:
+            raise SignatureError(
+                f"{args.signature} is signed by {key.fingerprint} ({signed.publisher}), a key "
+                f"this site does not trust: add it first with `fedllm site publisher {args.dir} "
+                "NAME KEY.pub` (after checking its fingerprint with the publisher)"
+            )
+        fab = FabInfo(signed.sha256, signed.app, signed.version, 0)
+        basis = f"signed by publisher {name} ({key.fingerprint}) at {_when(signed.signed_at)}"
+    elif args.sha256 is not None:
+        from fedllm.crypto.publisher import check_digest
+
+        fab = FabInfo(check_digest(args.sha256), "?", "?", 0)
+        basis = "digest given to the site"
+    elif args.fab is not None:
+        if not args.fab.is_file():
+            raise ConfigError(f"FAB {args.fab} does not exist")
+        fab = FabInfo.of(args.fab.read_bytes())
+        basis = f"FAB file {args.fab.name}"
+    else:
+        fab = FabInfo.of(build_fab(args.app.resolve()))
+        basis = f"built from {args.app.resolve()}"
+    app = trusted_app(fab, basis)
+    trusted.trust(app).write(path)
+    print(f"fedllm: {path}: trusts {app.describe()}")
+    print(f"  {len(trusted.trust(app).apps)} app(s) pinned; the next task applies it (no restart)")
+    return 0
+
+
+def _site_untrust(args: argparse.Namespace) -> int:
+    path, trusted = _trusted(args.dir)
+    after = trusted.untrust(args.sha256)
+    after.write(path)
+    print(f"fedllm: {path}: no longer runs sha256 {args.sha256}; {len(after.apps)} app(s) left")
+    return 0
+
+
+def _site_publisher(args: argparse.Namespace) -> int:
+    from fedllm.crypto import PublisherKey
+
+    path, trusted = _trusted(args.dir)
+    key = PublisherKey.load(args.key)
+    trusted.with_publisher(args.name, key).write(path)
+    print(f"fedllm: {path}: trusts publisher {args.name} ({key.fingerprint}) for signatures")
+    print(f"  pin its apps with: fedllm site trust {_quote(args.dir)} --signature FILE")
+    return 0
+
+
+def _site_apps(args: argparse.Namespace) -> int:
+    path, trusted = _trusted(args.dir)
+    print(f"{path}: {len(trusted.apps)} app(s), {len(trusted.publishers)} publisher(s)")
+    for app in trusted.apps:
+        print(f"  app {app.describe()}, since {app.trusted_at}")
+    for name, key in sorted(trusted.publishers.items()):
+        print(f"  publisher {name}: {key.fingerprint}")
+    if not trusted.apps:
+        print("  every run is refused until an app is pinned (fedllm site trust)")
+    return 0
+
+
+def _when(timestamp: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def _ledger_show(args: argparse.Namespace) -> int:

@@ -6,10 +6,12 @@ A deployment needs three things, made here with ``cryptography`` alone (no opens
   the SuperLink because its certificate is signed by this CA (``--root-certificates``);
 - the SuperLink's TLS certificate (``superlink.crt``, ``superlink.key``), whose
   SubjectAlternativeName lists every host name and IP address SuperNodes dial;
-- one EC key pair per site (``<site>.key``, ``<site>.pub``) for Flower's SuperNode
-  authentication: OpenSSH format on a NIST curve (P-384, as ``ssh-keygen -t ecdsa -b 384``),
-  which is what ``flower-supernode --auth-supernode-private-key`` and ``flwr supernode register``
-  load (``load_ssh_private_key`` / ``load_ssh_public_key``).
+- one EC key pair per site for Flower's SuperNode authentication, made **at the site**
+  (``fedllm site init``: ``node.key``, ``node.pub``): OpenSSH format on a NIST curve (P-384,
+  as ``ssh-keygen -t ecdsa -b 384``), which is what ``flower-supernode
+  --auth-supernode-private-key`` and ``flwr supernode register`` load. The operator receives
+  only the public key and files it as ``nodes/<site>.pub`` (:func:`add_node_public_key`);
+  no site's private key is ever made or held by the operator.
 
 Private keys are created with O_EXCL and mode 0600, never overwritten, and never enter a log
 line or an error message. Checks fail closed and name the file and the problem.
@@ -66,6 +68,15 @@ class NodeKeyFiles:
 
 
 @dataclass(frozen=True)
+class NodePublicKey:
+    """A site's SuperNode public key as the operator files it (``nodes/<site>.pub``)."""
+
+    site: str
+    pub: Path
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class CertInfo:
     """What a certificate says about itself; ``covers`` tells whether it names a host."""
 
@@ -99,29 +110,27 @@ class CertInfo:
 
 @dataclass(frozen=True)
 class Deployment:
-    """Everything ``create_deployment`` wrote: CA, SuperLink certificate, site key pairs."""
+    """Everything ``create_deployment`` wrote: the CA and the SuperLink's certificate."""
 
     ca: CertFiles
     superlink: CertFiles
-    nodes: list[NodeKeyFiles]
 
 
 def create_deployment(
-    folder: Path, hosts: list[str], sites: list[str], days: int = 365, now: datetime | None = None
+    folder: Path, hosts: list[str], days: int = 365, now: datetime | None = None
 ) -> Deployment:
-    """``folder/{ca,superlink}.{crt,key}`` and ``folder/nodes/<site>.{key,pub}``. Every input
-    and every path is checked before the first file is written, so a refusal leaves nothing."""
+    """``folder/{ca,superlink}.{crt,key}`` and an empty ``folder/nodes/`` for the sites'
+    public keys. Every input and every path is checked before the first file is written, so
+    a refusal leaves nothing."""
     _sans(hosts)
     _validity_days(days)
-    if sites:
-        _check_sites(sites)
     names = ("ca.crt", "ca.key", "superlink.crt", "superlink.key")
-    nodes = folder / "nodes"
-    _refuse_existing(*(folder / n for n in names), *_node_paths(nodes, sites))
+    _refuse_existing(*(folder / n for n in names))
     now = _utc(now)  # one moment, so the SuperLink certificate ends with its CA
     ca = create_ca(folder, days=days, now=now)
     superlink = create_server_cert(folder, ca, hosts, days=days, now=now)
-    return Deployment(ca, superlink, create_node_keys(nodes, sites) if sites else [])
+    (folder / "nodes").mkdir(mode=0o755, exist_ok=True)
+    return Deployment(ca, superlink)
 
 
 def create_ca(
@@ -174,8 +183,9 @@ def create_server_cert(
 
 
 def create_node_keys(folder: Path, site_names: list[str]) -> list[NodeKeyFiles]:
-    """One P-384 key pair per site for SuperNode authentication: ``folder/<site>.key``
-    (OpenSSH private key, 0600) and ``folder/<site>.pub`` (one OpenSSH public key line)."""
+    """One P-384 key pair per name for SuperNode authentication, made where the SuperNode
+    runs: ``folder/<name>.key`` (OpenSSH private key, 0600) and ``folder/<name>.pub`` (one
+    OpenSSH public key line)."""
     _check_sites(site_names)
     _refuse_existing(*_node_paths(folder, site_names))
     made = []
@@ -271,6 +281,24 @@ def check_node_public_key(path: Path) -> str:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, _NIST_CURVES):
         raise CertificateError(f"{path} is not an EC key on a NIST curve (P-256/384/521)")
     return _fp(data)
+
+
+def add_node_public_key(folder: Path, site: str, public_key: Path) -> NodePublicKey:
+    """Files a site's SuperNode public key (its ``node.pub``) as ``folder/nodes/<site>.pub``,
+    which ``fedllm superlink start`` registers. Refuses a private key (it must never leave the
+    site), a key Flower would not accept, and an existing entry."""
+    _check_sites([site])
+    data = _read(public_key, "public key")
+    if b"PRIVATE KEY" in data:
+        raise CertificateError(
+            f"{public_key} is a private key: ask the site for its node.pub; the private key "
+            "must never leave the site"
+        )
+    fingerprint = check_node_public_key(public_key)
+    target = folder / "nodes" / f"{site}.pub"
+    _refuse_existing(target)
+    _write_new(target, b" ".join(data.split()[:2]) + f" fedllm-{site}\n".encode(), 0o644)
+    return NodePublicKey(site, target, fingerprint)
 
 
 def _fp(public_line: bytes) -> str:

@@ -6,18 +6,28 @@
   node keys registered with the SuperLink;
 - :mod:`~fedllm.deploy.processes`: Flower's environment, its installed commands, waiting for
   and stopping them;
-- :mod:`~fedllm.deploy.executor`: the warm ClientApp executor beside a SuperNode
-  (``python -m fedllm.deploy.executor``).
+- :mod:`~fedllm.deploy.site_files`: a site's own folder (policy, keys, SuperExec secret,
+  trusted apps), made at the site;
+- :mod:`~fedllm.deploy.pinning`: the app digests a site runs, and the FAB digest itself;
+- :mod:`~fedllm.deploy.gate`: the SuperLink's public address, which serves the Fleet API
+  only (``python -m fedllm.deploy.gate``);
+- :mod:`~fedllm.deploy.executor`: the ClientApp executor beside a SuperNode, which runs only
+  pinned apps (``python -m fedllm.deploy.executor``).
 
-The commands that use them are ``fedllm superlink start`` and ``fedllm supernode start``
-(:mod:`fedllm.cli.deploy`).
+The commands that use them are ``fedllm superlink start``, ``fedllm supernode start``
+(:mod:`fedllm.cli.deploy`), ``fedllm site init|trust|...`` (:mod:`fedllm.cli.site`) and
+``fedllm app digest|sign|keygen`` (:mod:`fedllm.cli.app`).
 """
 
 from fedllm.deploy.connection import register_nodes, write_connection
+from fedllm.deploy.pinning import TRUSTED_APPS, FabInfo, TrustedApp, TrustedApps, build_fab
 from fedllm.deploy.processes import FLOWER_ENV, executable, flower_env, stop, wait_listening
 from fedllm.deploy.settings import (
     CONNECTION,
+    CONTROL_PORT,
     EXECUTOR_MODULE,
+    GATE_MODULE,
+    LOOPBACK,
     STATE_DB,
     SUPERLINK_PORT,
     SUPERNODE_PORT,
@@ -26,21 +36,32 @@ from fedllm.deploy.settings import (
     host_port,
     node_config_arg,
 )
+from fedllm.deploy.site_files import SiteFiles, init_site
 from fedllm.errors import DeployError
 
 __all__ = [
     "CONNECTION",
+    "CONTROL_PORT",
     "EXECUTOR_MODULE",
     "FLOWER_ENV",
+    "GATE_MODULE",
+    "LOOPBACK",
     "STATE_DB",
     "SUPERLINK_PORT",
     "SUPERNODE_PORT",
+    "TRUSTED_APPS",
     "DeployError",
+    "FabInfo",
+    "SiteFiles",
     "SiteSettings",
     "SuperLinkSettings",
+    "TrustedApp",
+    "TrustedApps",
+    "build_fab",
     "executable",
     "flower_env",
     "host_port",
+    "init_site",
     "node_config_arg",
     "register_nodes",
     "stop",

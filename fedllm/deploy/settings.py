@@ -7,9 +7,14 @@ against the installed commands' ``--help``) all use these command lines.
 
 Security by default: the SuperLink always serves TLS (``--ssl-*``) and accepts only
 SuperNodes whose public key was registered (``--enable-supernode-auth``); it never installs
-an app's dependencies at run time (``--disable-runtime-dependency-installation``). A SuperNode
-always verifies the SuperLink's certificate against the CA (``--root-certificates``) and signs
-its requests with its node key (``--auth-supernode-private-key``).
+an app's dependencies at run time (``--disable-runtime-dependency-installation``). It listens
+on loopback only; the public address is fedllm's gate (:mod:`fedllm.deploy.gate`), which
+passes the Fleet API and refuses the Control and Runtime APIs to the network. A SuperNode
+always verifies the SuperLink's certificate against the CA (``--root-certificates``), signs
+its requests with the node key made at the site (``--auth-supernode-private-key``), leaves
+its ClientApps to fedllm's executor (``--isolation process``: the executor runs only the apps
+the site pinned) and lets only the holder of the site's SuperExec secret take its tasks
+(``--superexec-auth-secret-file``, given to the executor too).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 
 from fedllm.crypto import check_certificate, check_chain
 from fedllm.crypto.certs import check_private_key_mode
+from fedllm.deploy.pinning import TrustedApps
+from fedllm.deploy.site_files import SiteFiles
 from fedllm.errors import CertificateError, ConfigError, DataError
 from fedllm.protocol import (
     NODE_DATA_PATH,
@@ -30,22 +37,28 @@ from fedllm.protocol import (
     NODE_SITE_NAME,
 )
 
-SUPERLINK_PORT = 8000  # flower-superlink's default --port (Fleet, Control and Runtime APIs)
+SUPERLINK_PORT = 8000  # the public port (fedllm's gate: the Fleet API only)
+CONTROL_PORT = 9093  # flower-superlink's own port on loopback (Fleet, Control, Runtime APIs)
 SUPERNODE_PORT = 9094  # flower-supernode's default --port (its ClientApp Runtime API)
 STATE_DB = "state.db"  # the SuperLink's state database inside its state folder
 CONNECTION = "fedllm"  # the [superlink.<name>] entry in $FLWR_HOME/config.toml
 EXECUTOR_MODULE = "fedllm.deploy.executor"  # `python -m` this: the warm ClientApp executor
+GATE_MODULE = "fedllm.deploy.gate"  # `python -m` this: the SuperLink's public Fleet API gate
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class SuperLinkSettings:
-    """An operator's SuperLink: its TLS files (from ``fedllm certs init``), where it listens,
+    """An operator's SuperLink: its TLS files (from ``fedllm certs init``), the public address
+    SuperNodes dial (``host:port``, served by the gate), the loopback port of
+    ``flower-superlink`` itself (``control_port``: the Flower CLI on this machine dials it),
     and the folder holding its state database (runs, registered nodes: survives restarts)."""
 
     pki: Path
     state_dir: Path
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     port: int = SUPERLINK_PORT
+    control_port: int = CONTROL_PORT
 
     @property
     def ca(self) -> Path:
@@ -56,20 +69,26 @@ class SuperLinkSettings:
         return self.state_dir / STATE_DB
 
     def check(self) -> None:
-        """Fail before starting: valid chain, a certificate naming the address the SuperLink's
-        own SuperExec dials (127.0.0.1 when it listens on all interfaces), a private key only
-        its owner reads."""
+        """Fail before starting: two distinct valid ports, a valid chain, a certificate
+        naming 127.0.0.1 (the gate, the SuperLink's own SuperExec and the Flower CLI dial
+        flower-superlink there), a private key only its owner reads."""
         _check_port(self.port)
+        _check_port(self.control_port)
+        if self.port == self.control_port:
+            raise ConfigError(
+                f"the public port and the SuperLink's loopback port are both {self.port}"
+            )
         info = check_chain(self.pki / "superlink.crt", self.ca)
         check_private_key_mode(self.pki / "superlink.key")
-        dial = self.dial_host  # what the SuperLink's own SuperExec dials and verifies
-        if not info.covers(dial):
+        if not info.covers(LOOPBACK):
             raise CertificateError(
-                f"{self.pki / 'superlink.crt'} does not name {dial}, which the SuperLink's own "
-                "SuperExec dials; recreate it with `fedllm certs init --host ...` naming it"
+                f"{self.pki / 'superlink.crt'} does not name {LOOPBACK}, where the gate, the "
+                "SuperLink's own SuperExec and the Flower CLI dial it; recreate it with "
+                "`fedllm certs init --host ...` (which adds it)"
             )
 
     def command(self, exe: str = "flower-superlink") -> list[str]:
+        """flower-superlink on loopback: its Control and Runtime APIs never face the network."""
         return [
             exe,
             *("--ssl-ca-certfile", str(self.ca)),
@@ -78,23 +97,41 @@ class SuperLinkSettings:
             "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
             *("--database", str(self.database)),
-            *("--host", self.host, "--port", str(self.port)),
+            *("--host", LOOPBACK, "--port", str(self.control_port)),
+        ]
+
+    def gate_command(self, python: str | None = None) -> list[str]:
+        """The gate on the public address, forwarding the Fleet API to flower-superlink."""
+        return [
+            *(python or sys.executable, "-m", GATE_MODULE),
+            *("--listen", host_port(self.host, self.port)),
+            *("--upstream", self.address()),
+            *("--ssl-certfile", str(self.pki / "superlink.crt")),
+            *("--ssl-keyfile", str(self.pki / "superlink.key")),
+            *("--ssl-ca-certfile", str(self.ca)),
         ]
 
     @property
     def dial_host(self) -> str:
-        """The host this machine dials it at: 127.0.0.1 when it listens on all interfaces."""
-        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        """The host this machine dials the gate at: 127.0.0.1 when it listens on all
+        interfaces."""
+        return LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
 
-    def address(self, host: str | None = None) -> str:
-        """Where the Flower CLI and SuperNodes on this machine dial it."""
+    def address(self) -> str:
+        """flower-superlink itself, for the Flower CLI on this machine (Control API)."""
+        return host_port(LOOPBACK, self.control_port)
+
+    def fleet_address(self, host: str | None = None) -> str:
+        """The gate, where SuperNodes dial (``host``: the name they use, default this
+        machine's)."""
         return host_port(host or self.dial_host, self.port)
 
 
 @dataclass(frozen=True)
 class SiteSettings:
     """A site's SuperNode: the SuperLink it dials, the CA it trusts, its node key, its data
-    and its own privacy files (``fedllm site init DIR``: policy.toml, site-key.pem)."""
+    and its own folder (``fedllm site init DIR``: policy, keys, SuperExec secret, trusted
+    apps; :class:`~fedllm.deploy.site_files.SiteFiles`)."""
 
     superlink: str
     ca: Path
@@ -103,36 +140,49 @@ class SiteSettings:
     site_dir: Path
     name: str
     port: int = SUPERNODE_PORT
-    # True: `--isolation process` plus fedllm's warm executor (fedllm/deploy/executor.py) runs the
-    # ClientApps; False: Flower's default, a fresh `flwr-clientapp` process per message.
+    # True: fedllm's executor (fedllm/deploy/executor.py) imports torch and opacus once and
+    # forks a child per task; False: it preloads nothing (each task imports them itself).
     warm: bool = True
+
+    @property
+    def files(self) -> SiteFiles:
+        return SiteFiles(self.site_dir)
 
     def node_config(self) -> dict[str, str]:
         return {
             NODE_DATA_PATH: str(self.data_path),
             NODE_SITE_NAME: self.name,
-            NODE_POLICY_PATH: str(self.site_dir / "policy.toml"),
-            NODE_LEDGER_PATH: str(self.site_dir / "ledger.jsonl"),
-            NODE_SITE_KEY: str(self.site_dir / "site-key.pem"),
+            NODE_POLICY_PATH: str(self.files.policy),
+            NODE_LEDGER_PATH: str(self.files.ledger),
+            NODE_SITE_KEY: str(self.files.site_key),
         }
 
-    def check(self) -> None:
-        """Fail before starting, naming the file: a CA that is not valid now, a node key
-        others may read, a missing data file or site file."""
+    def check(self) -> TrustedApps:
+        """Fail before starting, naming the file: a CA that is not valid now, a node key or
+        SuperExec secret others may read, a missing data file or site file, a malformed
+        trusted-apps file. Returns what the site trusts."""
         _check_port(self.port)
         check_certificate(self.ca)
         if not self.node_key.is_file():
-            raise CertificateError(f"node key {self.node_key} does not exist")
+            raise CertificateError(
+                f"node key {self.node_key} does not exist (`fedllm site init` makes one)"
+            )
         check_private_key_mode(self.node_key)
         if not self.data_path.exists():
             raise DataError(f"the site's data {self.data_path} does not exist")
-        for key in (NODE_POLICY_PATH, NODE_SITE_KEY):
-            path = Path(self.node_config()[key])
+        files = self.files
+        for path in (files.policy, files.site_key, files.superexec_secret, files.trusted_apps):
             if not path.is_file():
                 raise ConfigError(
                     f"{path} does not exist: create the site's files with "
                     f"`fedllm site init {self.site_dir}`"
                 )
+        mode = files.superexec_secret.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise CertificateError(
+                f"SuperExec secret {files.superexec_secret} has mode {mode:04o}; it must be 0600"
+            )
+        return TrustedApps.load(files.trusted_apps)
 
     def command(self, exe: str = "flower-supernode") -> list[str]:
         return [
@@ -142,13 +192,17 @@ class SiteSettings:
             *("--auth-supernode-private-key", str(self.node_key)),
             *("--node-config", node_config_arg(self.node_config())),
             *("--port", str(self.port)),
-            *(("--isolation", "process") if self.warm else ()),
+            *("--isolation", "process"),  # only fedllm's executor runs ClientApps
+            *("--superexec-auth-secret-file", str(self.files.superexec_secret)),
         ]
 
     def executor_command(self, supernode_pid: int | None, python: str | None = None) -> list[str]:
-        """The warm executor beside a ``warm`` SuperNode (same machine: loopback)."""
+        """The executor beside the SuperNode (same machine: loopback)."""
         command = [python or sys.executable, "-m", EXECUTOR_MODULE]
-        command += ["--runtime-api-address", host_port("127.0.0.1", self.port)]
+        command += ["--runtime-api-address", host_port(LOOPBACK, self.port)]
+        command += ["--trusted-apps", str(self.files.trusted_apps)]
+        command += ["--superexec-auth-secret-file", str(self.files.superexec_secret)]
+        command += [] if self.warm else ["--cold"]
         return command + (["--parent-pid", str(supernode_pid)] if supernode_pid else [])
 
 
@@ -164,6 +218,15 @@ def node_config_arg(values: Mapping[str, str]) -> str:
 def host_port(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets (``[::1]:8000``)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) back into its parts; a clear error otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"address {address!r} is not HOST:PORT")
+    _check_port(int(port))
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _check_port(port: int) -> None:

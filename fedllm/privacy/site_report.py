@@ -32,9 +32,11 @@ from typing import Any, Literal
 from fedllm.crypto.signing import PublicKey, SiteKey
 from fedllm.errors import LedgerError, PrivacyError, SignatureError
 from fedllm.files import write_new
-from fedllm.privacy.ledger import LedgerEntry, LedgerState, PrivacyLedger, history_epsilon
-from fedllm.privacy.ledger import replay as replay_ledger
-from fedllm.privacy.ledger import verify as verify_ledger
+from fedllm.privacy.budget import history_epsilon
+from fedllm.privacy.budget import replay as replay_ledger
+from fedllm.privacy.chain import LedgerEntry, LedgerState
+from fedllm.privacy.chain import verify as verify_ledger
+from fedllm.privacy.ledger import PrivacyLedger
 from fedllm.privacy.policy import SitePolicy
 from fedllm.privacy.report_layout import (
     BLOCKS,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedllm.privacy import DPSchedule, epsilon
+from fedllm.privacy import DPEvent, DPSchedule, epsilon
 
 # Starts Flower's simulation engine (Ray): left out of the quick loop, `-m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -88,15 +88,18 @@ def test_epsilon_is_cumulative_within_target_and_replayable(
         assert reported == sorted(reported) and reported[-1] <= TARGET
         assert reported[-1] >= 0.95 * TARGET  # the whole budget is used, not wasted
         info = metrics["rounds"][0]["sites"][site]
+        # The schedule comes from the count the site released (noised, once): the release is
+        # the first event of its history.
         schedule = DPSchedule.for_site(
             int(info["num-examples"]),
             cfg["batch-size"],
             cfg["local-epochs"],
             cfg["num-server-rounds"],
         )
+        count = DPEvent(cfg["count-noise"], 1.0, 1)
         for r, value in enumerate(reported, start=1):
             replay = epsilon(
-                [schedule.round_event(info["noise-multiplier"])] * r,
+                [count] + [schedule.round_event(info["noise-multiplier"])] * r,
                 cfg["target-delta"],
                 cfg["accountant"],
             )
@@ -136,19 +139,38 @@ def test_a_banks_csv_with_a_site_column_trains_one_site_per_value(tmp_path: Path
     assert final["auc"] > 0.75
 
 
-def test_dp_with_secure_aggregation_converges_like_dp_alone(
+def test_dp_with_secure_aggregation_equals_dp_alone_on_the_same_noise(
     finished_run: tuple[Path, str], tmp_path: Path
 ) -> None:
-    """DP + SecAgg+ (the module's run) against the same run, same seed, without SecAgg."""
-    run, log = finished_run
-    simulate(tmp_path, "plain", *E2E, "secagg=false")
-    secure = json.loads((run / "metrics.json").read_text())
-    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    """DP + SecAgg+ against DP alone, both with reproducible-noise (research only: the same
+    noise and batches in both runs), so the only difference left is SecAgg's quantization."""
+    _, log = finished_run
     assert "secure aggregation on (SecAgg+)" in log
     assert "secagg: round 3, sum of 3 sites unmasked" in log
     assert "secagg: round 3, keys shared by 3 sites (ahead" in log  # two messages a round
-    assert abs(secure["final"]["accuracy"] - plain["final"]["accuracy"]) <= 0.02
+    simulate(tmp_path, "secure", *E2E, "reproducible-noise=true")
+    simulate(tmp_path, "plain", *E2E, "reproducible-noise=true", "secagg=false")
+    secure = json.loads((tmp_path / "secure" / "metrics.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert abs(secure["final"]["accuracy"] - plain["final"]["accuracy"]) <= 0.01
     assert secure["final"]["epsilon-per-site"] == pytest.approx(plain["final"]["epsilon-per-site"])
+    a = torch.load(tmp_path / "secure" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)
+    for key, value in a.items():  # quantization to 2**24 levels of +-8: ~1e-6 a round
+        torch.testing.assert_close(value, b[key], rtol=0, atol=1e-3)
     for entry in secure["rounds"]:
         assert entry["rejected"] == {}
         assert all("secagg-clipped" in site for site in entry["sites"].values())
+    report = (tmp_path / "secure" / "report.md").read_text()
+    assert report.startswith("**NOT PRIVATE: reproducible-noise")
+
+
+def test_two_runs_with_identical_config_train_different_dp_models(
+    finished_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The run config (its seed included) is public: the DP noise must not follow from it."""
+    run, _ = finished_run
+    simulate(tmp_path, "again", *E2E)
+    a = torch.load(run / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "again" / "model.pt", weights_only=True)
+    assert all((a[key] - b[key]).abs().max() > 1e-3 for key in a)

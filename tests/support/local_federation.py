@@ -1,6 +1,8 @@
 """A whole deployment on one machine: a TLS SuperLink with node authentication and N
 SuperNodes, each a separate process with its own key, data file and privacy files, all
 started with the same command lines as ``fedllm superlink start`` / ``fedllm supernode start``.
+Each site's folder is made as a site makes it (``fedllm site init``, ``fedllm site trust``),
+and the operator files only its public key (``fedllm certs add-site``).
 
 Test support, not library: for the integration tests and the latency benchmark (and for
 trying a deployment before spreading it over machines). Every process starts in its own
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedllm import deploy
+from fedllm.crypto import add_node_public_key
+from fedllm.deploy.pinning import trusted_app
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -92,18 +96,35 @@ class LocalFederation:
     def start_superlink(
         self, keys: Sequence[Path], port: int, host: str = "127.0.0.1", timeout: float = 90
     ) -> Process:
-        """``fedllm superlink start`` (the operator's command) registering ``keys``; returns
-        once it says it is ready."""
+        """``fedllm superlink start`` (the operator's command) registering ``keys``, its gate
+        on ``host:port`` and flower-superlink on a free loopback port; returns once it says
+        it is ready."""
         self.superlink = deploy.SuperLinkSettings(
-            self.root / "pki", self.root / "superlink-state", host, port
+            self.root / "pki", self.root / "superlink-state", host, port, free_port()
         )
         command = [sys.executable, "-m", "fedllm.cli", "superlink", "start", str(self.root / "pki")]
         command += ["--state", str(self.superlink.state_dir), "--host", host, "--port", str(port)]
+        command += ["--control-port", str(self.superlink.control_port)]
         for key in keys:
             command += ["--register", str(key)]
         process = self.start("superlink", command)
         wait_for(process, "SuperLink ready", timeout)
         return process
+
+    def add_site(
+        self, name: str, pinned: Sequence[deploy.FabInfo], max_epsilon: float = 10.0
+    ) -> deploy.SiteFiles:
+        """``root/sites/<name>/`` as the site makes it (its own keys and secret, its policy,
+        ``pinned`` apps trusted), and its ``node.pub`` filed as ``pki/nodes/<name>.pub``."""
+        from fedllm.privacy import SitePolicy
+
+        made = deploy.init_site(self.root / "sites" / name, SitePolicy(max_epsilon, 1e-5))
+        trusted = deploy.TrustedApps.load(made.files.trusted_apps)
+        for fab in pinned:
+            trusted = trusted.trust(trusted_app(fab, "pinned by the test"))
+        trusted.write(made.files.trusted_apps)
+        add_node_public_key(self.root / "pki", name, made.files.node_pub)
+        return made.files
 
     def start_site(self, site: deploy.SiteSettings, prefix: Sequence[str] | None = None) -> Process:
         """``fedllm supernode start`` (the site's command): its SuperNode and, when
@@ -131,7 +152,7 @@ class LocalFederation:
         if self.superlink is None:
             raise RuntimeError("start the SuperLink before the sites")
         site = deploy.SiteSettings(
-            self.superlink.address(),
+            self.superlink.fleet_address(),
             ca,
             node_key,
             data_path,

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from fedllm import deploy
 from fedllm.cli import main
-from fedllm.crypto import SiteKey
-from fedllm.privacy import PrivacyLedger
+from fedllm.crypto import SiteKey, check_node_public_key
+from fedllm.privacy import PrivacyLedger, SitePolicy
 from tests.ledgers import spend
 
 
@@ -35,19 +36,44 @@ def _error(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-def test_site_init_creates_policy_and_key_and_prints_node_config(
+def test_site_init_makes_every_key_at_the_site_and_prints_only_public_parts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "hospital"
     assert main(["site", "init", str(folder), "--max-epsilon", "2.5"]) == 0
     out = capsys.readouterr().out
-    assert "max-epsilon = 2.5" in (folder / "policy.toml").read_text()
+    policy = SitePolicy.load(folder / "policy.toml")
+    assert policy.max_epsilon == 2.5
+    # Nothing outside epsilon by default: no feature statistics, no evaluations under DP.
+    assert not policy.allow_feature_statistics and policy.max_evaluations == 0
+    assert "feature statistics refused, 0 noised evaluation(s) per run" in out
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert modes == {
+        "policy.toml": 0o644,
+        "site-key.pem": 0o600,
+        "site-key.pub": 0o644,
+        "node.key": 0o600,
+        "node.pub": 0o644,
+        "superexec.secret": 0o600,
+        "trusted-apps.toml": 0o644,
+    }
     key = SiteKey.load(folder / "site-key.pem")
-    assert (
-        f"--node-config \"data-path='...' policy-path='{folder}/policy.toml' "
-        f"ledger-path='{folder}/ledger.jsonl' site-key='{folder}/site-key.pem'\""
-    ) in out
     assert key.public.fingerprint in out and key.public.pem() in out
+    assert (folder / "node.pub").read_text().strip() in out  # what the operator gets
+    assert check_node_public_key(folder / "node.pub") in out
+    assert "PRIVATE" not in out and (folder / "superexec.secret").read_text() not in out
+    assert len((folder / "superexec.secret").read_bytes()) == 64
+    assert deploy.TrustedApps.load(folder / "trusted-apps.toml").apps == ()
+    assert f"fedllm site trust {folder} --sha256 DIGEST" in out
+
+
+def test_site_init_sets_what_the_site_releases_besides_dp_updates(tmp_path: Path) -> None:
+    folder = tmp_path / "lab"
+    args = ["--allow-feature-statistics", "--max-evaluations", "2", "--max-federation-size", "5"]
+    assert main(["site", "init", str(folder), *args]) == 0
+    policy = SitePolicy.load(folder / "policy.toml")
+    assert policy.allow_feature_statistics and policy.max_evaluations == 2
+    assert policy.max_federation_size == 5
 
 
 def test_site_init_refuses_an_existing_site(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,3 +177,14 @@ def test_report_write_without_out_is_a_usage_error(site: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["report", "write", "--ledger", str(site / "ledger.jsonl")])
     assert exit_.value.code == 2
+
+
+def test_site_init_refuses_a_folder_holding_any_site_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "node.key").write_text("an old key")
+    assert main(["site", "init", str(folder)]) == 2
+    assert f"{folder}/node.key already exists" in _error(capsys)
+    assert [p.name for p in folder.iterdir()] == ["node.key"]  # nothing half-made

@@ -23,6 +23,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fedllm.crypto import (
     Deployment,
+    NodeKeyFiles,
+    add_node_public_key,
     check_certificate,
     check_chain,
     check_key_matches,
@@ -40,7 +42,14 @@ HOSTS = ["localhost", "127.0.0.1", "::1", "superlink.hospital-net"]
 
 @pytest.fixture
 def made(tmp_path: Path) -> Deployment:
-    return create_deployment(tmp_path / "certs", HOSTS, ["hospital-a", "hospital-b"])
+    return create_deployment(tmp_path / "certs", HOSTS)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> NodeKeyFiles:
+    """A SuperNode key pair as a site makes it in its own folder (fedllm site init)."""
+    (made,) = create_node_keys(tmp_path / "site", ["node"])
+    return made
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -108,7 +117,7 @@ def test_chain_check_refuses_an_expired_ca(made: Deployment) -> None:
 def test_certificate_from_another_ca_fails_the_chain_check(
     made: Deployment, tmp_path: Path
 ) -> None:
-    other = create_deployment(tmp_path / "other", ["localhost"], [])
+    other = create_deployment(tmp_path / "other", ["localhost"])
     with pytest.raises(CertificateError, match=f"is not signed by the CA {other.ca.cert}"):
         check_chain(made.superlink.cert, other.ca.cert)
 
@@ -157,9 +166,11 @@ def test_a_server_certificate_may_not_outlive_its_ca(tmp_path: Path) -> None:
         create_server_cert(tmp_path, ca, ["localhost"], days=31)
 
 
-def test_private_keys_are_mode_0600_and_public_files_0644(made: Deployment) -> None:
-    private = [made.ca.key, made.superlink.key, *(n.key for n in made.nodes)]
-    public = [made.ca.cert, made.superlink.cert, *(n.pub for n in made.nodes)]
+def test_private_keys_are_mode_0600_and_public_files_0644(
+    made: Deployment, node: NodeKeyFiles
+) -> None:
+    private = [made.ca.key, made.superlink.key, node.key]
+    public = [made.ca.cert, made.superlink.cert, node.pub]
     assert {p.stat().st_mode & 0o777 for p in private} == {0o600}
     assert {p.stat().st_mode & 0o777 for p in public} == {0o644}
 
@@ -172,8 +183,7 @@ def test_an_existing_key_is_never_overwritten(made: Deployment) -> None:
     assert made.ca.key.read_bytes() == before
 
 
-def test_an_existing_site_key_is_never_overwritten(made: Deployment) -> None:
-    node = made.nodes[0]
+def test_an_existing_site_key_is_never_overwritten(node: NodeKeyFiles) -> None:
     before = node.key.read_bytes()
     with pytest.raises(CertificateError, match=f"{node.key} already exists"):
         create_node_keys(node.key.parent, ["hospital-c", node.site])
@@ -181,17 +191,49 @@ def test_an_existing_site_key_is_never_overwritten(made: Deployment) -> None:
 
 
 def test_a_refused_deployment_writes_nothing(tmp_path: Path) -> None:
-    with pytest.raises(CertificateError, match="site name '../evil'"):
-        create_deployment(tmp_path / "certs", ["localhost"], ["ok", "../evil"])
+    with pytest.raises(CertificateError, match="host"):
+        create_deployment(tmp_path / "certs", ["localhost", "bad host"])
     assert not (tmp_path / "certs").exists()
 
 
-def test_node_keys_load_with_flowers_own_loaders(made: Deployment) -> None:
+def test_the_operators_folder_holds_no_site_private_key(made: Deployment) -> None:
+    private = {p.name for p in made.ca.key.parent.rglob("*") if b"PRIVATE KEY" in _bytes(p)}
+    assert private == {"ca.key", "superlink.key"}
+    assert list((made.ca.key.parent / "nodes").iterdir()) == []
+
+
+def test_a_sites_public_key_is_filed_under_its_name(made: Deployment, node: NodeKeyFiles) -> None:
+    filed = add_node_public_key(made.ca.key.parent, "hospital-a", node.pub)
+    assert filed.pub == made.ca.key.parent / "nodes" / "hospital-a.pub"
+    assert filed.fingerprint == node.fingerprint == check_node_public_key(filed.pub)
+    assert b"PRIVATE" not in filed.pub.read_bytes()
+
+
+def test_a_sites_private_key_is_refused_by_the_operator(
+    made: Deployment, node: NodeKeyFiles
+) -> None:
+    with pytest.raises(CertificateError, match="is a private key: ask the site for its node.pub"):
+        add_node_public_key(made.ca.key.parent, "hospital-a", node.key)
+    assert not (made.ca.key.parent / "nodes" / "hospital-a.pub").exists()
+
+
+def test_a_filed_site_key_is_never_replaced(made: Deployment, node: NodeKeyFiles) -> None:
+    add_node_public_key(made.ca.key.parent, "hospital-a", node.pub)
+    with pytest.raises(CertificateError, match="already exists"):
+        add_node_public_key(made.ca.key.parent, "hospital-a", node.pub)
+    with pytest.raises(CertificateError, match="site name '../evil'"):
+        add_node_public_key(made.ca.key.parent, "../evil", node.pub)
+
+
+def _bytes(path: Path) -> bytes:
+    return path.read_bytes() if path.is_file() else b""
+
+
+def test_node_keys_load_with_flowers_own_loaders(node: NodeKeyFiles) -> None:
     from flwr.cli.supernode.register import try_load_public_key
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
     from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
-    node = made.nodes[0]
     args = argparse.Namespace(
         auth_supernode_private_key=str(node.key), auth_supernode_public_key=None
     )
@@ -202,7 +244,7 @@ def test_node_keys_load_with_flowers_own_loaders(made: Deployment) -> None:
     )  # `flwr supernode register`
 
 
-def test_what_a_node_signs_verifies_with_its_registered_public_key(made: Deployment) -> None:
+def test_what_a_node_signs_verifies_with_its_registered_public_key(node: NodeKeyFiles) -> None:
     from flwr.cli.supernode.register import try_load_public_key
     from flwr.supercore.primitives.asymmetric import (
         bytes_to_public_key,
@@ -210,7 +252,6 @@ def test_what_a_node_signs_verifies_with_its_registered_public_key(made: Deploym
         verify_signature,
     )
 
-    node = made.nodes[0]
     private = serialization.load_ssh_private_key(node.key.read_bytes(), None)
     assert isinstance(private, ec.EllipticCurvePrivateKey)
     registered = bytes_to_public_key(try_load_public_key(node.pub))
@@ -218,8 +259,7 @@ def test_what_a_node_signs_verifies_with_its_registered_public_key(made: Deploym
     assert verify_signature(registered, b"timestamp", signature)
 
 
-def test_node_fingerprint_is_the_one_ssh_keygen_shows(made: Deployment) -> None:
-    node = made.nodes[0]
+def test_node_fingerprint_is_the_one_ssh_keygen_shows(node: NodeKeyFiles) -> None:
     assert check_node_public_key(node.pub) == node.fingerprint
     assert node.fingerprint.startswith("SHA256:") and len(node.fingerprint) == 50
 
@@ -259,7 +299,7 @@ def _free_port() -> int:
 def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, int]]:
     """A `flower-superlink` on a free loopback port with the printed TLS flags; always killed."""
     folder = tmp_path_factory.mktemp("tls")
-    made = create_deployment(folder / "certs", HOSTS, ["site-a"])
+    made = create_deployment(folder / "certs", HOSTS)
     exe = Path(sys.executable).parent / "flower-superlink"
     port = _free_port()
     command = [

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,8 +15,8 @@ from opacus.accountants import RDPAccountant
 
 from fedllm.crypto import SiteKey
 from fedllm.errors import LedgerError, PrivacyBudgetExceededError
-from fedllm.privacy import DPEvent, PrivacyLedger, check_budget
-from tests.ledgers import EVENT, spend
+from fedllm.privacy import DPEvent, LedgerEntry, PrivacyLedger, chain, check_budget
+from tests.ledgers import EVENT, long_ledger, spend
 
 
 def _ledger(folder: Path, rounds: int = 3, key: SiteKey | None = None) -> PrivacyLedger:
@@ -215,3 +216,86 @@ def test_the_spend_never_exceeds_the_maximum_and_replays_exactly(
         fresh = _reference_epsilon(trained, 1e-5)
         assert math.isclose(entries[-1].epsilon, fresh, rel_tol=1e-12)  # type: ignore[arg-type]
         assert fresh <= max_epsilon
+
+
+LONG = 60
+
+
+@pytest.fixture(scope="module")
+def long_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    """A 60-entry ledger (six runs, three schedules): its bytes and its head's bytes."""
+    ledger = long_ledger(tmp_path_factory.mktemp("long"), LONG)
+    return ledger.path.read_bytes(), ledger.head_path.read_bytes()
+
+
+def _edit(lines: list[bytes], k: int) -> list[bytes]:
+    edited = lines[k - 1].replace(b'"site":"site-0"', b'"site":"site-1"')
+    return [*lines[: k - 1], edited, *lines[k:]]
+
+
+def _delete(lines: list[bytes], k: int) -> list[bytes]:
+    return [*lines[: k - 1], *lines[k:]]
+
+
+def _swap(lines: list[bytes], k: int) -> list[bytes]:
+    k = min(k, len(lines) - 1)
+    return [*lines[: k - 1], lines[k], lines[k - 1], *lines[k + 1 :]]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(k=st.integers(1, LONG), change=st.sampled_from([_edit, _delete, _swap]))
+def test_any_change_to_a_verified_long_ledger_is_refused_naming_the_first_bad_entry(
+    tmp_path_factory: pytest.TempPathFactory,
+    long_site: tuple[bytes, bytes],
+    k: int,
+    change: Callable[[list[bytes], int], list[bytes]],
+) -> None:
+    data, head = long_site
+    folder = tmp_path_factory.mktemp("copy")
+    ledger = PrivacyLedger(folder / "ledger.jsonl")
+    ledger.path.write_bytes(data)
+    ledger.head_path.write_bytes(head)
+    assert len(ledger.read().entries) == LONG  # verified once: the next read starts from here
+    ledger.path.write_bytes(b"".join(change(data.splitlines(keepends=True), k)))
+    if change is _delete and k == LONG:
+        expected = f"signed head records {LONG} entries"  # only the head can tell
+    else:
+        expected = rf"entry {min(k, LONG - 1) if change is _swap else k} \(line"
+    with pytest.raises(LedgerError, match=expected):
+        ledger.read()
+
+
+def test_a_read_after_an_append_checks_only_the_new_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = long_ledger(tmp_path, 12)
+    ledger.read()
+    spend(PrivacyLedger(ledger.path, SiteKey.load(tmp_path / "site-key.pem")), 13)  # a writer
+    parsed: list[int] = []
+    parse = chain._parse
+
+    def counting(data: bytes, source: str, before: tuple[LedgerEntry, ...] = ()) -> Any:
+        parsed.append(data.count(b"\n"))
+        return parse(data, source, before)
+
+    monkeypatch.setattr(chain, "_parse", counting)
+    assert [e.seq for e in ledger.read().entries] == list(range(1, 14))
+    assert parsed == [0]  # the append left its own bytes as the verified ones
+    ledger.path.write_bytes(ledger.path.read_bytes().replace(b'"round":1,', b'"round":9,', 1))
+    with pytest.raises(LedgerError, match="entry 1 .* does not match its hash"):
+        ledger.read()
+    assert parsed[-1] == 13  # a changed prefix: the whole chain again
+
+
+def test_a_head_re_signed_by_another_key_is_refused_even_after_a_verified_read(
+    tmp_path: Path,
+) -> None:
+    ledger = _ledger(tmp_path)
+    reader = PrivacyLedger(ledger.path)  # unpinned, as an officer without the site key
+    reader.read()
+    other = SiteKey.generate(tmp_path / "other.pem")
+    ledger._write_head(other, 3, reader.read().entries[-1].hash)
+    with pytest.raises(LedgerError, match="entry 1 is not signed by the ledger's key"):
+        reader.read()

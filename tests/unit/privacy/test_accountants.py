@@ -1,0 +1,123 @@
+"""The accountant registry and its compositions: each accountant's figure equals an independent
+evaluation of the whole history (Opacus's own accountants for `prv` and `rdp`, dp-accounting's
+PLDAccountant for `pld`), whether composed at once or one event at a time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedllm.config import RunConfig
+from fedllm.errors import ConfigError, PolicyError, PrivacyError
+from fedllm.privacy import ACCOUNTANTS, DPEvent, DPSchedule, SitePolicy, get_accountant
+from fedllm.privacy.accountants.prv import prv_epsilon
+from tests.histories import histories, reference
+from tests.unit.privacy.test_client_dp import exact_epsilon
+
+DELTA = 1e-5
+
+
+def test_every_name_resolves_and_an_unknown_one_lists_the_known_ones() -> None:
+    assert set(ACCOUNTANTS) == {"prv", "rdp", "pld"}
+    for name in ACCOUNTANTS:
+        assert get_accountant(name).name == name
+    with pytest.raises(PrivacyError, match=r"must be one of prv, rdp, pld, got 'moments'"):
+        get_accountant("moments")
+
+
+def test_the_run_config_and_site_policies_check_names_against_the_registry(
+    defaults: dict[str, object],
+) -> None:
+    assert RunConfig.from_flower({**defaults, "accountant": "pld"}).accountant == "pld"
+    with pytest.raises(ConfigError, match="`accountant` must be one of prv, rdp, pld"):
+        RunConfig.from_flower({**defaults, "accountant": "moments"})
+    assert SitePolicy(max_epsilon=1.0, delta=1e-5).accountants == ("prv", "rdp", "pld")
+    with pytest.raises(PolicyError, match="non-empty list of prv, rdp, pld"):
+        SitePolicy(max_epsilon=1.0, delta=1e-5, accountants=("moments",))
+
+
+@pytest.mark.parametrize("accountant", list(ACCOUNTANTS))
+def test_a_step_without_noise_makes_the_history_not_private_for_good(accountant: str) -> None:
+    spent = get_accountant(accountant).start(DELTA).then(DPEvent(1.0, 0.1, 10))
+    assert math.isfinite(spent.epsilon())
+    spent = spent.then(DPEvent(0.0, 0.1, 5)).then(DPEvent(1.0, 0.1, 10))
+    assert spent.epsilon() == math.inf and spent.bound() == math.inf
+    assert get_accountant(accountant).start(DELTA).then(DPEvent(1.0, 0.1, 0)).epsilon() == 0.0
+
+
+@pytest.mark.parametrize("accountant", list(ACCOUNTANTS))
+def test_bad_events_and_deltas_are_refused(accountant: str) -> None:
+    with pytest.raises(PrivacyError, match="noise multiplier must be >= 0"):
+        get_accountant(accountant).start(DELTA).then(DPEvent(-1.0, 0.1, 1))
+    with pytest.raises(PrivacyError, match=r"sample rate must be in \(0, 1\]"):
+        get_accountant(accountant).start(DELTA).then(DPEvent(1.0, 1.5, 1))
+    with pytest.raises(PrivacyError, match=r"`delta` must be in \(0, 1\), got 0"):
+        get_accountant(accountant).start(0)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize(
+    "events",
+    [
+        [DPEvent(1.1, 0.05, 40)] * 3,
+        [DPEvent(0.9, 0.2, 7), DPEvent(2.5, 0.01, 300), DPEvent(0.9, 0.2, 7)],
+        [DPEvent(12.1, 0.5, 2)] * 20,  # a heart-disease site's 20 rounds
+    ],
+)
+def test_prv_and_rdp_are_opacus_s_figures_bit_for_bit(
+    events: list[DPEvent], accountant: str
+) -> None:
+    assert get_accountant(accountant).epsilon(events, DELTA) == reference(events, DELTA, accountant)
+
+
+@settings(max_examples=10, deadline=None)
+@given(events=histories, accountant=st.sampled_from(["prv", "rdp", "pld"]))
+def test_composing_one_event_at_a_time_equals_a_fresh_evaluation_of_the_whole_history(
+    events: list[DPEvent], accountant: str
+) -> None:
+    spent = get_accountant(accountant).start(DELTA)
+    for event in events:  # a round at a time, each round's figure asked for as a site does
+        spent = spent.then(event)
+        spent.bound() if accountant == "prv" else spent.epsilon()  # PRV: exact on demand only
+    assert spent.epsilon() == pytest.approx(reference(events, DELTA, accountant), rel=1e-3)
+
+
+@settings(max_examples=12, deadline=None)
+@given(events=histories, delta=st.sampled_from([1e-5, 1e-6, 1e-3]))
+def test_the_prv_bound_is_above_the_exact_prv_figure(events: list[DPEvent], delta: float) -> None:
+    spent = get_accountant("prv").compose(events, delta)
+    assert spent.bound() >= spent.epsilon()
+    assert spent.within(spent.bound()) and not spent.within(spent.epsilon() - 1e-9)
+
+
+def test_a_check_within_the_prv_bound_does_not_evaluate_prv() -> None:
+    spent = get_accountant("prv").compose([DPEvent(3.0, 0.01, 500)], DELTA)
+    before = prv_epsilon.cache_info()
+    assert spent.within(spent.bound() + 1.0)
+    assert prv_epsilon.cache_info() == before  # decided by the bound alone
+    assert not spent.within(spent.epsilon() * 0.99)  # near the limit: the exact figure decides
+    assert prv_epsilon.cache_info().misses == before.misses + 1
+
+
+@pytest.mark.parametrize("accountant", list(ACCOUNTANTS))
+def test_calibration_spends_the_target_over_the_rounds_as_composed(accountant: str) -> None:
+    schedule = DPSchedule(sample_rate=0.5, steps_per_round=2, rounds=20)
+    sigma = get_accountant(accountant).calibrate(1.0, DELTA, schedule)
+    spent = get_accountant(accountant).start(DELTA)
+    for _ in range(schedule.rounds):
+        spent = spent.then(schedule.round_event(sigma))
+    assert 0.99 <= spent.epsilon() <= 1.0
+
+
+def test_pld_is_below_prv_by_about_prv_s_margin_and_above_the_exact_gaussian_curve() -> None:
+    for events in ([DPEvent(1.1, 0.05, 400)], [DPEvent(12.1, 0.5, 40)], [DPEvent(2.0, 1.0, 10)]):
+        pld = get_accountant("pld").epsilon(events, DELTA)
+        prv = get_accountant("prv").epsilon(events, DELTA)
+        assert prv - 0.012 <= pld <= prv
+    gaussian = [DPEvent(3.0, 1.0, 1)] * 5  # no subsampling: an exact closed form exists
+    pld = get_accountant("pld").epsilon(gaussian, 1e-3)
+    exact = exact_epsilon([3.0] * 5, 1e-3)
+    assert exact <= pld <= exact * 1.002
