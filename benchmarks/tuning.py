@@ -223,6 +223,9 @@ def run_inprocess(
     task = get_task(cfg.task)
     model = task.build_model(cfg, fed.input_shape)
     train = _fedllm_site if side == "fedllm" else _peer_site
+    # fedllm's sites release their example count once per run, noised (clients/train.py); the
+    # schedule, calibration and normalizer follow that count. The peer sends its count clear.
+    counts = [_released_count(cfg, len(site.train)) for site in fed.sites]
     for rnd in range(1, cfg.num_server_rounds + 1):
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
         total: dict[str, torch.Tensor] = {}
@@ -230,7 +233,7 @@ def run_inprocess(
         for i, site in enumerate(fed.sites):
             local = task.build_model(cfg, fed.input_shape)
             local.load_state_dict(global_state)
-            train(task, cfg, local, site.train, cfg.seed * 1_000_003 + rnd * 1_009 + i)
+            train(task, cfg, local, site.train, cfg.seed * 1_000_003 + rnd * 1_009 + i, counts[i])
             n = len(site.train)
             weight += n
             for k, v in local.state_dict().items():
@@ -241,28 +244,49 @@ def run_inprocess(
     return scores
 
 
-def _fedllm_site(task: Task, cfg: RunConfig, model: nn.Module, data: Split, seed: int) -> None:
-    """What fedllm's ClientApp does with a round (clients/train.py), minus the ledger."""
-    from fedllm.privacy import DPParams, DPSchedule
+def _released_count(cfg: RunConfig, n: int) -> int:
+    """The example count a fedllm site releases for the run (noised under DP, fresh entropy)."""
+    if not cfg.dp:
+        return n
+    from fedllm.privacy.randomness import release_generator
+    from fedllm.privacy.releases import release_count
+
+    return release_count(n, cfg.count_noise, release_generator(None))
+
+
+def _fedllm_site(
+    task: Task, cfg: RunConfig, model: nn.Module, data: Split, seed: int, count: int
+) -> None:
+    """What fedllm's ClientApp does with a round (clients/train.py), minus the ledger: the
+    noise calibrated for the run's whole release plan at the released ``count``."""
+    from clients.train import release_plan
+    from fedllm.privacy import DPParams
     from fedllm.training import LocalTraining, train_local
 
     dp = None
     if cfg.dp:
-        schedule = DPSchedule.for_site(
-            len(data), cfg.batch_size, cfg.local_epochs, cfg.num_server_rounds
+        sigma = _fedllm_noise(
+            cfg.target_epsilon, cfg.target_delta, release_plan(cfg, count), cfg.accountant
         )
-        sigma = _fedllm_noise(cfg.target_epsilon, cfg.target_delta, schedule, cfg.accountant)
         dp = DPParams(
             sigma, cfg.max_grad_norm, cfg.accountant, grad_sample_mode=cfg.grad_sample_mode
         )
     settings = LocalTraining(
-        cfg.local_epochs, cfg.batch_size, cfg.learning_rate, seed=seed, optimizer=cfg.optimizer
+        cfg.local_epochs,
+        cfg.batch_size,
+        cfg.learning_rate,
+        seed=seed,
+        optimizer=cfg.optimizer,
+        schedule_examples=count if cfg.dp else None,
     )
     train_local(task, model, data, settings, dp)
 
 
-def _peer_site(task: Task, cfg: RunConfig, model: nn.Module, data: Split, seed: int) -> None:
-    """What the peer's ClientApp does with a round (peer/client_app.py)."""
+def _peer_site(
+    task: Task, cfg: RunConfig, model: nn.Module, data: Split, seed: int, count: int
+) -> None:
+    """What the peer's ClientApp does with a round (peer/client_app.py); ``count`` unused (its
+    count goes out clear)."""
     from peer.training import PeerDP, train_round
 
     torch.seed()  # as the peer's ClientApp: Opacus draws from torch's global generator
@@ -278,10 +302,10 @@ def _peer_site(task: Task, cfg: RunConfig, model: nn.Module, data: Split, seed: 
 
 
 @functools.lru_cache(maxsize=256)
-def _fedllm_noise(eps: float, delta: float, schedule: Any, accountant: str) -> float:
-    from fedllm.privacy import calibrate_noise
+def _fedllm_noise(eps: float, delta: float, plan: Any, accountant: str) -> float:
+    from fedllm.privacy import calibrate_plan
 
-    return calibrate_noise(eps, delta, schedule, accountant)
+    return calibrate_plan(eps, delta, plan, accountant)
 
 
 @functools.lru_cache(maxsize=256)

@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-rounds", type=int, default=0, help="cap every data set's rounds")
     p.add_argument("--grid-limit", type=int, default=0, help="first N settings of each grid")
-    p.add_argument("--results", default="", help="output folder (default benchmarks/results)")
+    p.add_argument("--results", default="", help="output folder (default: results/utility)")
     p.add_argument("--resume", action="store_true", help="keep finished runs in --results")
     p.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     p.add_argument(
@@ -483,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = "0,1" if args.seeds == "0,1,2,3,4" else args.seeds
         args.max_rounds = args.max_rounds or 3
         args.grid_limit = args.grid_limit or 2
-    results = Path(args.results or (RESULTS / ("utility-pilot" if args.pilot else ""))).resolve()
+    results = Path(
+        args.results or (RESULTS / ("utility-pilot" if args.pilot else "utility"))
+    ).resolve()
     if args.report_only:
         saved = json.loads((results / "utility.json").read_text())
         (results / "utility.md").write_text(markdown(saved))

@@ -278,7 +278,12 @@ def estimate(plan: dict[str, Any], measured: Path, jobs: int) -> str:
         )
         extra = 2 if name in plan["datasets"] else 3  # FedAvg is the main table's run
         report["other"] += each * extra * len(plan["seeds"])
-    lanes = max(report.values()) if jobs > 1 else sum(report.values())
+    if jobs <= 1:
+        lanes = sum(report.values())
+    elif all(report.values()):  # MNIST in one lane, the rest in the other
+        lanes = max(report.values())
+    else:  # one kind only: spread over the lanes
+        lanes = sum(report.values()) / jobs
     total = tuning / max(1, jobs) + lanes
     return "\n".join(
         [
