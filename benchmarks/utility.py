@@ -395,8 +395,19 @@ def report(plan: Plan, runs: list[Run], out: dict[str, Any], results: Path, jobs
     lock = threading.Lock()
     failures: list[str] = []
 
-    def lane(items: list[tuple[int, Run]]) -> None:
-        for i, run in items:
+    # One queue for every worker (each takes the next run when it is free), the longest runs
+    # first: MNIST, then the peer's (its DataLoader loop is the slower one).
+    queue = sorted(
+        enumerate(runs, 1),
+        key=lambda x: (not x[1].row.startswith("mnist"), x[1].side != "peer", x[0]),
+    )
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                i, run = queue.pop(0)
             try:
                 result = execute(run, runs_dir, earlier.get(run.name))
             except RuntimeError as err:
@@ -417,16 +428,7 @@ def report(plan: Plan, runs: list[Run], out: dict[str, Any], results: Path, jobs
                 out["complete"] = len(done) == len(runs)
                 save(out, results)
 
-    numbered = list(enumerate(runs, 1))
-    if jobs <= 1:
-        lanes = [numbered]
-    else:  # MNIST in one lane, the (lighter) tabular runs in the other
-        heavy = [x for x in numbered if x[1].row.startswith("mnist")]
-        light = [x for x in numbered if not x[1].row.startswith("mnist")]
-        lanes = [lane_ for lane_ in (heavy, light) if lane_]
-        if len(lanes) == 1:
-            lanes = [numbered[k::jobs] for k in range(jobs)]
-    threads = [threading.Thread(target=lane, args=(items,)) for items in lanes]
+    threads = [threading.Thread(target=worker) for _ in range(max(1, jobs))]
     for th in threads:
         th.start()
     for th in threads:
@@ -460,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs",
         type=int,
         default=2,
-        help="tuning processes at once; reported runs: 2 lanes (MNIST, the rest)",
+        help="tuning processes and reported runs at once",
     )
     p.add_argument(
         "--pilot",

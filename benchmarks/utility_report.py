@@ -278,12 +278,7 @@ def estimate(plan: dict[str, Any], measured: Path, jobs: int) -> str:
         )
         extra = 2 if name in plan["datasets"] else 3  # FedAvg is the main table's run
         report["other"] += each * extra * len(plan["seeds"])
-    if jobs <= 1:
-        lanes = sum(report.values())
-    elif all(report.values()):  # MNIST in one lane, the rest in the other
-        lanes = max(report.values())
-    else:  # one kind only: spread over the lanes
-        lanes = sum(report.values()) / jobs
+    lanes = sum(report.values()) / max(1, jobs)  # one queue: each worker takes the next run
     total = tuning / max(1, jobs) + lanes
     return "\n".join(
         [
@@ -293,7 +288,7 @@ def estimate(plan: dict[str, Any], measured: Path, jobs: int) -> str:
             f"with {jobs} at once",
             f"  reported runs: MNIST {report['mnist'] / 60:.0f} min, the rest "
             f"{report['other'] / 60:.0f} min; {lanes / 60:.0f} min in "
-            f"{'2 lanes' if jobs > 1 else '1 lane'}",
+            f"{jobs} at once",
             f"  total: about {total / 3600:.1f} h",
         ]
     )
