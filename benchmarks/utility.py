@@ -518,10 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if results.exists() and any(results.iterdir()) and not args.resume:
         p.error(f"{results} holds results; pass --resume to continue them, or --results DIR")
+    # A resumed run, once finished, is what the same command without --resume makes.
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
     command = "./scripts/setup.sh && .venv/bin/python benchmarks/utility.py" + (
-        " " + shlex.join(argv if argv is not None else sys.argv[1:])
-        if (argv or sys.argv[1:])
-        else ""
+        " " + shlex.join(given) if given else ""
     )
     preflight(plan)
     sweep = tune(plan, results / "utility-sweep.json", args.jobs)
