@@ -110,3 +110,42 @@ def test_carve_scores_on_training_rows_and_leaves_the_held_out_rows(
             r.tobytes() for r in site.test.x.numpy()
         }
     assert len(tuned.central_test) == sum(len(s.test) for s in tuned.sites)
+
+
+def test_fedllm_tuning_rounds_calibrate_as_its_sites_do(
+    defaults: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fedllm's side of tuning trains as clients/train.py does under DP: the noise calibrated for
+    the run's whole release plan at the site's noised count (the count release included), and
+    the schedule normalized by that count, not by the exact one."""
+    import fedllm.training
+    import tuning
+    from clients.train import release_plan
+
+    from fedllm.privacy import calibrate_noise, calibrate_plan
+
+    seen: list[tuple[float, int | None]] = []
+    real = fedllm.training.train_local
+
+    def spy(task: Any, model: Any, data: Any, settings: Any, dp: Any) -> Any:
+        seen.append((dp.noise_multiplier, settings.schedule_examples))
+        return real(task, model, data, settings, dp)
+
+    monkeypatch.setattr(fedllm.training, "train_local", spy)
+    cfg = _cfg(defaults, dp=True, **{"target-epsilon": 1.0, "num-server-rounds": 3})
+    task = get_task(cfg.task)
+    fed = build_federation(task, cfg, task.load_source(cfg, ""), cfg.num_sites, cfg.partitioner)
+    site = fed.sites[0].train
+    count = len(site) + 7  # a released count differs from the exact one
+    model = task.build_model(cfg, fed.input_shape)
+    tuning._fedllm_site(task, cfg, model, site, 0, count)
+    plan = release_plan(cfg, count)
+    (sigma, normalizer), = seen
+    assert normalizer == count
+    assert sigma == pytest.approx(
+        calibrate_plan(cfg.target_epsilon, cfg.target_delta, plan, cfg.accountant)
+    )
+    # the count release costs epsilon: more DP-SGD noise than the schedule alone would need
+    assert sigma > calibrate_noise(
+        cfg.target_epsilon, cfg.target_delta, plan.schedule, cfg.accountant
+    )
