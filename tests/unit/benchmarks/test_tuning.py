@@ -118,10 +118,10 @@ def test_fedllm_tuning_rounds_calibrate_as_its_sites_do(
     """fedllm's side of tuning trains as clients/train.py does under DP: the noise calibrated for
     the run's whole release plan at the site's noised count (the count release included), and
     the schedule normalized by that count, not by the exact one."""
-    import fedllm.training
     import tuning
-    from clients.train import release_plan
 
+    import fedllm.training
+    from clients.train import release_plan
     from fedllm.privacy import calibrate_noise, calibrate_plan
 
     seen: list[tuple[float, int | None]] = []
@@ -140,7 +140,7 @@ def test_fedllm_tuning_rounds_calibrate_as_its_sites_do(
     model = task.build_model(cfg, fed.input_shape)
     tuning._fedllm_site(task, cfg, model, site, 0, count)
     plan = release_plan(cfg, count)
-    (sigma, normalizer), = seen
+    ((sigma, normalizer),) = seen
     assert normalizer == count
     assert sigma == pytest.approx(
         calibrate_plan(cfg.target_epsilon, cfg.target_delta, plan, cfg.accountant)
