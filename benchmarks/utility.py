@@ -20,8 +20,9 @@ every number from one protocol, in one command.
     .venv/bin/python benchmarks/utility.py --tasks strategies   # FedAvg / FedAdam / FedProx
     .venv/bin/python benchmarks/utility.py --estimate-from benchmarks/results/utility-pilot
 
-A run that stops can be resumed with the same arguments and ``--resume DIR`` (the results
-folder): finished tuning runs and finished reported runs are kept. The data sets are read from
+A run that stops can be resumed with the same arguments and ``--resume`` (the results folder
+is ``--results``, default results/utility): finished tuning runs and finished reported runs are
+kept, and a resumed command may add rows (data sets, epsilons, strategies) to them. The data sets are read from
 ../shared/data beside the checkout, or from $FEDLLM_DATA.
 """
 
