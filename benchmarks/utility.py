@@ -22,8 +22,8 @@ every number from one protocol, in one command.
 
 A run that stops can be resumed with the same arguments and ``--resume`` (the results folder
 is ``--results``, default results/utility): finished tuning runs and finished reported runs are
-kept, and a resumed command may add rows (data sets, epsilons, strategies) to them. The data sets are read from
-../shared/data beside the checkout, or from $FEDLLM_DATA.
+kept, and a resumed command may add rows (data sets, epsilons, strategies) to them. The data
+sets are read from ../shared/data beside the checkout, or from $FEDLLM_DATA.
 """
 
 from __future__ import annotations
