@@ -1,4 +1,8 @@
-"""In-process FedAvg sweep (no Ray) mirroring server/ + clients/ logic, for hyperparameter search.
+"""In-process FedAvg sweep (no Ray) mirroring server/ + clients/ logic, for exploration.
+
+It scores on the held-out rows a reported run is scored on, so nothing it finds may be
+reported as a result: the utility table's tuning is ``benchmarks/tuning.py`` (validation rows
+carved from the sites' training rows, the same protocol for fedllm and the peer).
 
 Usage: python benchmarks/explore.py TASK 'json-list-of-overrides' [--seeds 0,1,2] [--eps 1]
 Each override dict is merged over pyproject defaults + task defaults. Prints one line per config.

@@ -3,21 +3,28 @@
 (a) a base pretrained centrally on the first part of the play (the "public" text), alone;
 (b) federated LoRA fine-tuning of that base on the rest, sites split by speaker group, no DP;
 (c) the same with DP-SGD at per-site (cumulative) epsilon 8;
-(d) centralized LoRA fine-tuning on the sites' pooled training text (CENTRAL_EPOCHS passes).
+(d) centralized LoRA fine-tuning on the sites' pooled training text (as many passes over it as
+    (b) makes: rounds x local epochs).
 All are scored on the same held-out sequences (each site's held-out share of its own text).
 (b) and (c) are the real product (`fedllm simulate`: Flower's simulation engine, fedllm's
 DP-SGD, per-site ledgers); (a) and (d) use the same library code in-process.
 
-    .venv/bin/python benchmarks/shakespeare.py            # ~30 min on 2 cores
+(b) and (d) are tuned alike: the same grid (PLAIN_GRID), the same tuning seed, scored on the
+same validation sequences carved out of the sites' training sequences (never the held-out
+ones), in-process (``benchmarks/tuning.py``); every setting tried and its validation score are
+in the results. (c) keeps the DP setting of the earlier sweep (LOCAL["dp"]), untuned here.
+
+    .venv/bin/python benchmarks/shakespeare.py            # ~1.5 h on 2 cores
     .venv/bin/python benchmarks/shakespeare.py --base B   # reuse a base from the same pretraining
-    .venv/bin/python benchmarks/shakespeare.py --quick    # a smoke run (~3 min)
+    .venv/bin/python benchmarks/shakespeare.py --quick    # a smoke run (~10 min)
 
 ``--base`` takes a checkpoint written by the pretraining command this script runs (printed at
 its start; the checkpoint's own note, steps and loss, is what the table reports), so the
 federated part can be re-run without pretraining again.
 
-Reads ../shared/data/tiny_shakespeare/input.txt (never copied into the repository; the public
-and private parts are written to a temporary folder). Writes results/shakespeare.{md,json}.
+Reads ../shared/data/tiny_shakespeare/input.txt, or $FEDLLM_DATA/tiny_shakespeare/input.txt
+(never copied into the repository; the public and private parts are written to a temporary
+folder). Writes results/shakespeare.{md,json}.
 """
 
 from __future__ import annotations
@@ -34,7 +41,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = (ROOT / ".." / "shared" / "data" / "tiny_shakespeare" / "input.txt").resolve()
+DATA = (
+    Path(os.environ.get("FEDLLM_DATA", ROOT / ".." / "shared" / "data"))
+    / "tiny_shakespeare"
+    / "input.txt"
+).resolve()
 RESULTS = ROOT / "benchmarks" / "results"
 
 ARCH: dict[str, object] = {"context-length": 128, "lm-layers": 4, "lm-heads": 4, "lm-width": 128}
@@ -60,12 +71,17 @@ PRETRAIN = {"steps": 2400, "batch-size": 32, "learning-rate": 3e-3}
 # SGD 2.0; full-batch DP-GD at lr 4 only matched it, 0.5270 / 0.5284 with 1 / 2 local
 # epochs). Small batches give more steps per epoch; DP-SGD wants large ones (the noise is
 # divided by the batch size), and Adam spreads the noise evenly over every coordinate.
-LOCAL = {
-    "plain": {"optimizer": "adam", "batch-size": 16, "learning-rate": 1e-2},
-    "dp": {"optimizer": "sgd", "batch-size": 64, "learning-rate": 1.0},
-}
+LOCAL = {"dp": {"optimizer": "sgd", "batch-size": 64, "learning-rate": 1.0}}
 EPSILON = 8.0
-CENTRAL_EPOCHS = 3  # (d): passes over the pooled text, with LOCAL["plain"]
+# (b) and (d), without DP: one grid for both, scored on validation sequences (VALIDATION of each
+# site's training sequences) with TUNING_SEED; the reported runs use seed 0.
+PLAIN_GRID = [
+    {"optimizer": "adam", "batch-size": b, "learning-rate": lr}
+    for lr in (1e-2, 3e-3)
+    for b in (16, 64)
+]
+VALIDATION = 0.1
+TUNING_SEED = 100
 # One thread per process: on a shared 2-core machine more threads per process run far slower.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
 
@@ -84,7 +100,7 @@ def stream(cmd: list[str], log: Path, prefix: str) -> None:
     """Run ``cmd``, echoing progress lines (rounds, pretraining steps) and keeping the log."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -109,20 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base", type=Path, help="a base already pretrained by this script's command"
     )
+    parser.add_argument("--grid-limit", type=int, default=0, help="first N settings (a pilot)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # `tuning` (Opacus owns `benchmarks`)
     import torch
+    from tuning import carve, run_inprocess
 
     from fedllm.config import RunConfig
     from fedllm.simulation import default_config
     from fedllm.tasks.base import Split
     from fedllm.tasks.text import TextLM
-    from fedllm.training import LocalTraining, evaluate, train_local
+    from fedllm.training import evaluate, train_local
     from fedllm.weights import exchanged_state, state_bytes
 
     torch.set_num_threads(1)
     fed = dict(FEDERATED)
     pre = dict(PRETRAIN)
+    grid = PLAIN_GRID[: args.grid_limit] if args.grid_limit else PLAIN_GRID
     if args.quick:
         fed.update({"num-server-rounds": 2})
         pre.update({"steps": 100})
@@ -137,9 +157,22 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     base = work / "base.pt"
-    cmd = [sys.executable, "-m", "fedllm.cli", "pretrain", "--text", str(work / "public.txt"),
-           "--out", str(base), "--steps", str(pre["steps"]), "--batch-size", str(pre["batch-size"]),
-           "--learning-rate", str(pre["learning-rate"])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedllm.cli",
+        "pretrain",
+        "--text",
+        str(work / "public.txt"),
+        "--out",
+        str(base),
+        "--steps",
+        str(pre["steps"]),
+        "--batch-size",
+        str(pre["batch-size"]),
+        "--learning-rate",
+        str(pre["learning-rate"]),
+    ]
     cmd += [a for k, v in ARCH.items() for a in ("-c", f"{k}={toml(v)}")]
     print("pretraining command: " + " ".join(cmd), flush=True)
     if args.base:
@@ -173,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "public-fraction": PUBLIC_FRACTION,
         "pretrain": {**pre, "seconds": round(pretrain_s, 1), "final-loss": note["final-loss"]},
         "local-training": LOCAL,
+        "tuning": {"grid": grid, "validation": VALIDATION, "seed": TUNING_SEED, "runs": []},
         "site-train-sequences": sizes,
         "test-sequences": len(test),
         "rows": rows,
@@ -185,10 +219,57 @@ def main(argv: list[str] | None = None) -> int:
     }
     save(result, started)
 
+    # (b) and (d) tuned alike: every setting of the grid, each row scored on the same
+    # validation sequences (carved from the training sequences) after the same passes.
+    tuning = carve(federation, VALIDATION, TUNING_SEED)
+    epochs = cfg.num_server_rounds * cfg.local_epochs  # (d): as many passes as (b)
+    for setting in grid:
+        trial = replace(
+            cfg,
+            seed=TUNING_SEED,
+            optimizer=str(setting["optimizer"]),
+            batch_size=int(setting["batch-size"]),
+            learning_rate=float(setting["learning-rate"]),
+        )
+        federated = run_inprocess("fedllm", trial, tuning, eval_batch=256)
+        t0 = time.monotonic()
+        pooled_fit = Split(
+            torch.cat([s.train.x for s in tuning.sites]),
+            torch.cat([s.train.y for s in tuning.sites]),
+        )
+        central = task.build_model(trial, federation.input_shape)
+        train_local(task, central, pooled_fit, local_settings(setting, epochs, TUNING_SEED), None)
+        centralized = {
+            **evaluate(task, central, tuning.central_test, 256),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        for row, scores in (("b", federated), ("d", centralized)):
+            result["tuning"]["runs"].append({"row": row, "setting": setting, **scores})
+            print(
+                f"  tuning ({row}) {local(setting)}: validation accuracy "
+                f"{scores['accuracy']:.4f} ({scores['seconds']:.0f} s)",
+                flush=True,
+            )
+        save(result, started)
+    picked = {
+        row: max(
+            (r for r in result["tuning"]["runs"] if r["row"] == row),
+            key=lambda r: r["accuracy"],
+        )["setting"]
+        for row in ("b", "d")
+    }
+    result["local-training"] = {**LOCAL, "plain": picked["b"], "central": picked["d"]}
+
     for key, dp in (("b", False), ("c", True)):
         name = f"fed-{'dp' if dp else 'plain'}"
-        overrides = {**fed, "dp": dp, **LOCAL["dp" if dp else "plain"],
-                     "target-epsilon": EPSILON, "out-dir": str(work), "run-name": name}  # fmt: skip
+        overrides = {
+            **fed,
+            "dp": dp,
+            **(LOCAL["dp"] if dp else picked["b"]),
+            "target-epsilon": EPSILON,
+            "out-dir": str(work),
+            "run-name": name,
+        }
         cmd = [sys.executable, "-m", "fedllm.cli", "simulate"]
         cmd += [a for k, v in overrides.items() for a in ("-c", f"{k}={toml(v)}")]
         print(f"({key}) federated LoRA, {'DP epsilon 8' if dp else 'no DP'}", flush=True)
@@ -219,12 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cat([s.train.y for s in federation.sites]),
     )
     central = task.build_model(cfg, federation.input_shape)
-    epochs = 1 if args.quick else CENTRAL_EPOCHS
-    plain = LOCAL["plain"]
-    settings = LocalTraining(
-        epochs, int(plain["batch-size"]), float(plain["learning-rate"]), 0, str(plain["optimizer"])
-    )
-    train_local(task, central, pooled, settings, None)
+    train_local(task, central, pooled, local_settings(picked["d"], epochs, cfg.seed), None)
     rows["d"] = {
         "setting": f"(d) centralized LoRA fine-tuning, pooled text, {epochs} epochs, no DP",
         **evaluate(task, central, test, 256),
@@ -238,6 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def local_settings(setting: dict[str, Any], epochs: int, seed: int) -> Any:
+    from fedllm.training import LocalTraining
+
+    return LocalTraining(
+        epochs,
+        int(setting["batch-size"]),
+        float(setting["learning-rate"]),
+        seed,
+        str(setting["optimizer"]),
+    )
+
+
 def save(result: dict[str, Any], started: float) -> None:
     """Write what is measured so far (a run cut short still leaves its rows)."""
     result["seconds"] = round(time.monotonic() - started, 1)
@@ -245,6 +333,11 @@ def save(result: dict[str, Any], started: float) -> None:
     name = "shakespeare-quick" if result["quick"] else "shakespeare"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown(result))
+
+
+def chosen(r: dict[str, Any], key: str) -> str:
+    setting = r["local-training"].get(key)
+    return local(setting) if setting else "(not tuned yet)"
 
 
 def local(settings: dict[str, Any]) -> str:
@@ -268,7 +361,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{cfg['lm-width']}, {cfg['lm-heads']} heads, context {cfg['context-length']}); LoRA rank "
         f"{cfg['lora-rank']}, alpha {cfg['lora-alpha']} on {cfg['lora-targets']}. "
         f"{cfg['num-server-rounds']} rounds x {cfg['local-epochs']} local epochs; local "
-        f"training {local(r['local-training']['plain'])} without DP (and for (d)), "
+        f"training {chosen(r, 'plain')} for (b), {chosen(r, 'central')} for (d) (each the "
+        "best of the same grid on the same validation sequences, below), "
         f"{local(r['local-training']['dp'])} with DP, clip {cfg['max-grad-norm']}. Scored on "
         f"{r['test-sequences']} held-out sequences (each site's {cfg['test-fraction']:.0%}). "
         "The unit of privacy is one sequence of "
@@ -283,6 +377,30 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {row['setting']} | {row['accuracy']:.4f} | {row['perplexity']:.3f} | "
             f"{'-' if eps is None else f'{eps:.3f}'} |"
         )
+    tuning = r.get("tuning", {})
+    if tuning.get("runs"):
+        lines += [
+            "",
+            f"Tuning of (b) and (d), the same grid and budget: validation accuracy on "
+            f"{tuning['validation']:.0%} of each site's training sequences (seed {tuning['seed']}; "
+            "the held-out sequences are never scored), in-process (`benchmarks/tuning.py`):",
+            "",
+            "| local training | (b) federated | (d) centralized |",
+            "|---|---|---|",
+        ]
+        for setting in tuning["grid"]:
+            cells = [
+                next(
+                    (
+                        f"{x['accuracy']:.4f}"
+                        for x in tuning["runs"]
+                        if x["row"] == row and x["setting"] == setting
+                    ),
+                    "-",
+                )
+                for row in ("b", "d")
+            ]
+            lines.append(f"| {local(setting)} | {cells[0]} | {cells[1]} |")
     b = r["bytes-per-round-per-site"]
     lines += [
         "",
