@@ -39,7 +39,7 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 from fedllm.crypto.signing import SiteKey
 from fedllm.errors import SecAggError
 from fedllm.secagg.identity import Roster, SignedKeys, survivors_statement
-from fedllm.secagg.shamir import SECRET_BYTES, split_secret
+from fedllm.secagg.shamir import SECRET_BYTES, split_secrets
 from fedllm.secagg.sizing import majority
 from fedllm.secagg.vector import Masks
 
@@ -194,8 +194,7 @@ class SiteSecAgg:
                 roster.check_keys(self.run_id, self.server_round, signed)
         self.threshold, self.num_shares = threshold, num_shares
         self.peers = dict(sorted(peers.items()))  # share i+1 goes to the i-th lowest node id
-        seed_shares = split_secret(self.seed, self.threshold, count)
-        sk1_shares = split_secret(self.sk1, self.threshold, count)
+        seed_shares, sk1_shares = split_secrets([self.seed, self.sk1], self.threshold, count)
         out: dict[int, bytes] = {}
         for nid, seed_share, sk1_share in zip(self.peers, seed_shares, sk1_shares, strict=True):
             if nid == self.node_id:
