@@ -6,9 +6,10 @@ rebuilds, for every site in the round, one of them from ``threshold`` shares. Py
 constant time in pure Python, about 0.25 ms a product, and recomputes the Lagrange
 coefficients for every secret: 80 ms a secret at threshold 50, seconds a round at 100 sites.
 :func:`combine_many` gives the same results (tested against ``Shamir.combine``) with the
-library's own field arithmetic used differently: the coefficients are computed once per set of
-share indices (the server takes the lowest indices, so one set serves almost every site), and
-each secret is one sum of carry-less products (``_mult_gf2``) reduced once (``_div_gf2``).
+library's own field arithmetic for the Lagrange coefficients, computed once per set of share
+indices and kept (the server takes the lowest indices, so one set serves almost every site,
+round after round), and each secret's weighted sum of shares in fixed-width numpy arithmetic
+over every secret at once (:func:`_weighted_sums`): 100 secrets at 35 of 49 in under 10 ms.
 The server's reconstruction needs no constant time: it learns the secrets anyway.
 
 A site's split (:func:`split_secrets`) is the same GF(2**128) Shamir sharing as
@@ -26,6 +27,7 @@ PyCryptodome's ``Shamir.combine`` and against its own ``_Element`` Horner evalua
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,11 +38,9 @@ from Crypto.Protocol.SecretSharing import Shamir
 
 from fedllm.errors import SecAggError
 
-# PyCryptodome's GF(2**128) arithmetic (its stubs type _div_gf2 and _Element's operators
-# wrongly): _Element is a field element, _mult_gf2 a carry-less product, _div_gf2 the
-# polynomial division whose remainder reduces modulo the field polynomial.
+# PyCryptodome's GF(2**128) field element (its stubs type _Element's operators wrongly)
 _field: Any = SecretSharing
-_Element, _mult_gf2, _div_gf2 = _field._Element, _field._mult_gf2, _field._div_gf2
+_Element = _field._Element
 
 SECRET_BYTES = 16  # each secret a site shares: one 128-bit Shamir block (GF(2**128))
 SHARE_BYTES = 4 + SECRET_BYTES  # index (4 bytes, little-endian) || share
@@ -150,8 +150,7 @@ def combine_secret(shares: Sequence[bytes]) -> bytes:
 def combine_many(shares: Mapping[int, Sequence[bytes]], threshold: int) -> dict[int, bytes]:
     """For each owner, its secret from the ``threshold`` shares with the lowest indices among
     those given (owner -> shares): what :func:`combine_secret` returns, computed faster."""
-    coefficients: dict[tuple[int, ...], list[int]] = {}
-    out: dict[int, bytes] = {}
+    groups: dict[tuple[int, ...], list[tuple[int, list[bytes]]]] = {}
     for owner, given in shares.items():
         by_index = {share_index(s): s for s in given}
         if len(by_index) < threshold or 0 in by_index:
@@ -160,19 +159,47 @@ def combine_many(shares: Mapping[int, Sequence[bytes]], threshold: int) -> dict[
                 f"threshold {threshold}"
             )
         xs = tuple(sorted(by_index)[:threshold])
-        if xs not in coefficients:
-            coefficients[xs] = _lagrange_at_zero(xs)
-        product = 0  # sum of carry-less products, reduced once
-        for x, weight in zip(xs, coefficients[xs], strict=True):
-            product ^= _mult_gf2(weight, int.from_bytes(by_index[x][4:], "big"))
-        value = _div_gf2(product, _Element.irr_poly)[1]
-        out[owner] = value.to_bytes(SECRET_BYTES, "big")
+        groups.setdefault(xs, []).append((owner, [by_index[x][4:] for x in xs]))
+    out: dict[int, bytes] = {}
+    for xs, members in groups.items():
+        data = b"".join(b"".join(values) for _, values in members)
+        values = np.frombuffer(data, dtype=">u8").astype(np.uint64)
+        sums = _weighted_sums(values.reshape(len(members), len(xs), 2), _lagrange_at_zero(xs))
+        words = sums.astype(">u8").tobytes()
+        for row, (owner, _) in enumerate(members):
+            out[owner] = words[row * SECRET_BYTES : (row + 1) * SECRET_BYTES]
     return out
 
 
-def _lagrange_at_zero(xs: tuple[int, ...]) -> list[int]:
+def _weighted_sums(values: np.ndarray, weights: tuple[int, ...]) -> np.ndarray:
+    """``sum_j weights[j] * values[:, j]`` in GF(2**128) for each row: uint64 (rows, j, 2)
+    field elements as (hi, lo) words in, (rows, 2) out. Each product is the XOR of
+    ``value * x**b`` over the set bits ``b`` of the public weight, ``value * x**b`` kept by
+    shifting left once per bit and folding the bit that passes ``x**127`` back in as
+    ``x**7 + x**2 + x + 1``."""
+    hi, lo = values[..., 0].copy(), values[..., 1].copy()
+    acc_hi, acc_lo = np.zeros_like(hi), np.zeros_like(lo)
+    one, top, fold = np.uint64(1), np.uint64(63), np.uint64(0x87)
+    for b in range(128):
+        keep = np.array([_LOW_BITS if (w >> b) & 1 else 0 for w in weights], dtype=np.uint64)
+        acc_hi ^= hi & keep
+        acc_lo ^= lo & keep
+        carry = hi >> top
+        hi <<= one
+        hi |= lo >> top
+        lo <<= one
+        lo ^= carry * fold
+    return np.stack(
+        [np.bitwise_xor.reduce(acc_hi, axis=1), np.bitwise_xor.reduce(acc_lo, axis=1)], axis=-1
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     """The Lagrange basis polynomials at 0 for the nodes ``xs``, as field integers
-    (PyCryptodome's ``_Element`` arithmetic, as in ``Shamir.combine``)."""
+    (PyCryptodome's ``_Element`` arithmetic, as in ``Shamir.combine``). Public values, kept
+    across rounds: one field inversion a node (about 2.5 ms each in pure Python) is most of
+    rebuilding 100 secrets, and the server uses the same lowest indices round after round."""
     points = [_Element(x) for x in xs]
     weights = []
     for j, x_j in enumerate(points):
@@ -182,4 +209,4 @@ def _lagrange_at_zero(xs: tuple[int, ...]) -> list[int]:
                 numerator *= x_m
                 denominator *= x_j + x_m
         weights.append(int(numerator * denominator.inverse()))
-    return weights
+    return tuple(weights)

@@ -212,7 +212,8 @@ class SiteSecAgg:
                 f"secure aggregation: shares from {len(ciphertexts)} neighbours, below the "
                 f"threshold {self.threshold}"
             )
-        added, subtracted = [self.seed], []  # the self mask; pairwise by node order
+        added: list[bytes] = [self.seed]  # the self mask, then pairwise masks by node order
+        subtracted: list[bytes] = []
         sk1 = masking_key(self.sk1)
         for src, ciphertext in ciphertexts.items():
             if src not in self.peers or src == self.node_id:

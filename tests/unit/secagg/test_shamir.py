@@ -66,3 +66,16 @@ def test_bad_split_requests_are_refused() -> None:
         split_secret(bytes(16), 4, 3)
     with pytest.raises(SecAggError, match="threshold 0 of 3 shares"):
         split_secret(bytes(16), 0, 3)
+
+
+def test_combining_many_at_the_default_sizing_matches_pycryptodome() -> None:
+    """100 secrets at 35 of 49 (the sizing at 100 sites), each from a different subset."""
+    rng = random.Random(1)
+    secrets = {n: os.urandom(16) for n in range(100)}
+    given = {
+        n: rng.sample(split_secret(s, 35, 49), rng.randint(35, 49)) for n, s in secrets.items()
+    }
+    rebuilt = combine_many(given, 35)
+    assert rebuilt == secrets
+    for n in (0, 57):
+        assert _pycryptodome(sorted(given[n])[:35]) == secrets[n]
