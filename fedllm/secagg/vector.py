@@ -9,7 +9,13 @@ error is the rounding, at most ``2c / T`` per value. Everything is vectorized: n
 over elements.
 
 Masks come from AES-256 in counter mode keyed by a site's own 128-bit seed (expanded by HKDF)
-or an ECDH-derived pairwise key: a standard PRG from ``cryptography``. Flower's own
+or an ECDH-derived pairwise key: a standard PRG from ``cryptography``. The keystream is
+produced by OpenSSL's AES-GCM encryption of zeros, whose ciphertext *is* the AES-256-CTR
+keystream from the counter block ``nonce || 2`` (NIST SP 800-38D, GCTR; tested against CTR
+mode): OpenSSL runs its GCM path on the vector AES instructions (VAES, AVX-512) and its CTR
+path on 128-bit AES-NI, so the same keystream comes about 1.8x faster (6 to 11 GB/s here);
+the GHASH tag is never computed to the end nor used. GCM's 32-bit block counter bounds one
+keystream to 2**36 - 32 bytes, 8.6 billion values. Flower's own
 ``pseudo_rand_gen`` seeds NumPy's Mersenne Twister with a 32-bit XOR of the seed, which is
 slower and leaves a 2**32 search space, so it is not used.
 """
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord
 
@@ -30,7 +36,8 @@ from fedllm.errors import SecAggError
 
 QUANTIZATION_BITS = 24  # T = 2**24: rounding error <= 2c / 2**24 per value
 MAX_WEIGHT = 2**32  # an example count above this could overflow the 64-bit sums
-_ZERO_NONCE = bytes(16)  # every key masks exactly one vector (fresh keys every round)
+_ZERO_NONCE = bytes(12)  # every key masks exactly one vector (fresh keys every round)
+MAX_VALUES = (2**36 - 32) // 8  # GCM's limit on one keystream (32-bit block counter)
 
 
 @dataclass(frozen=True)
@@ -125,13 +132,12 @@ def average_delta(total: np.ndarray, clip_range: float) -> tuple[int, np.ndarray
 
 
 def prg(secret: bytes, size: int) -> np.ndarray:
-    """``size`` pseudo-random uint64 from AES-256-CTR keyed by ``secret`` (16 bytes: a seed,
-    expanded by HKDF; 32 bytes or Flower's base64 form: a key). The keystream is written
-    straight into the array's buffer (``update_into``): 6x faster than returning bytes."""
-    key = _aes_key(secret)
+    """``size`` pseudo-random uint64: the AES-256-CTR keystream keyed by ``secret`` (16
+    bytes: a seed, expanded by HKDF; 32 bytes or Flower's base64 form: a key) from counter
+    block ``0**96 || 2``. The keystream is written straight into the array's buffer
+    (``update_into``): 6x faster than returning bytes."""
     stream = bytearray(8 * size + 15)  # update_into wants room for one more block
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_NONCE)).encryptor()
-    encryptor.update_into(bytes(8 * size), stream)
+    _keystream(secret, size).update_into(bytes(8 * size), stream)
     return np.frombuffer(stream, dtype=np.uint64, count=size)
 
 
@@ -150,7 +156,7 @@ def apply_masks(
     memory: with 49 neighbours and 1M values, a third less time than mask by mask."""
     size = target.size
     streams = [
-        (Cipher(algorithms.AES(_aes_key(secret)), modes.CTR(_ZERO_NONCE)).encryptor(), op)
+        (_keystream(secret, size), op)
         for secrets, op in ((added, np.add), (subtracted, np.subtract))
         for secret in secrets
     ]
@@ -164,6 +170,14 @@ def apply_masks(
         for encryptor, op in streams:
             encryptor.update_into(data, buffer)
             op(block, stream[:count], out=block)
+
+
+def _keystream(secret: bytes, size: int) -> CipherContext:
+    """An encryptor whose output on zeros is the AES-256-CTR keystream for ``secret`` from
+    counter block ``0**96 || 2`` (AES-GCM's encryption: see the module docstring)."""
+    if size > MAX_VALUES:
+        raise SecAggError(f"a masked vector of {size} values exceeds one keystream's {MAX_VALUES}")
+    return Cipher(algorithms.AES(_aes_key(secret)), modes.GCM(_ZERO_NONCE)).encryptor()
 
 
 def _aes_key(secret: bytes) -> bytes:

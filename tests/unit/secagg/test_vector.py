@@ -86,3 +86,14 @@ def test_block_by_block_masks_are_prg_keystreams_added_and_subtracted(size: int)
     original = expected - prg(added[0], size) - prg(added[1], size) + prg(subtracted[0], size)
     apply_masks(target, subtracted, added)  # the other way round: the masks cancel
     assert np.array_equal(target, original)
+
+
+def test_masks_are_the_aes_256_ctr_keystream() -> None:
+    """The GCM path's output on zeros is plain AES-256-CTR from counter block 0**96 || 2."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = bytes(range(32))
+    stream = bytearray(8 * 5000 + 15)
+    counter = bytes(12) + (2).to_bytes(4, "big")
+    Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor().update_into(bytes(40000), stream)
+    assert np.array_equal(prg(key, 5000), np.frombuffer(stream, np.uint64, count=5000))
