@@ -23,7 +23,7 @@ sharing, the training stage with masking at the sites, unmask message, reveal me
 unmask computation); at the sites (masking in the train reply; the unmask answer, which also
 does the next round's key sharing); and in-process, per primitive.
 
-    .venv/bin/python benchmarks/secagg_overhead.py            # ~20 min on 2 shared cores
+    .venv/bin/python benchmarks/secagg_overhead.py            # ~6 min on 2 quiet cores
     .venv/bin/python benchmarks/secagg_overhead.py --quick    # 5 sites, 100k, 2 timed rounds
     .venv/bin/python benchmarks/secagg_overhead.py --no-simulate   # protocol rows only
 

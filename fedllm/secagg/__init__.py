@@ -12,7 +12,7 @@ from fedllm.secagg.identity import (
     publish_public_key,
     survivors_statement,
 )
-from fedllm.secagg.shamir import combine_many, combine_secret, split_secret
+from fedllm.secagg.shamir import combine_many, combine_secret, split_secret, split_secrets
 from fedllm.secagg.site import (
     MASK,
     REVEAL,
@@ -52,6 +52,7 @@ __all__ = [
     "publish_public_key",
     "quantize",
     "split_secret",
+    "split_secrets",
     "state_from_config",
     "state_round",
     "state_to_config",

@@ -24,7 +24,7 @@ from fedllm.secagg.identity import SignedKeys
 from fedllm.secagg.shamir import combine_many
 from fedllm.secagg.site import PAIRWISE, agree, masking_key
 from fedllm.secagg.sizing import majority, neighbourhood
-from fedllm.secagg.vector import Masks
+from fedllm.secagg.vector import apply_masks
 
 
 @dataclass(frozen=True)
@@ -171,17 +171,19 @@ class SecAggRound:
                 f"round {self.server_round}: the revealed shares do not rebuild every "
                 f"secret: {err}; no partial sum is applied"
             ) from None
-        total = self.total.copy()
-        masks = Masks(total.size)
+        added: list[bytes] = []
+        subtracted: list[bytes] = []
         for owner in sorted(self.keyed):
             if owner in self.masked:
-                masks.subtract(total, secrets[owner])
+                subtracted.append(secrets[owner])
                 continue
             sk1 = masking_key(secrets[owner])  # a dropped site: undo its pairwise masks
             for peer in sorted(self.neighbours[owner] & self.masked):
                 pairwise = agree(sk1, self.public_keys[peer].pk1, PAIRWISE)
                 if peer > owner:  # the peer added it
-                    masks.subtract(total, pairwise)
+                    subtracted.append(pairwise)
                 else:
-                    masks.add(total, pairwise)
+                    added.append(pairwise)
+        total = self.total.copy()
+        apply_masks(total, added, subtracted)
         return total

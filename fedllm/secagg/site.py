@@ -40,9 +40,9 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 from fedllm.crypto.signing import SiteKey
 from fedllm.errors import SecAggError
 from fedllm.secagg.identity import Roster, SignedKeys, survivors_statement
-from fedllm.secagg.shamir import SECRET_BYTES, split_secret
+from fedllm.secagg.shamir import SECRET_BYTES, split_secrets
 from fedllm.secagg.sizing import majority
-from fedllm.secagg.vector import Masks
+from fedllm.secagg.vector import apply_masks
 
 SETUP, SHARE_KEYS, MASK, UNMASK, REVEAL = "setup", "share-keys", "mask", "unmask", "reveal"
 SEED, SK1 = "seed", "sk1"  # the two kinds of share a site can reveal for a peer
@@ -195,8 +195,7 @@ class SiteSecAgg:
                 roster.check_keys(self.run_id, self.server_round, signed)
         self.threshold, self.num_shares = threshold, num_shares
         self.peers = dict(sorted(peers.items()))  # share i+1 goes to the i-th lowest node id
-        seed_shares = split_secret(self.seed, self.threshold, count)
-        sk1_shares = split_secret(self.sk1, self.threshold, count)
+        seed_shares, sk1_shares = split_secrets([self.seed, self.sk1], self.threshold, count)
         out: dict[int, bytes] = {}
         for nid, seed_share, sk1_share in zip(self.peers, seed_shares, sk1_shares, strict=True):
             if nid == self.node_id:
@@ -214,9 +213,8 @@ class SiteSecAgg:
                 f"secure aggregation: shares from {len(ciphertexts)} neighbours, below the "
                 f"threshold {self.threshold}"
             )
-        masked: np.ndarray = vector.copy()
-        masks = Masks(vector.size)
-        masks.add(masked, self.seed)  # wraps modulo 2**64
+        added: list[bytes] = [self.seed]  # the self mask, then pairwise masks by node order
+        subtracted: list[bytes] = []
         sk1 = masking_key(self.sk1)
         for src, ciphertext in ciphertexts.items():
             if src not in self.peers or src == self.node_id:
@@ -233,10 +231,9 @@ class SiteSecAgg:
                 raise SecAggError(f"secure aggregation: misaddressed shares from node {src}")
             self.seed_shares[src], self.sk1_shares[src] = seed_share, sk1_share
             pairwise = agree(sk1, self.peers[src].pk1, PAIRWISE)
-            if self.node_id > src:
-                masks.add(masked, pairwise)
-            else:
-                masks.subtract(masked, pairwise)
+            (added if self.node_id > src else subtracted).append(pairwise)
+        masked: np.ndarray = vector.copy()
+        apply_masks(masked, added, subtracted)  # wraps modulo 2**64
         return masked
 
     def unmask(self, survivors: list[int], signer: SiteKey) -> UnmaskAnswer:

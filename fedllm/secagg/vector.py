@@ -9,7 +9,13 @@ error is the rounding, at most ``2c / T`` per value. Everything is vectorized: n
 over elements.
 
 Masks come from AES-256 in counter mode keyed by a site's own 128-bit seed (expanded by HKDF)
-or an ECDH-derived pairwise key: a standard PRG from ``cryptography``. Flower's own
+or an ECDH-derived pairwise key: a standard PRG from ``cryptography``. The keystream is
+produced by OpenSSL's AES-GCM encryption of zeros, whose ciphertext *is* the AES-256-CTR
+keystream from the counter block ``nonce || 2`` (NIST SP 800-38D, GCTR; tested against CTR
+mode): OpenSSL runs its GCM path on the vector AES instructions (VAES, AVX-512) and its CTR
+path on 128-bit AES-NI, so the same keystream comes about 1.8x faster (6 to 11 GB/s here);
+the GHASH tag is never computed to the end nor used. GCM's 32-bit block counter bounds one
+keystream to 2**36 - 32 bytes, 8.6 billion values. Flower's own
 ``pseudo_rand_gen`` seeds NumPy's Mersenne Twister with a 32-bit XOR of the seed, which is
 slower and leaves a 2**32 search space, so it is not used.
 """
@@ -17,11 +23,12 @@ slower and leaves a 2**32 search space, so it is not used.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord
 
@@ -29,7 +36,8 @@ from fedllm.errors import SecAggError
 
 QUANTIZATION_BITS = 24  # T = 2**24: rounding error <= 2c / 2**24 per value
 MAX_WEIGHT = 2**32  # an example count above this could overflow the 64-bit sums
-_ZERO_NONCE = bytes(16)  # every key masks exactly one vector (fresh keys every round)
+_ZERO_NONCE = bytes(12)  # every key masks exactly one vector (fresh keys every round)
+MAX_VALUES = (2**36 - 32) // 8  # GCM's limit on one keystream (32-bit block counter)
 
 
 @dataclass(frozen=True)
@@ -124,39 +132,52 @@ def average_delta(total: np.ndarray, clip_range: float) -> tuple[int, np.ndarray
 
 
 def prg(secret: bytes, size: int) -> np.ndarray:
-    """``size`` pseudo-random uint64 from AES-256-CTR keyed by ``secret`` (16 bytes: a seed,
-    expanded by HKDF; 32 bytes or Flower's base64 form: a key). The keystream is written
-    straight into the array's buffer (``update_into``): 6x faster than returning bytes."""
-    key = _aes_key(secret)
+    """``size`` pseudo-random uint64: the AES-256-CTR keystream keyed by ``secret`` (16
+    bytes: a seed, expanded by HKDF; 32 bytes or Flower's base64 form: a key) from counter
+    block ``0**96 || 2``. The keystream is written straight into the array's buffer
+    (``update_into``): 6x faster than returning bytes."""
     stream = bytearray(8 * size + 15)  # update_into wants room for one more block
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_NONCE)).encryptor()
-    encryptor.update_into(bytes(8 * size), stream)
+    _keystream(secret, size).update_into(bytes(8 * size), stream)
     return np.frombuffer(stream, dtype=np.uint64, count=size)
 
 
-class Masks:
-    """Adds or subtracts many PRG masks of one length into a vector, in place, through one
-    reused keystream buffer (no 2 x 8 bytes a value allocated per mask: with 49 neighbours
-    and 1M values that is 800 MB of allocation a round per site)."""
+BLOCK = 32768  # values masked per pass: 256 KB of keystream, which stays in a core's L2 cache
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._zeros = bytes(8 * size)
-        self._stream = bytearray(8 * size + 15)  # update_into wants room for one more block
-        self._view = np.frombuffer(self._stream, dtype=np.uint64, count=size)
 
-    def _keystream(self, secret: bytes) -> np.ndarray:
-        encryptor = Cipher(algorithms.AES(_aes_key(secret)), modes.CTR(_ZERO_NONCE)).encryptor()
-        encryptor.update_into(self._zeros, self._stream)
-        return self._view
+def apply_masks(
+    target: np.ndarray, added: Sequence[bytes] = (), subtracted: Sequence[bytes] = ()
+) -> None:
+    """``target += sum(prg(a) for a in added) - sum(prg(s) for s in subtracted)`` (modulo
+    2**64), in place, with exactly :func:`prg`'s keystreams.
 
-    def add(self, target: np.ndarray, secret: bytes) -> None:
-        """``target += prg(secret)`` (modulo 2**64)."""
-        np.add(target, self._keystream(secret), out=target)
+    Block by block: every mask's keystream for one block of ``BLOCK`` values is written into
+    one reused buffer and added while both are in cache (each key's CTR stream continues
+    from block to block), instead of one full-length keystream per mask going through
+    memory: with 49 neighbours and 1M values, a third less time than mask by mask."""
+    size = target.size
+    streams = [
+        (_keystream(secret, size), op)
+        for secrets, op in ((added, np.add), (subtracted, np.subtract))
+        for secret in secrets
+    ]
+    zeros = bytes(8 * min(BLOCK, size))
+    buffer = bytearray(len(zeros) + 15)  # update_into wants room for one more block
+    stream = np.frombuffer(buffer, dtype=np.uint64, count=len(zeros) // 8)
+    for start in range(0, size, BLOCK):
+        block = target[start : start + BLOCK]
+        count = block.size
+        data = zeros if count == stream.size else zeros[: 8 * count]
+        for encryptor, op in streams:
+            encryptor.update_into(data, buffer)
+            op(block, stream[:count], out=block)
 
-    def subtract(self, target: np.ndarray, secret: bytes) -> None:
-        """``target -= prg(secret)`` (modulo 2**64)."""
-        np.subtract(target, self._keystream(secret), out=target)
+
+def _keystream(secret: bytes, size: int) -> CipherContext:
+    """An encryptor whose output on zeros is the AES-256-CTR keystream for ``secret`` from
+    counter block ``0**96 || 2`` (AES-GCM's encryption: see the module docstring)."""
+    if size > MAX_VALUES:
+        raise SecAggError(f"a masked vector of {size} values exceeds one keystream's {MAX_VALUES}")
+    return Cipher(algorithms.AES(_aes_key(secret)), modes.GCM(_ZERO_NONCE)).encryptor()
 
 
 def _aes_key(secret: bytes) -> bytes:

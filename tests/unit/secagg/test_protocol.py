@@ -138,3 +138,24 @@ def test_neighbourhoods_grow_logarithmically_and_keep_a_safe_threshold() -> None
         assert k < n and k % 2 == 1
         assert t > k // 2 + 1  # above a majority: no arc of the ring can be cut off alone
     assert sizes[100_000][0] - sizes[1_000][0] <= 14  # +log: 100x the sites, a few more
+
+
+def test_the_reveal_itself_never_gives_both_kinds_for_a_peer_nor_its_own_masking_key() -> None:
+    """Below the stage order (one reveal a round), the reveal keeps its own record: a second
+    reveal naming a peer with the other kind, or the site's own masking-key share, is refused."""
+    state = SiteSecAgg(node_id=1, server_round=3, threshold=2)
+    state.seed_shares = {n: bytes([n]) * 20 for n in (1, 2, 3)}
+    state.sk1_shares = {n: bytes([n + 10]) * 20 for n in (1, 2, 3)}
+    assert state._reveal([1, 2], [3]) == {
+        1: state.seed_shares[1],
+        2: state.seed_shares[2],
+        3: state.sk1_shares[3],
+    }
+    with pytest.raises(SecAggError, match="refusing a second kind of share for node 3"):
+        state._reveal([3], [])
+    with pytest.raises(SecAggError, match="refusing a second kind of share for node 2"):
+        state._reveal([], [2])
+    fresh = SiteSecAgg(node_id=1, server_round=3, threshold=2)
+    fresh.seed_shares, fresh.sk1_shares = dict(state.seed_shares), dict(state.sk1_shares)
+    with pytest.raises(SecAggError, match="refusing a second kind of share for node 1"):
+        fresh._reveal([2], [1])

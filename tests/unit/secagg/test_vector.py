@@ -8,7 +8,7 @@ import torch
 
 from fedllm.errors import SecAggError
 from fedllm.secagg import Layout, average_delta, prg, quantize, weighted_vector
-from fedllm.secagg.vector import QUANTIZATION_BITS
+from fedllm.secagg.vector import BLOCK, QUANTIZATION_BITS, apply_masks
 from fedllm.tasks.tabular import TabularModel
 from fedllm.weights import to_arrays
 from tests.secagg_run import secure_sum
@@ -72,3 +72,28 @@ def test_masks_are_uniform_and_depend_on_the_whole_seed() -> None:
     assert np.array_equal(a, prg(seed, 100_000))
     assert np.mean(a == b) == 0.0
     assert abs(float(np.mean(a.astype(np.float64))) / 2**64 - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("size", [1, 1000, BLOCK, 2 * BLOCK + 17])
+def test_block_by_block_masks_are_prg_keystreams_added_and_subtracted(size: int) -> None:
+    rng = np.random.default_rng(size)
+    target = rng.integers(0, 2**64, size, dtype=np.uint64)
+    added = [rng.bytes(32), rng.bytes(16)]  # a pairwise key, a self-mask seed
+    subtracted = [rng.bytes(32)]
+    expected = target + prg(added[0], size) + prg(added[1], size) - prg(subtracted[0], size)
+    apply_masks(target, added, subtracted)
+    assert np.array_equal(target, expected)
+    original = expected - prg(added[0], size) - prg(added[1], size) + prg(subtracted[0], size)
+    apply_masks(target, subtracted, added)  # the other way round: the masks cancel
+    assert np.array_equal(target, original)
+
+
+def test_masks_are_the_aes_256_ctr_keystream() -> None:
+    """The GCM path's output on zeros is plain AES-256-CTR from counter block 0**96 || 2."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = bytes(range(32))
+    stream = bytearray(8 * 5000 + 15)
+    counter = bytes(12) + (2).to_bytes(4, "big")
+    Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor().update_into(bytes(40000), stream)
+    assert np.array_equal(prg(key, 5000), np.frombuffer(stream, np.uint64, count=5000))
