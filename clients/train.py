@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 
 from clients.site import SiteGuard
 from fedllm import protocol as proto
+from fedllm import warm
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyBudgetExceededError
 from fedllm.privacy import (
@@ -29,7 +30,7 @@ from fedllm.privacy import (
     check_budget,
     spent,
 )
-from fedllm.scaling import scale_site, scaler_from_config
+from fedllm.scaling import scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
 from fedllm.training import LocalTraining, train_local
 from fedllm.weights import exchanged_state, load_arrays, state_bytes, to_arrays
@@ -52,8 +53,10 @@ class SiteRuntime:
         cfg = RunConfig.from_flower(context.run_config)
         task = get_task(cfg.task)
         node = context.node_config
-        if proto.NODE_DATA_PATH in node:
-            site = task.site(cfg, str(node[proto.NODE_DATA_PATH]), node_site_name(context))
+        if proto.NODE_DATA_PATH in node:  # read once per run while the file is unchanged
+            site = warm.site_data(
+                task, cfg, str(node[proto.NODE_DATA_PATH]), node_site_name(context)
+            )
             return cls(cfg, task, site, 0, deployed=True)
         index = int(node[proto.NODE_PARTITION_ID])  # type: ignore[arg-type]
         nodes = int(node.get(proto.NODE_NUM_PARTITIONS, cfg.num_sites))  # type: ignore[arg-type]
@@ -70,7 +73,7 @@ class SiteRuntime:
         if self.cfg.feature_scaling != "federated":
             return self
         scaler = scaler_from_config(config, int(self.data.train.x.shape[1]))
-        return replace(self, data=scale_site(self.data, scaler))
+        return replace(self, data=warm.scaled(self.data, scaler))
 
     def model(self, arrays: ArrayRecord) -> torch.nn.Module:
         model = self.task.build_model(self.cfg, tuple(self.data.train.x.shape[1:]))
