@@ -40,9 +40,10 @@ def train(msg: Message, context: Context) -> Message:
         noise = (
             client_dp.site_noise(site.cfg, config, context.state) if site.cfg.client_dp else None
         )
-        update, metrics = train_round(
-            site, guard, arrays, server_round, str(context.run_id), context.state
-        )
+        # The run the ledger records this round under: the server's run id (a resumed run
+        # keeps its first run's), else Flower's.
+        run_id = str(config.get(proto.RUN_ID, context.run_id))
+        update, metrics = train_round(site, guard, arrays, server_round, run_id, context.state)
     except (PrivacyError, DataError, UpdateError) as err:
         return _refuse(msg, site.data.name, server_round, err)
     if noise is not None:  # client-level DP: clipped and noised before it leaves the site

@@ -142,6 +142,9 @@ class RunConfig:
     strategy: str = "fedavg"
     server_learning_rate: float = 0.1
     proximal_mu: float = 0.0
+    # A run folder to continue from its last checkpoint (global model, round, strategy state,
+    # metrics, the run's identity at the sites); empty: a new run.
+    resume_from: str = ""
     # Not a run-config key: where each TASK_DEFAULT_KEYS value came from, set by from_flower
     # (a key absent here was given explicitly). Metadata, so it takes no part in equality.
     sources: tuple[tuple[str, ValueSource], ...] = field(default=(), compare=False)

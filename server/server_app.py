@@ -3,7 +3,9 @@
 ``main`` is the story of a run: read the config, load the task and the federation, build the
 strategy (``server/strategies/``: FedAvg, FedAdam or FedProx, over SecAgg+ unless
 `secagg = false`, with every round recorded by site: ``server/site_records.py``), run Flower's
-round loop, and leave the results in the run folder (``server/recorder.py``). Each round:
+round loop, and leave the results in the run folder (``server/recorder.py``). With
+`resume-from`, the run goes on from its last checkpoint (``server/resume.py``) in its folder,
+under the same identity at the sites. Each round:
 the sampled sites' DP-trained updates are averaged, the sites evaluate the new model on their
 own test rows, the server evaluates it on the held-out set, and metrics.json and a checkpoint
 are written with each site's cumulative epsilon.
@@ -26,6 +28,7 @@ from fedllm.training import evaluate
 from fedllm.weights import load_arrays, to_arrays
 from server.grid import polling
 from server.recorder import RunRecorder, model_card
+from server.resume import Resumed
 from server.scaling import run_scaling
 from server.strategies import build_strategy
 
@@ -41,20 +44,36 @@ def main(grid: Grid, context: Context) -> None:
     federation = load_federation(cfg)  # validates the data before any site trains
     model = task.build_model(cfg, federation.input_shape)
     grid = polling(grid)  # replies collected every 0.2 s, not Flower's 3 s
-    scaling = run_scaling(grid, cfg, federation.central_test)  # federated scaling: pooled
-    recorder = RunRecorder.create(cfg, model_card(cfg, federation, model, scaling.shared))
+    resumed = Resumed.load(cfg) if cfg.resume_from else None  # refused before any site is asked
+    if resumed is None:
+        scaling = run_scaling(grid, cfg, federation.central_test)  # federated scaling: pooled
+        card = model_card(cfg, federation, model, scaling.shared)
+        run_id, initial = str(context.run_id), to_arrays(model)
+        recorder = RunRecorder.create(cfg, card, run_id)
+    else:
+        scaling = resumed.scaling(cfg, federation.central_test)
+        card = model_card(cfg, federation, model, scaling.shared)
+        resumed.check_model(card, to_arrays(model))
+        run_id, initial = resumed.run_id, resumed.checkpoint.arrays
+        recorder = RunRecorder.resume(cfg, card, resumed)
     strategy = build_strategy(cfg, recorder)
-    # Virtual sites keep their policy, key and ledger in the run folder (unless `ledger-dir`);
-    # a deployed site ignores this and uses its own node-config paths.
-    config = ConfigRecord({proto.RUN_DIR: str(recorder.run_dir.resolve()), **scaling.shared})
+    if resumed is not None:
+        resumed.restore(strategy)
+    # The sites record each round under the run's id (the same after a resume). Virtual sites
+    # keep their policy, key and ledger in the run folder (unless `ledger-dir`); a deployed
+    # site ignores this and uses its own node-config paths.
+    config = ConfigRecord(
+        {proto.RUN_ID: run_id, proto.RUN_DIR: str(recorder.run_dir.resolve()), **scaling.shared}
+    )
     result = strategy.start(
         grid=grid,
-        initial_arrays=to_arrays(model),
+        initial_arrays=initial,
         num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout,
         train_config=config,
         evaluate_config=ConfigRecord(dict(config)),
         evaluate_fn=central_evaluation(task, model, scaling.central_test),
+        first_round=resumed.first_round if resumed else 1,
     )
     recorder.finish(model, result.arrays)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fedllm import deploy
-from fedllm.deploy.worker import pinned_install
 from fedllm.deploy.pinning import pinned_home, trusted_app
+from fedllm.deploy.worker import pinned_install
 from fedllm.errors import AppNotTrustedError, ConfigError
 from tests.support.outsider_app import write_outsider_app
 
