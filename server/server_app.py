@@ -43,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     task = get_task(cfg.task)
     federation = load_federation(cfg)  # validates the data before any site trains
     model = task.build_model(cfg, federation.input_shape)
-    grid = polling(grid)  # replies collected every 0.2 s, not Flower's 3 s
+    grid = polling(grid)  # replies collected every 0.1 s, not Flower's 3 s
     resumed = Resumed.load(cfg) if cfg.resume_from else None  # refused before any site is asked
     if resumed is None:
         scaling = run_scaling(grid, cfg, federation.central_test)  # federated scaling: pooled

@@ -6,9 +6,11 @@ signatures and heartbeats, the same Runtime API for the executor behind the same
 secret, the same message handling (Flower's ``_pull_and_store_message`` and
 ``_push_messages``). What differs is when it asks: Flower 1.42 sleeps a hard-coded 3 s after
 every empty pull, this loop waits as :class:`~fedllm.deploy.polling.Backoff` says (25 ms in
-the middle of a round, growing to Flower's 3 s when idle), and waits for the ClientApp's reply
-in 5 ms steps instead of Flower's 0.5 s. When it has stored a task it wakes the executor
-through an inherited pipe (``--wakeup-fd``), so the task starts at once.
+the middle of a round, growing to Flower's 3 s when idle), waits for the ClientApp's reply
+in 5 ms steps instead of Flower's 0.5 s, and asks again for a message's object not uploaded
+yet after 10 ms instead of 1 s (:func:`~fedllm.deploy.polling.quick_object_retries`). When
+it has stored a task it wakes the executor through an inherited pipe (``--wakeup-fd``), so
+the task starts at once.
 
 Only ``--isolation process`` is served: ClientApps run in fedllm's executor, which runs only
 the apps the site pinned (:mod:`fedllm.deploy.executor`); Flower's own ``subprocess`` mode
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 from logging import INFO
 from typing import Any
 
-from fedllm.deploy.polling import Backoff, Wakeup
+from fedllm.deploy.polling import Backoff, Wakeup, quick_object_retries
 
 FLOWER = "1.42."  # the Flower release whose SuperNode internals this loop calls
 REPLY_POLL = 0.005  # seconds between checks for the ClientApp's reply (Flower: 0.5)
@@ -86,6 +88,7 @@ def prompt_loop(backoff: Backoff, wakeup: Wakeup | None) -> Callable[..., None]:
         store = state_factory.objectstore_factory.store()
         # Flower's _push_messages waits for the reply (in this process's state) in 0.5 s steps.
         flower.time = ShortWaits(REPLY_POLL)  # type: ignore[attr-defined,assignment]
+        quick_object_retries(flower)  # a message's objects may still be on their way
         with flower._init_connection(  # Flower's connection, unchanged
             server_address=server_address,
             insecure=insecure,
@@ -106,6 +109,7 @@ def prompt_loop(backoff: Backoff, wakeup: Wakeup | None) -> Callable[..., None]:
             )
             last = time.monotonic()
             while True:
+                asked = time.monotonic()
                 run_id = flower._pull_and_store_message(
                     state=state,
                     object_store=store,
@@ -120,12 +124,20 @@ def prompt_loop(backoff: Backoff, wakeup: Wakeup | None) -> Callable[..., None]:
                 if run_id is None:
                     time.sleep(backoff.wait(time.monotonic() - last))
                     continue
+                stored = time.monotonic()
                 if wakeup is not None:
                     wakeup.notify()
                 flower._push_messages(
                     state=state, object_store=store, send=send, push_object=push_object
                 )
-                last = time.monotonic()
+                done = time.monotonic()
+                log(
+                    INFO,
+                    "fedllm: run %s: a message %.3f s after the last reply, pulled and stored "
+                    "in %.3f s, answered and sent in %.3f s",
+                    *(run_id, asked - last, stored - asked, done - stored),
+                )
+                last = done
 
     return start_client_internal
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fedllm.deploy.pinning import FabInfo, TrustedApps, pinned_home
+from fedllm.deploy.polling import quick_object_retries
 from fedllm.errors import AppNotTrustedError, FedLLMError
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ def serve_run(assignment: Assignment, tasks_fd: int) -> None:
         from flwr.supernode.runtime import run_clientapp as flower
 
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        quick_object_retries(flower)  # a task's objects may still be on their way
         # The one name Flower's task body installs the FAB with (flwr 1.42): behind the pin.
         install = flower.install_from_fab  # type: ignore[attr-defined]
         flower.install_from_fab = pinned_install(install, assignment.trusted_apps)  # type: ignore[attr-defined]

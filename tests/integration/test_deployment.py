@@ -11,6 +11,13 @@ machine: their app refused at every site, no code of it run, no data back), the 
 shipping a modified copy of fedllm (refused), another local process taking a site's tasks
 without the SuperExec secret (refused).
 
+Issue 18 against the same federation: a message is picked up well under a second after it is
+available (a probe app, refused by every site, times the round trip); a 4-round run whose
+ServerApp is killed with SIGKILL after round 2 (``FEDLLM_CRASH_AFTER_ROUND`` in the SuperLink's
+environment) is resumed with `resume-from`, first asking a larger target-epsilon (every site's
+policy refuses it), then as it was: it ends with 4 rounds, each once in metrics.json, and each
+site's ledger verifies with the run's epsilon within its target.
+
 Where `ip netns` works (root), the SuperNodes (and the outsider on the network) run in their
 own network namespace and reach the SuperLink across a veth link, so every byte crosses a real
 interface; elsewhere (or with FEDLLM_DEPLOY_NETNS=0) everything runs on loopback. One
@@ -37,12 +44,17 @@ from typing import Any
 import pytest
 
 from fedllm import deploy
+from fedllm.checkpoint import RUN_ID, load_checkpoint
 from fedllm.cli import main
 from fedllm.crypto import create_deployment, create_node_keys
+from fedllm.crypto.seal import SealKey
+from fedllm.privacy import PrivacyLedger, spent
+from server.recorder import CRASH_AFTER_ROUND
 from tests.conftest import ROOT, write_heart_center
 from tests.support.local_federation import LocalFederation, free_port
 from tests.support.netns import Netns
 from tests.support.outsider_app import GOT_DATA, GOT_ERROR, outsider_home, write_outsider_app
+from tests.support.probe_app import latencies, write_probe_app
 
 # Flower's FAB builder calls a pathspec API that warns on every pattern.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pathspec")
@@ -55,6 +67,7 @@ DOOMED = "hospital-d"  # a fourth site, killed once round 1 is recorded
 MEMBERS = (*SITES, DOOMED)
 INTRUDER = "intruder"  # has a node key pair, never registered
 ROUND_TIMEOUT = 30.0  # longer than a normal round here; what a dead site costs the run
+CRASHED = "crashed"  # the run whose ServerApp kills itself (SIGKILL) after round 2
 
 
 @dataclass
@@ -108,7 +121,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     made = create_deployment(root / "pki", ["localhost", "127.0.0.1", host])
     (root / "held-out").mkdir()
     write_heart_center(root / "held-out" / "processed.cleveland.data", 45, 99)
-    local = LocalFederation(root)
+    # The ServerApps this SuperLink starts inherit its environment: run CRASHED's dies after
+    # round 2, as a crash would (server/recorder.py); no other run is affected.
+    local = LocalFederation(root, extra_env={CRASH_AFTER_ROUND: f"{CRASHED}:2"})
     try:
         # Each site makes its own folder and keys; the operator files only node.pub.
         files = {name: local.add_site(name, pinned=[]) for name in MEMBERS}
@@ -405,6 +420,130 @@ for node in client.ListNodes(ListNodesRequest()).nodes_info:
     line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     print(line.decode().split()[1])
 """
+
+
+# Issue 18: prompt delivery, and a coordinator that survives a crash. Defined before the
+# tests of the normal run, which kill hospital-d: every member answers these.
+
+
+@pytest.mark.slow
+def test_a_message_is_picked_up_well_under_a_second_after_it_is_available(
+    federation: Federation,
+) -> None:
+    """Flower's SuperNode sleeps 3 s after an empty pull; fedllm's asks again within tens of
+    milliseconds in the middle of a run. A probe app times push-to-reply at every site (its
+    task refused there at once), after a one-second pause each time."""
+    app = write_probe_app(federation.root / "probe")
+    config = f"probes=5 gap=1.0 nodes={len(MEMBERS)}"
+    done = federation.local.run(app, config, timeout=300)
+    output = done.stdout + done.stderr
+    measured = latencies(output)
+    assert len(measured) == len(MEMBERS), output[-3000:]
+    for node, seconds in measured.items():
+        assert len(seconds) == 5 and None not in seconds, (node, seconds)
+        assert max(s for s in seconds if s is not None) < 0.75, (node, seconds)
+
+
+@dataclass
+class Resumed:
+    crash: dict[str, Any]  # metrics.json when the ServerApp died
+    ledgers_at_crash: dict[str, int]
+    refused: Attempt  # resumed asking target-epsilon above every site's max-epsilon
+    ledgers_after_refusal: dict[str, int]
+    done: Attempt  # resumed as it was
+    metrics: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def resumed(federation: Federation) -> Resumed:
+    """Run CRASHED: 4 rounds, its ServerApp killed with SIGKILL once round 2 is checkpointed;
+    resumed with a larger target-epsilon (refused), then resumed as it was."""
+    config = federation.run_config(CRASHED, 4, **{"round-timeout": ROUND_TIMEOUT})
+    folder = federation.root / "runs" / CRASHED
+    process = subprocess.Popen(
+        [
+            *(deploy.executable("flwr"), "run", str(ROOT), deploy.CONNECTION, "--stream"),
+            *("--run-config", config),
+        ],
+        env=federation.local.env, cwd=federation.root, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:  # the stream client waits for a run that no longer progresses: stop it
+        deadline = time.monotonic() + 300
+        while not (folder / "checkpoints" / "round-0002.ckpt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no round 2"
+            time.sleep(0.2)
+        time.sleep(3.0)  # the ServerApp kills itself right after the checkpoint
+    finally:
+        process.kill()
+        output = process.communicate()[0]
+    (federation.root / "logs" / "crashed.log").write_text(output)
+    assert "killing the ServerApp after round 2" in output, output[-3000:]
+    crash = federation.metrics(CRASHED)
+    at_crash = _ledger_lines(federation)
+    again = f"{config} resume-from={json.dumps(str(folder))}"
+    refused = federation.local.run(ROOT, f"{again} target-epsilon=20.0", timeout=300)
+    after_refusal = _ledger_lines(federation)
+    done = federation.local.run(ROOT, again, timeout=400)
+    return Resumed(
+        crash,
+        at_crash,
+        Attempt(refused.stdout + refused.stderr, refused.returncode),
+        after_refusal,
+        Attempt(done.stdout + done.stderr, done.returncode),
+        federation.metrics(CRASHED),
+    )
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_round_2_resumes_and_ends_with_4_rounds(
+    federation: Federation, resumed: Resumed
+) -> None:
+    assert [r["round"] for r in resumed.crash["rounds"]] == [1, 2]
+    assert resumed.done.returncode == 0, resumed.done.output[-3000:]
+    rounds = resumed.metrics["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]  # each round once
+    assert rounds[:2] == resumed.crash["rounds"]  # the history came back from the checkpoint
+    assert rounds[2]["resumed"] == {"after-round": 2} and "resumed" not in rounds[3]
+    assert resumed.metrics["final"]["stopped"] is None
+    for entry in rounds:
+        assert set(MEMBERS) <= set(entry["sites"]) and entry["refused"] == {}
+    checkpoints = federation.root / "runs" / CRASHED / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        f"round-000{r}.ckpt" for r in (1, 2, 3, 4)
+    ]
+
+
+@pytest.mark.slow
+def test_each_sites_ledger_verifies_with_one_run_within_its_target(
+    federation: Federation, resumed: Resumed
+) -> None:
+    """The resumed rounds are the same run at every site: 4 rounds under one run id, nothing
+    charged twice, the run's epsilon within its target."""
+    key = SealKey.resolve(create=False)
+    last = load_checkpoint(
+        federation.root / "runs" / CRASHED / "checkpoints" / "round-0004.ckpt", key
+    )
+    run_id = last.run[RUN_ID]
+    for name in MEMBERS:
+        site = federation.sites[name]
+        entries = PrivacyLedger(site.files.ledger).replay()  # chain, signatures, epsilons
+        ours = [e for e in entries if e.run_id == run_id]
+        assert sorted(e.round for e in ours) == [1, 2, 3, 4], name
+        epsilon = spent(entries, 1e-5, "rdp", run_id).epsilon()
+        assert 0 < epsilon <= 1.0, (name, epsilon)
+        assert resumed.metrics["rounds"][-1]["epsilon"][name] == pytest.approx(epsilon)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_asking_a_larger_target_is_refused_by_the_sites_policies(
+    resumed: Resumed,
+) -> None:
+    refused = resumed.refused
+    assert refused.returncode == 0, refused.output[-3000:]  # the run stops, it does not fail
+    reason = "target-epsilon 20.0 is above the site's max-epsilon 10.0"
+    assert refused.output.count(reason) >= len(MEMBERS), refused.output[-3000:]
+    assert resumed.ledgers_after_refusal == resumed.ledgers_at_crash  # nothing spent
 
 
 @pytest.fixture(scope="module")

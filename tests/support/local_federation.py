@@ -68,12 +68,13 @@ class LocalFederation:
     prefix: Sequence[str] = ()  # e.g. ("ip", "netns", "exec", NAME) for the SuperLink side
     processes: list[Process] = field(default_factory=list)
     superlink: deploy.SuperLinkSettings | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # for every process it starts
 
     @property
     def env(self) -> dict[str, str]:
         env = deploy.flower_env()
         env["FLWR_HOME"] = str(self.root / "flwr")
-        return env
+        return env | self.extra_env
 
     def start(
         self, name: str, command: Sequence[str], prefix: Sequence[str] | None = None
