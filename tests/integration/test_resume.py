@@ -1,0 +1,88 @@
+"""Resume in simulation (issue 18): `fedllm simulate` killed with SIGKILL after round 2 of 4
+(``FEDLLM_CRASH_AFTER_ROUND``: the ServerApp kills its own process once round 2 is
+checkpointed, the driver and the whole engine with it) and resumed with `resume-from` ends
+with 4 rounds, each once in metrics.json; every virtual site's ledger verifies, records the 4
+rounds under one run id, and the run's epsilon is within its target.
+
+The same in deployment, and a resumed run asking a larger target: tests/integration/
+test_deployment.py (one federation for all deployment tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedllm.cli import main as fedllm
+from fedllm.privacy import PrivacyLedger, spent
+from server.recorder import CRASH_AFTER_ROUND
+
+pytestmark = pytest.mark.slow  # two runs on Flower's simulation engine (Ray)
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = 1.0
+RUN = ("num-sites=3", "num-server-rounds=4", 'partitioner="iid"', 'accountant="rdp"')
+
+
+def simulate(out: Path, *overrides: str, crash: str = "") -> subprocess.CompletedProcess[str]:
+    """`fedllm simulate` in its own process group (its Ray processes too), removed after."""
+    args = [arg for o in overrides for arg in ("-c", o)]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_TMPDIR": str(out / "ray")}
+    if crash:
+        env[CRASH_AFTER_ROUND] = crash
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedllm.cli", "simulate", *args, "-c", f'out-dir="{out}"'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        output = proc.communicate(timeout=420)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # Ray's processes outlive a killed driver
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    out = tmp_path_factory.mktemp("resume")
+    crashed = simulate(out, *RUN, 'run-name="crashed"', crash="crashed:2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout[-3000:]
+    done = simulate(out, *RUN, f'resume-from="{out / "crashed"}"')
+    assert done.returncode == 0, done.stdout[-3000:]
+    return out / "crashed", crashed.stdout, done.stdout
+
+
+def test_a_simulation_killed_after_round_2_resumes_and_ends_with_4_rounds(
+    resumed: tuple[Path, str, str],
+) -> None:
+    run, crashed, done = resumed
+    assert "killing the ServerApp after round 2" in crashed
+    assert "resuming run crashed" in done and "after round 2 of 4" in done
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]
+    assert metrics["rounds"][2]["resumed"] == {"after-round": 2}
+    assert {"metrics.json", "model.pt", "plot.png", "report.md"} <= {p.name for p in run.iterdir()}
+
+
+def test_every_sites_ledger_verifies_with_one_run_within_its_target(
+    resumed: tuple[Path, str, str],
+) -> None:
+    run = resumed[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    ledgers = sorted((run / "sites").glob("*/ledger.jsonl"))
+    assert [p.parent.name for p in ledgers] == ["site-0", "site-1", "site-2"]
+    for ledger in ledgers:
+        assert fedllm(["ledger", "verify", str(ledger)]) == 0
+        entries = PrivacyLedger(ledger).replay()
+        assert [e.round for e in entries] == [1, 2, 3, 4]  # nothing charged twice
+        (run_id,) = {e.run_id for e in entries}  # one run, before and after the restart
+        epsilon = spent(entries, 1e-5, "rdp", run_id).epsilon()
+        assert 0 < epsilon <= TARGET
+        assert metrics["final"]["epsilon-per-site"][ledger.parent.name] == pytest.approx(epsilon)
