@@ -97,9 +97,8 @@ def prompt_loop(backoff: Backoff, wakeup: Wakeup | None) -> Callable[..., None]:
             max_retries=max_retries,
             max_wait_time=max_wait_time,
         ) as conn:
-            node_id, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
-            state.set_node_id(node_id)
-            log(INFO, "SuperNode ID: %s", node_id)
+            state.set_node_id(conn[0])
+            log(INFO, "SuperNode ID: %s", conn[0])
             log(
                 INFO,
                 "fedllm: pulling every %.3f s after a message, up to every %.1f s when idle%s",
@@ -107,39 +106,57 @@ def prompt_loop(backoff: Backoff, wakeup: Wakeup | None) -> Callable[..., None]:
                 backoff.slowest,
                 "; tasks wake the executor" if wakeup else "",
             )
-            last = time.monotonic()
-            while True:
-                asked = time.monotonic()
-                run_id = flower._pull_and_store_message(
-                    state=state,
-                    object_store=store,
-                    node_config=node_config,
-                    receive=receive,
-                    get_run=get_run,
-                    get_fab=get_fab,
-                    pull_object=pull_object,
-                    confirm_message_received=confirm,
-                    trusted_entities=trusted_entities,
-                )
-                if run_id is None:
-                    time.sleep(backoff.wait(time.monotonic() - last))
-                    continue
-                stored = time.monotonic()
-                if wakeup is not None:
-                    wakeup.notify()
-                flower._push_messages(
-                    state=state, object_store=store, send=send, push_object=push_object
-                )
-                done = time.monotonic()
-                log(
-                    INFO,
-                    "fedllm: run %s: a message %.3f s after the last reply, pulled and stored "
-                    "in %.3f s, answered and sent in %.3f s",
-                    *(run_id, asked - last, stored - asked, done - stored),
-                )
-                last = done
+            pull_loop(conn, state, store, node_config, trusted_entities, backoff, wakeup)
 
     return start_client_internal
+
+
+def pull_loop(
+    conn: Sequence[Any],
+    state: Any,
+    store: Any,
+    node_config: Any,
+    trusted_entities: dict[str, str] | None,
+    backoff: Backoff,
+    wakeup: Wakeup | None,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Flower's pull-and-push over ``conn`` (what Flower's ``_init_connection`` yields), with a
+    wait of ``backoff.wait(time since the last message)`` after an empty pull; the executor
+    woken as soon as a task is stored. Runs until ``stop()`` (never, in a SuperNode)."""
+    from flwr.supercore import log
+    from flwr.supernode import start_client_internal as flower
+
+    _, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
+    last = time.monotonic()
+    while not stop():
+        asked = time.monotonic()
+        run_id = flower._pull_and_store_message(
+            state=state,
+            object_store=store,
+            node_config=node_config,
+            receive=receive,
+            get_run=get_run,
+            get_fab=get_fab,
+            pull_object=pull_object,
+            confirm_message_received=confirm,
+            trusted_entities=trusted_entities,
+        )
+        if run_id is None:
+            time.sleep(backoff.wait(time.monotonic() - last))
+            continue
+        stored = time.monotonic()
+        if wakeup is not None:
+            wakeup.notify()
+        flower._push_messages(state=state, object_store=store, send=send, push_object=push_object)
+        done = time.monotonic()
+        log(
+            INFO,
+            "fedllm: run %s: a message %.3f s after the last reply, pulled and stored in "
+            "%.3f s, answered and sent in %.3f s",
+            *(run_id, asked - last, stored - asked, done - stored),
+        )
+        last = done
 
 
 class ShortWaits:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import inspect
 import time
+from typing import Any
 
 import pytest
 
 from fedllm.deploy import supernode
+from fedllm.deploy.polling import Backoff
 
 
 def test_fedllms_options_are_taken_out_and_flowers_flags_passed_through() -> None:
@@ -45,3 +47,73 @@ def test_short_waits_cut_flowers_local_waits_only() -> None:
     waits.sleep(0.5)
     assert time.monotonic() - started < 0.25
     assert waits.monotonic is time.monotonic  # the rest of `time` is unchanged
+
+
+class SuperLinkQueue:
+    """The SuperLink's side of the Fleet connection, in memory: a message becomes available
+    at a chosen moment; the time of the pull that got it is kept. The message's run is not
+    running, so Flower's message handling drops it after the pull: only the pull is timed."""
+
+    def __init__(self) -> None:
+        from flwr.app import Message, RecordDict
+        from flwr.supercore.inflatable.inflatable_object import get_object_tree
+
+        from tests.messages import instruction
+
+        self.message: Message = instruction(7, RecordDict(), "query")
+        self.tree = get_object_tree(self.message)
+        self.available_at: float | None = None
+        self.pulled_at: float | None = None
+        self.pulls = 0
+
+    def receive(self) -> Any:
+        self.pulls += 1
+        now = time.monotonic()
+        if self.available_at is None or now < self.available_at or self.pulled_at is not None:
+            return None
+        self.pulled_at = now
+        return self.message, self.tree
+
+    def conn(self) -> tuple[Any, ...]:
+        from flwr.supercore.run import RunNotRunningException
+
+        def get_run(run_id: int) -> Any:
+            raise RunNotRunningException(run_id)
+
+        def unused(*args: Any) -> Any:
+            raise AssertionError("not reached")
+
+        return (7, self.receive, unused, get_run, unused, unused, unused, unused)
+
+
+@pytest.mark.parametrize("idle", [0.3, 1.0, 2.5])
+def test_a_message_is_picked_up_within_tens_of_milliseconds_of_being_available(
+    idle: float,
+) -> None:
+    """The loop itself, Flower's state and message handling: a message available ``idle``
+    seconds after the last one is pulled within max(50 ms, 10 % of idle), not after Flower's
+    3 s sleep."""
+    import threading
+
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    factory = NodeStateFactory(objectstore_factory=ObjectStoreFactory())
+    link, stop = SuperLinkQueue(), threading.Event()
+    loop = threading.Thread(
+        target=supernode.pull_loop,
+        args=(link.conn(), factory.state(), factory.objectstore_factory.store(), {}, None),
+        kwargs={"backoff": Backoff(), "wakeup": None, "stop": stop.is_set},
+    )
+    loop.start()
+    try:
+        link.available_at = time.monotonic() + idle
+        deadline = link.available_at + 5.0
+        while link.pulled_at is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+    assert link.pulled_at is not None
+    delay = link.pulled_at - link.available_at
+    assert delay < max(0.05, 0.1 * idle) + 0.1, delay  # scheduling slack on a busy machine
