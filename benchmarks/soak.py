@@ -22,7 +22,6 @@ its target. Results: benchmarks/results/soak.{md,json}. A benchmark, not a test:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
