@@ -66,7 +66,7 @@ def heart_data(given: Path | None) -> Path:
     sits one level deeper than the main checkout)."""
     candidates = [given] if given else [
         ROOT.parent / "shared" / "data" / "heart_disease",
-        ROOT.parents[2] / "shared" / "data" / "heart_disease",
+        ROOT.parents[1] / "shared" / "data" / "heart_disease",
     ]  # fmt: skip
     for folder in candidates:
         if folder is not None and all((folder / f"processed.{c}.data").is_file() for c in CENTERS):

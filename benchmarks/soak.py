@@ -57,7 +57,7 @@ TARGET = 1.0
 
 def heart_data(given: Path | None) -> Path:
     """The UCI files: ``--data``, else the shared data folder beside the checkout."""
-    candidates = [given] if given else [ROOT.parent / "shared", ROOT.parents[2] / "shared"]
+    candidates = [given] if given else [ROOT.parent / "shared", ROOT.parents[1] / "shared"]
     for base in candidates:
         if base is None:
             continue
