@@ -2,8 +2,12 @@
 before the update is masked (or sent, without secure aggregation).
 
 The noise multiplier comes from the site's own run config (calibrated here, as the server
-does, and cached in ``context.state``); only the number of sites sampled this round comes from
-the server, which splits the noise among them (each adds ``1/sqrt(m)`` of it)."""
+does, and cached in ``context.state``). What the site divides the noise among is what it knows
+holds: with secure aggregation, the threshold of its own key sharing (no sum of fewer sites
+can be unmasked), without it one (the server sees each update). The number of sites the server
+says it sampled (``m``) is checked against the site's policy (`max-federation-size`) and the
+run config, and never lowers the noise; a site takes part in at most `num-server-rounds`
+rounds of a run, the rounds its noise is calibrated for."""
 
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ from flwr.common.logger import log
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.errors import PrivacyError
+from fedllm.privacy import SitePolicy
 from fedllm.privacy.client_dp import calibrate_client_noise, privatize_update, site_noise_std
-from fedllm.secagg import Layout
+from fedllm.secagg import Layout, state_from_config
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,8 @@ class SiteNoise:
 
     clip: float
     std: float
-    sampled: int
+    sampled: int  # the server's claim, checked
+    guaranteed: int = 1  # the fewest sites a released sum holds: what the noise is split by
 
 
 def site_level_noise_multiplier(cfg: RunConfig, state: RecordDict) -> float:
@@ -44,9 +50,19 @@ def site_level_noise_multiplier(cfg: RunConfig, state: RecordDict) -> float:
     return z
 
 
-def site_noise(cfg: RunConfig, config: ConfigRecord, state: RecordDict) -> SiteNoise:
-    """Checked before training: the server must say how many sites share the noise, and no
-    more than the federation holds (each site's share would be too small)."""
+def site_noise(
+    cfg: RunConfig,
+    config: ConfigRecord,
+    state: RecordDict,
+    policy: SitePolicy,
+    server_round: int,
+    rounds_done: int,
+) -> SiteNoise:
+    """Checked before training: the server must say how many sites it sampled, no more than
+    the run config's federation and the site's policy accept; the site has not yet taken part
+    in all the rounds its noise is calibrated for (``rounds_done``: its trainings in this run).
+    The noise is split by what the site itself knows bounds a released sum from below:
+    :func:`guaranteed_sites`."""
     if proto.CLIENT_DP_SAMPLED not in config:
         raise PrivacyError(
             "client-dp is on but the server's train message does not say how many sites were "
@@ -58,8 +74,39 @@ def site_noise(cfg: RunConfig, config: ConfigRecord, state: RecordDict) -> SiteN
             f"the server says {sampled} sites share the client-level noise; it must be in "
             f"1..{cfg.num_sites} (`num-sites`)"
         )
+    policy.check_federation(sampled)
+    if rounds_done >= cfg.num_server_rounds:
+        raise PrivacyError(
+            f"client-dp: this site already took part in {rounds_done} rounds of this run, the "
+            f"{cfg.num_server_rounds} (`num-server-rounds`) its site-level noise is calibrated for"
+        )
+    guaranteed = guaranteed_sites(state, sampled, cfg.secagg, server_round)
     z = site_level_noise_multiplier(cfg, state)
-    return SiteNoise(cfg.client_clip, site_noise_std(z, cfg.client_clip, sampled), sampled)
+    return SiteNoise(
+        cfg.client_clip, site_noise_std(z, cfg.client_clip, guaranteed), sampled, guaranteed
+    )
+
+
+def guaranteed_sites(state: RecordDict, sampled: int, secure: bool, server_round: int) -> int:
+    """The fewest sites whose noise any sum the server can release holds: the threshold of
+    this round's key sharing (read from the site's own secure-aggregation state), capped by the
+    sampled count; 1 without secure aggregation."""
+    if not secure:
+        return 1
+    shared = None
+    # This round's keys were shared in its own key-sharing stage, or ahead (during the
+    # previous round's unmask stage): the train message masks with whichever is this round's.
+    for key in (proto.STATE_SECAGG_NEXT, proto.STATE_SECAGG):
+        record = state.config_records.get(key)
+        if record is not None and record["server-round"] == server_round:
+            shared = state_from_config(dict(record))
+            break
+    if shared is None or shared.threshold < 1:
+        raise PrivacyError(
+            f"client-dp with secure aggregation: no key sharing for round {server_round}, so "
+            "nothing bounds how few sites' noise a released sum holds"
+        )
+    return min(shared.threshold, sampled)
 
 
 def privatize(

@@ -1,35 +1,45 @@
 """One round of local training at a site, with its privacy accounting.
 
-The noise multiplier is calibrated once per run for the site's whole planned schedule
-(`num-server-rounds` x local steps at its sampling rate) and kept in ``context.state``. What
-the site has spent comes from its ledger alone: the composed privacy loss of the verified
+Under DP a site first releases its example count, once per run, with Gaussian noise (a ledger
+entry of kind ``count``); its sampling rate, steps and normalizer come from that released count,
+so nothing it sends depends on the exact count beyond that accounted release. The DP-SGD noise
+multiplier is calibrated once per run for everything the site plans to release in it, in
+ledger order (:class:`~fedllm.privacy.releases.ReleasePlan`: the count, `num-server-rounds` x
+local steps at its sampling rate, the evaluations the run plans) and kept in ``context.state``.
+What the site has spent comes from its ledger alone: the composed privacy loss of the verified
 entries, kept per ledger head (:func:`fedllm.privacy.spent`), so the round's checks, its new
-entry and its reported epsilon compose only this round's event.
+entries and its reported epsilon compose only this round's events.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
+from clients.evaluate import clear_scores, evaluation_event, evaluations_done, release_noised
 from clients.site import SiteGuard
 from fedllm import protocol as proto
 from fedllm import warm
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyBudgetExceededError
+from fedllm.evaluation import SiteEvaluation
 from fedllm.privacy import (
     DPEvent,
     DPParams,
     DPSchedule,
     LedgerState,
     PrivacyRequest,
-    calibrate_noise,
     check_budget,
     spent,
 )
+from fedllm.privacy.accounting import calibrate_plan
+from fedllm.privacy.chain import COUNT
+from fedllm.privacy.randomness import release_generator
+from fedllm.privacy.releases import COUNT_SENSITIVITY, ReleasePlan, gaussian_event, release_count
 from fedllm.scaling import scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
 from fedllm.training import LocalTraining, train_local
@@ -86,21 +96,6 @@ def node_site_name(context: Context) -> str:
     return str(context.node_config.get(proto.NODE_SITE_NAME, f"node-{context.node_id}"))
 
 
-def record_level_noise_multiplier(cfg: RunConfig, schedule: DPSchedule, state: RecordDict) -> float:
-    """The DP-SGD noise multiplier for the site's whole planned schedule at the run's
-    target-epsilon, calibrated once per run and cached in the site's state."""
-    key = (
-        f"{cfg.target_epsilon!r}|{cfg.target_delta!r}|{schedule.sample_rate!r}|"
-        f"{schedule.total_steps}|{cfg.accountant}"
-    )
-    cached = state.config_records.get(proto.STATE_CALIBRATION)
-    if cached is not None and cached["key"] == key:
-        return float(cached["noise-multiplier"])  # type: ignore[arg-type]
-    sigma = calibrate_noise(cfg.target_epsilon, cfg.target_delta, schedule, cfg.accountant)
-    state[proto.STATE_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": sigma})
-    return sigma
-
-
 def privacy_request(cfg: RunConfig) -> PrivacyRequest:
     return PrivacyRequest(
         cfg.dp,
@@ -109,7 +104,84 @@ def privacy_request(cfg: RunConfig) -> PrivacyRequest:
         cfg.max_grad_norm,
         cfg.accountant,
         reproducible_noise=cfg.reproducible_noise,
+        evaluations=SiteEvaluation.for_run(cfg).count if cfg.dp else 0,
+        feature_statistics=cfg.feature_scaling == "federated",
+        federation_size=cfg.num_sites,
     )
+
+
+def release_plan(cfg: RunConfig, released_count: int) -> ReleasePlan:
+    """What this site will release in the run, in ledger order, for its released count."""
+    schedule = DPSchedule.for_site(
+        released_count, cfg.batch_size, cfg.local_epochs, cfg.num_server_rounds
+    )
+    evaluation = SiteEvaluation.for_run(cfg)
+    return ReleasePlan(
+        schedule,
+        cfg.count_noise,
+        cfg.evaluation_noise,
+        evaluation.before_training,
+        evaluation.after_training,
+    )
+
+
+def record_level_noise_multiplier(cfg: RunConfig, plan: ReleasePlan, state: RecordDict) -> float:
+    """The DP-SGD noise multiplier for everything the site plans to release in the run at the
+    run's target-epsilon, calibrated once per run and cached in the site's state."""
+    key = f"{cfg.target_epsilon!r}|{cfg.target_delta!r}|{plan!r}|{cfg.accountant}"
+    cached = state.config_records.get(proto.STATE_CALIBRATION)
+    if cached is not None and cached["key"] == key:
+        return float(cached["noise-multiplier"])  # type: ignore[arg-type]
+    sigma = calibrate_plan(cfg.target_epsilon, cfg.target_delta, plan, cfg.accountant)
+    state[proto.STATE_CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": sigma})
+    return sigma
+
+
+def release_seed(cfg: RunConfig, server_round: int, site_index: int, kind: int) -> int | None:
+    """None (fresh OS entropy) unless the site's policy allowed reproducible-noise."""
+    if not cfg.reproducible_noise:
+        return None
+    return ((cfg.seed * 1_000_003 + server_round * 1_009 + site_index) * 31 + kind) & (2**62 - 1)
+
+
+def released_count(
+    site: SiteRuntime, guard: SiteGuard, ledger: LedgerState, run_id: str, server_round: int
+) -> int:
+    """This run's released example count: from the ledger when the site already released it
+    in this run (once per run, so repeated asks learn nothing new), else released now (noised,
+    checked against the budgets and recorded before anything derived from it leaves)."""
+    for entry in ledger.entries:
+        if entry.run_id == run_id and entry.kind == COUNT and entry.value is not None:
+            return int(entry.value)
+    cfg = site.cfg
+    event = gaussian_event(cfg.count_noise)
+    _check_run_target(ledger, run_id, [event], cfg)
+    check_budget(ledger, event, cfg.target_delta, cfg.accountant, guard.policy.max_epsilon)
+    seed = release_seed(cfg, server_round, site.site_index, kind=1)
+    count = release_count(len(site.data.train), cfg.count_noise, release_generator(seed))
+    guard.ledger.append(
+        ledger,
+        site=site.data.name,
+        run_id=run_id,
+        server_round=server_round,
+        event=event,
+        clip_norm=COUNT_SENSITIVITY,
+        delta=cfg.target_delta,
+        accountant=cfg.accountant,
+        kind=COUNT,
+        value=float(count),
+    )
+    return count
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """A round's local model, its metrics, and (when the train message asked for it) the
+    site's evaluation of the model it was sent, before training it."""
+
+    update: ArrayRecord
+    metrics: MetricRecord
+    evaluation: MetricRecord | None = None
 
 
 def train_round(
@@ -119,33 +191,60 @@ def train_round(
     server_round: int,
     run_id: str,
     state: RecordDict,
-) -> tuple[ArrayRecord, MetricRecord]:
-    """Check the request against the site's policy and ledger, train, record the spend in the
-    ledger (durably, before returning the update), and report the cumulative epsilon.
+    evaluate_first: bool = False,
+) -> RoundResult:
+    """Check the request against the site's policy and ledger, (with ``evaluate_first``)
+    evaluate the model it was sent, train, record every release in the ledger (durably, before
+    returning), and report the cumulative epsilon.
 
-    Raises PolicyError, PrivacyBudgetExceededError or LedgerError (a refusal) before training
-    when the round is outside the policy, past the budget, or the ledger does not verify.
+    Raises PolicyError, PrivacyBudgetExceededError or LedgerError (a refusal) before anything
+    is released when the round is outside the policy, past the budget, or the ledger does not
+    verify.
     """
     cfg = site.cfg
     guard.policy.check(privacy_request(cfg))
-    schedule = DPSchedule.for_site(
-        len(site.data.train), cfg.batch_size, cfg.local_epochs, cfg.num_server_rounds
-    )
-    metrics = MetricRecord({proto.NUM_EXAMPLES: len(site.data.train)})
-    dp, planned = None, None
-    if cfg.dp:
-        sigma = record_level_noise_multiplier(cfg, schedule, state)
-        guard.policy.check_noise(sigma)
-        dp = DPParams(
-            sigma, cfg.max_grad_norm, cfg.accountant, grad_sample_mode=cfg.grad_sample_mode
-        )
-        planned = schedule.round_event(sigma)
-        metrics[proto.NOISE_MULTIPLIER] = sigma
+    model = site.model(arrays)
     with guard.ledger.locked() as ledger:
-        if planned is not None:
+        if cfg.dp:
+            if evaluate_first:  # refused before anything is released
+                guard.policy.check_evaluation(evaluations_done(ledger, run_id))
+            count = released_count(site, guard, ledger, run_id, server_round)
+            plan = release_plan(cfg, count)
+            sigma = record_level_noise_multiplier(cfg, plan, state)
+            guard.policy.check_noise(sigma)
+            dp: DPParams | None = DPParams(
+                sigma, cfg.max_grad_norm, cfg.accountant, grad_sample_mode=cfg.grad_sample_mode
+            )
+            planned = [plan.schedule.round_event(sigma)]
+            if evaluate_first:
+                planned.insert(0, evaluation_event(cfg.evaluation_noise))
             _check_run_target(ledger, run_id, planned, cfg)
             check_budget(
                 ledger, planned, cfg.target_delta, cfg.accountant, guard.policy.max_epsilon
+            )
+            metrics = MetricRecord({proto.NUM_EXAMPLES: count, proto.NOISE_MULTIPLIER: sigma})
+        else:  # a baseline the site's policy allows (checked above): nothing is private
+            count, dp = len(site.data.train), None
+            plan = release_plan(cfg, count)
+            metrics = MetricRecord({proto.NUM_EXAMPLES: count})
+        evaluation = None
+        if evaluate_first:
+            evaluation = (
+                release_noised(
+                    site.task,
+                    model,
+                    site.data,
+                    guard,
+                    ledger,
+                    run_id=run_id,
+                    server_round=server_round,
+                    noise_multiplier=cfg.evaluation_noise,
+                    delta=cfg.target_delta,
+                    accountant=cfg.accountant,
+                    seed=release_seed(cfg, server_round, site.site_index, kind=2),
+                )
+                if cfg.dp
+                else clear_scores(site.task, model, site.data)
             )
         public_seed = cfg.seed * 1_000_003 + server_round * 1_009 + site.site_index
         settings = LocalTraining(
@@ -158,10 +257,10 @@ def train_round(
             # reproducible-noise (checked above), which derives them from the public seed.
             noise_seed=public_seed if cfg.reproducible_noise else None,
             proximal_mu=cfg.proximal_mu,  # FedProx (0 otherwise): outside DP, costs no epsilon
+            schedule_examples=count if cfg.dp else None,
         )
-        model = site.model(arrays)
         result = train_local(site.task, model, site.data.train, settings, dp)
-        events = result.events or [DPEvent(0.0, schedule.sample_rate, result.steps)]
+        events = result.events or [DPEvent(0.0, plan.schedule.sample_rate, result.steps)]
         for event in events:
             entry = guard.ledger.append(
                 ledger,
@@ -173,7 +272,6 @@ def train_round(
                 delta=cfg.target_delta,
                 accountant=cfg.accountant,
             )
-    metrics[proto.TRAIN_LOSS] = result.loss
     if cfg.dp:
         site_epsilon = math.inf if entry.epsilon is None else entry.epsilon
         if site_epsilon > guard.policy.max_epsilon:  # recorded, but the update is withheld
@@ -184,14 +282,52 @@ def train_round(
         run = spent(ledger.entries, cfg.target_delta, cfg.accountant, run_id)
         metrics[proto.EPSILON] = run.epsilon()
         metrics[proto.SITE_EPSILON] = site_epsilon
+    else:  # no DP: the training loss is no more private than the update (allow-non-dp)
+        metrics[proto.TRAIN_LOSS] = result.loss
     metrics[proto.UPDATE_BYTES] = state_bytes(exchanged_state(model))  # sizes only: no copy
-    return to_arrays(model), metrics
+    return RoundResult(to_arrays(model), metrics, evaluation)
 
 
-def _check_run_target(ledger: LedgerState, run_id: str, planned: DPEvent, cfg: RunConfig) -> None:
+def evaluate_round(
+    site: SiteRuntime,
+    guard: SiteGuard,
+    model: torch.nn.Module,
+    server_round: int,
+    run_id: str,
+) -> MetricRecord:
+    """An evaluate message: the site's scores of ``model`` (the global model sent) on its test
+    rows, in clear without DP; under DP noised and recorded, within the policy's
+    max-evaluations and the budgets."""
+    cfg = site.cfg
+    guard.policy.check(privacy_request(cfg))
+    if not cfg.dp:
+        return clear_scores(site.task, model, site.data)
+    with guard.ledger.locked() as ledger:
+        guard.policy.check_evaluation(evaluations_done(ledger, run_id))
+        planned = [evaluation_event(cfg.evaluation_noise)]
+        _check_run_target(ledger, run_id, planned, cfg)
+        check_budget(ledger, planned, cfg.target_delta, cfg.accountant, guard.policy.max_epsilon)
+        return release_noised(
+            site.task,
+            model,
+            site.data,
+            guard,
+            ledger,
+            run_id=run_id,
+            server_round=server_round,
+            noise_multiplier=cfg.evaluation_noise,
+            delta=cfg.target_delta,
+            accountant=cfg.accountant,
+            seed=release_seed(cfg, server_round, site.site_index, kind=3),
+        )
+
+
+def _check_run_target(
+    ledger: LedgerState, run_id: str, planned: Sequence[DPEvent], cfg: RunConfig
+) -> None:
     """This run's own spend stays within the run's target-epsilon (the site's whole history
     is checked against its policy separately)."""
-    after = spent(ledger.entries, cfg.target_delta, cfg.accountant, run_id).then(planned)
+    after = spent(ledger.entries, cfg.target_delta, cfg.accountant, run_id).then_all(planned)
     if not after.within(cfg.target_epsilon):
         raise PrivacyBudgetExceededError(
             f"this round would bring the run's epsilon to {after.epsilon():.4f}, above its "

@@ -145,6 +145,12 @@ class RunConfig:
     # A run folder to continue from its last checkpoint (global model, round, strategy state,
     # metrics, the run's identity at the sites); empty: a new run.
     resume_from: str = ""
+    # Releases besides DP-SGD, each a Gaussian mechanism in the sites' epsilon: the example
+    # count once per run (noise std in records), and under DP the global models of the last
+    # `site-evaluations` rounds evaluated at the sites (noise multiplier `evaluation-noise`).
+    count_noise: float = 20.0
+    site_evaluations: int = 0
+    evaluation_noise: float = 10.0
     # Not a run-config key: where each TASK_DEFAULT_KEYS value came from, set by from_flower
     # (a key absent here was given explicitly). Metadata, so it takes no part in equality.
     sources: tuple[tuple[str, ValueSource], ...] = field(default=(), compare=False)
@@ -199,6 +205,9 @@ class RunConfig:
         if not 0.0 < self.target_delta < 1.0:
             raise ConfigError(f"`target-delta` must be in (0, 1), got {self.target_delta}")
 
+        self._check_positive("count_noise", "evaluation_noise")
+        if self.site_evaluations < 0:
+            raise ConfigError(f"`site-evaluations` must be >= 0, got {self.site_evaluations}")
         self._check_secagg()
         self._check_client_dp()
         self._check_strategy()
@@ -209,7 +218,8 @@ class RunConfig:
             )
 
     def _check_secagg(self) -> None:
-        """SecAgg+: shares per site (0 = every sampled site), threshold (0 = a majority)."""
+        """SecAgg+: shares per site (0 = sized for the federation), threshold (0 = the
+        sizing's; never below a majority, which sites refuse)."""
         if self.secagg_shares != 0 and self.secagg_shares < 2:
             raise ConfigError(f"`secagg-shares` must be 0 (all) or >= 2, got {self.secagg_shares}")
         if self.secagg_threshold != 0 and self.secagg_threshold < 2:

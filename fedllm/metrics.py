@@ -27,6 +27,9 @@ CLIENT_DELTA = "client-delta"
 CLIENT_NOISE_MULTIPLIER = "client-noise-multiplier"  # realized: z * sqrt(summed / sampled)
 CLIENT_CLIP = "client-clip"
 CLIENT_SUMMED = "client-sites-summed"
+# What sites released outside DP under their policies: metrics.json `releases`.
+RELEASES = "releases"
+FEATURE_STATISTICS = "feature-statistics"  # the sites that sent feature statistics
 
 
 def clean(value: float) -> float | None:
@@ -48,6 +51,8 @@ class RunMetrics:
     traffic: dict[str, int] = field(default_factory=dict)  # update-bytes, model-bytes
     # Where each task-decided local-training value came from: user, task or global default.
     config_sources: dict[str, str] = field(default_factory=dict)
+    # What the sites released outside DP under their policies (e.g. feature statistics).
+    releases: dict[str, Any] = field(default_factory=dict)
 
     def stop(self, server_round: int, reason: str, refused: dict[str, dict[str, str]]) -> None:
         """The run ended before its last round because no sampled site could train."""
@@ -84,6 +89,7 @@ class RunMetrics:
         return {
             "config": self.config,
             "config-sources": self.config_sources,
+            RELEASES: self.releases,
             "initial": self.initial,
             "rounds": self.rounds,
             "final": self.final(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedllm.metrics import FEATURE_STATISTICS, RELEASES
+
 NOT_PRIVATE = (
     "NOT PRIVATE: reproducible-noise was on, so the sites' DP noise and batch sampling were "
     "derived from the run's public seed; whoever knows the run config can regenerate the noise "
@@ -131,12 +133,18 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         else "DP is off: no privacy guarantee (baseline run)."
     )
     if cfg.get("client-dp"):
+        split = (
+            "the secure-aggregation threshold (no sum of fewer sites can be unmasked)"
+            if cfg.get("secagg", True)
+            else "one (without secure aggregation the server sees each update)"
+        )
         privacy += (
             f" Site-level (client) DP: ({cfg['client-epsilon']}, {cfg['client-delta']})-DP "
-            f"target for a whole site's participation, over the released sums of every round: "
-            f"each site's update clipped to L2 norm {cfg['client-clip']} and Gaussian noise "
-            "added at the sites before masking, accounted per round at the noise actually "
-            "summed (fewer sites summed, less noise); sites weighted equally."
+            f"target for a whole site's participation (adjacency: one site added or removed), "
+            f"over the released sums of every round: each site's update clipped to L2 norm "
+            f"{cfg['client-clip']} and Gaussian noise added at the sites before masking, split "
+            f"by the fewest sites a released sum can hold, {split}, so dropouts only add noise; "
+            "accounted per round at the noise actually summed; sites weighted equally."
         )
     unit = _privacy_unit(cfg)
     if unit:
@@ -147,12 +155,16 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
             "training rows, which never left the site; the epsilon covers DP-SGD on the scaled "
             "rows, not the records' influence on those statistics."
         )
+    released = metrics.get(RELEASES, {}).get(FEATURE_STATISTICS)
     if cfg.get("feature-scaling") == "federated":
+        who = ", ".join(released) if released else "the sites whose policies allowed it"
         privacy += (
-            " Feature scaling was federated: each site released the count, sum and sum of "
-            "squares of each feature over its training rows, once; these aggregate statistics "
-            "are not covered by the epsilon above."
+            f" Feature scaling was federated: {who} released the count, sum and sum of "
+            "squares of each feature over its training rows, once, under its policy's "
+            "allow-feature-statistics; these aggregate statistics are not covered by the "
+            "epsilon above."
         )
+    privacy += "\n\n" + releases_statement(cfg)
     final = metrics["final"]
     if final.get("update-bytes"):
         privacy += (
@@ -181,6 +193,41 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(text))
+
+
+def releases_statement(cfg: dict[str, Any]) -> str:
+    """The adjacency the epsilons are for, and what left the sites besides their DP-SGD
+    updates, with how each release is accounted."""
+    if not cfg.get("dp", True):
+        return (
+            "**Adjacency and releases**: none apply without DP. The sites sent their updates, "
+            "exact example counts, training losses and evaluations (loss, accuracy) in the "
+            "clear, as their policies' allow-non-dp lets them."
+        )
+    evaluations = int(cfg.get("site-evaluations", 0))
+    rounds = int(cfg.get("num-server-rounds", 0))
+    if evaluations and float(cfg.get("fraction-evaluate", 1.0)) > 0:
+        evaluated = (
+            f"the global models of the last {min(evaluations, rounds)} round(s), evaluated on "
+            "each site's test rows, each evaluation released as two noised sums (the examples' "
+            f"accuracies and their count; Gaussian noise of multiplier {cfg['evaluation-noise']} "
+            "at sensitivity sqrt 2) and charged to the site's ledger, within its policy's "
+            "max-evaluations"
+        )
+    else:
+        evaluated = (
+            "no evaluation at the sites (`site-evaluations` = 0): the accuracy above is the "
+            "server's own held-out set"
+        )
+    return (
+        "**Adjacency**: add/remove-one record (a site's data with one record more or fewer); "
+        "every figure below is for that relation. **Released besides DP-SGD**, each a Gaussian "
+        "mechanism composed into the same cumulative epsilon by the same accountant: each "
+        f"site's example count, once per run, with noise of std {cfg['count-noise']} (its "
+        "sampling rate, steps and normalizer, and its weight in the averaging, are derived "
+        f"from that noised count, never from the exact one); {evaluated}. No training loss "
+        "was sent."
+    )
 
 
 def _privacy_unit(cfg: dict[str, Any]) -> str:

@@ -23,7 +23,10 @@ class LocalTraining:
     """One round's local schedule. ``seed`` drives what may be public (plain training's
     shuffles); DP noise and Poisson sampling come from fresh OS entropy unless ``noise_seed``
     is set (research: reproducible noise, not private against whoever knows it).
-    ``proximal_mu``: FedProx's weight (0: none), see :func:`proximal_term`."""
+    ``proximal_mu``: FedProx's weight (0: none), see :func:`proximal_term`.
+    ``schedule_examples``: under DP, the example count the sampling rate, the steps per epoch
+    and the normalizer are derived from: the site's released (noised) count, so none of them
+    depends on the exact count (None: the exact count, for tests and plain training)."""
 
     epochs: int
     batch_size: int
@@ -32,6 +35,7 @@ class LocalTraining:
     optimizer: str = "sgd"  # or "adam" (fresh state each call: each round starts anew)
     noise_seed: int | None = None
     proximal_mu: float = 0.0
+    schedule_examples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,16 +57,18 @@ def train_local(
     """Train ``model`` in place on ``data``: plain SGD, or DP-SGD when ``dp`` is given.
 
     Batches are drawn by indexing the site's tensors, never example by example: DP-SGD uses
-    Poisson sampling (each row in each step with probability ``q = 1 / ceil(n / B)``, as
-    Opacus's DPDataLoader draws it), plain SGD a shuffled pass per epoch. Under DP the noise
-    and the Poisson batches come from :class:`NoiseSource` (secret unless ``noise_seed``). Runs
-    on the GPU when there is one; the model comes back on the CPU.
+    Poisson sampling (each row in each step with probability ``q = 1 / ceil(m / B)``, as
+    Opacus's DPDataLoader draws it, with ``m`` the schedule's count: ``ceil(m / B)`` steps an
+    epoch, the noised sum divided by ``int(m q)``), plain SGD a shuffled pass per epoch. Under
+    DP the noise and the Poisson batches come from :class:`NoiseSource` (secret unless
+    ``noise_seed``). Runs on the GPU when there is one; the model comes back on the CPU.
     """
     torch.manual_seed(settings.seed)  # model-side randomness only (e.g. dropout), not DP's
     device = default_device()
     model.to(device)
     x, y = data.x.to(device), data.y.to(device)
     n = len(y)
+    m = settings.schedule_examples or n  # what the DP schedule is derived from
     optimizer = local_optimizer(model, settings)
     # Anchored at the weights as loaded (the global model); added after DP's clipping and noise.
     proximal = proximal_term(optimizer, settings.proximal_mu) if settings.proximal_mu else None
@@ -76,7 +82,7 @@ def train_local(
             else NoiseSource.reproducible(settings.noise_seed, device)
         )
         private = make_private(
-            model, optimizer, task.loss, n, settings.batch_size, dp, source.noise
+            model, optimizer, task.loss, m, settings.batch_size, dp, source.noise
         )
         sampling = source.sampling
     module = private.module if private else model
@@ -88,7 +94,7 @@ def train_local(
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for epoch in range(settings.epochs):
             for rows in _batches(
-                n, settings.batch_size, dp, sampling, settings.seed * 7919 + epoch
+                n, m, settings.batch_size, dp, sampling, settings.seed * 7919 + epoch
             ):
                 rows = rows.to(device, non_blocking=True)
                 xb, yb = x[rows], y[rows]
@@ -108,7 +114,7 @@ def train_local(
         proximal.remove()
     model.to("cpu")
     mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
-    rate = 1.0 / math.ceil(n / settings.batch_size) if n else 0.0
+    rate = 1.0 / math.ceil(m / settings.batch_size) if m else 0.0
     events = [DPEvent(dp.noise_multiplier, rate, steps)] if dp and steps else []
     return TrainResult(mean_loss, steps, events)
 
@@ -178,11 +184,12 @@ def poisson_rows(n: int, rate: float, rng: np.random.Generator) -> torch.Tensor:
 
 
 def _batches(
-    n: int, batch_size: int, dp: DPParams | None, rng: np.random.Generator, seed: int
+    n: int, m: int, batch_size: int, dp: DPParams | None, rng: np.random.Generator, seed: int
 ) -> Iterator[torch.Tensor]:
-    """Row indices of one epoch's batches: ceil(n / B) of them. DP: Poisson draws from
-    ``rng`` (the secret source); plain training: a shuffle from the public ``seed``."""
-    count = math.ceil(n / batch_size) if n else 0
+    """Row indices (of ``n`` rows) of one epoch's batches. DP: ceil(m / B) Poisson draws at
+    rate 1 / ceil(m / B) from ``rng`` (the secret source), ``m`` the schedule's count; plain
+    training: a shuffle of the rows from the public ``seed``."""
+    count = math.ceil(m / batch_size) if m else 0
     if dp is not None and dp.poisson_sampling:
         for _ in range(count):
             yield poisson_rows(n, 1.0 / count, rng)
@@ -199,13 +206,11 @@ def evaluate(
     task: Task, model: torch.nn.Module, data: Split, batch_size: int = 1024
 ) -> dict[str, float]:
     """Loss, accuracy and (binary tasks with both classes present) ROC AUC on ``data``."""
-    model.eval()
-    logits = torch.cat([model(data.x[i : i + batch_size]) for i in range(0, len(data), batch_size)])
+    logits = _logits(model, data, batch_size)
     loss = float(task.loss(logits, data.y))
     scores = task.scores(logits)
-    binary = task.num_classes == 2
-    predictions = (scores >= 0.5).long() if binary else scores.argmax(dim=-1)
-    metrics = {"loss": loss, "accuracy": float((predictions == data.y).float().mean())}
+    correct = _correct(task, scores, data.y)
+    metrics = {"loss": loss, "accuracy": float(correct.mean())}
     metrics.update(task.extra_metrics(metrics))
     labels = data.y.numpy()
     if task.num_classes == 2 and len(np.unique(labels)) == 2:
@@ -213,3 +218,26 @@ def evaluate(
 
         metrics["auc"] = float(roc_auc_score(labels, scores.numpy()))
     return metrics
+
+
+@torch.no_grad()
+def per_example_accuracy(
+    task: Task, model: torch.nn.Module, data: Split, batch_size: int = 1024
+) -> torch.Tensor:
+    """Each example's accuracy, in [0, 1]: (N,). For a sequence, the fraction of its positions
+    predicted right, so the mean over examples is the accuracy :func:`evaluate` reports (every
+    sequence has the same length). One example moves the sum by at most 1, whatever the model:
+    what a noised evaluation's sensitivity rests on."""
+    correct = _correct(task, task.scores(_logits(model, data, batch_size)), data.y)
+    return correct.reshape(len(data), -1).mean(dim=1)
+
+
+def _logits(model: torch.nn.Module, data: Split, batch_size: int) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(data.x[i : i + batch_size]) for i in range(0, len(data), batch_size)])
+
+
+def _correct(task: Task, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1.0 where the prediction is the label, else 0.0 (the label's shape)."""
+    predictions = (scores >= 0.5).long() if task.num_classes == 2 else scores.argmax(dim=-1)
+    return (predictions == y).float()

@@ -32,14 +32,16 @@ class AggregateRejected(FedLLMError):
 
 
 def aggregate_train_metrics(replies: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Weighted mean of the training losses; epsilon is the maximum over sites, never a mean."""
+    """Weighted mean of the training losses (sent only without DP); epsilon is the maximum over
+    sites, never a mean."""
     metrics = [cast(MetricRecord, r[proto.METRICS]) for r in replies]
     weights = [float(cast(float, x[weight_key])) for x in metrics]
     total = sum(weights)
     out = MetricRecord({weight_key: int(total)})
-    losses = [float(cast(float, x[proto.TRAIN_LOSS])) for x in metrics]
-    loss = sum(value * w for value, w in zip(losses, weights, strict=True))
-    out[proto.TRAIN_LOSS] = loss / total if total else float("nan")
+    if all(proto.TRAIN_LOSS in x for x in metrics):
+        losses = [float(cast(float, x[proto.TRAIN_LOSS])) for x in metrics]
+        loss = sum(value * w for value, w in zip(losses, weights, strict=True))
+        out[proto.TRAIN_LOSS] = loss / total if total else float("nan")
     if all(proto.EPSILON in x for x in metrics):
         out[proto.EPSILON] = max(float(cast(float, x[proto.EPSILON])) for x in metrics)
     return out

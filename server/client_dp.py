@@ -1,6 +1,8 @@
 """Site-level (client) DP at the server: the noise calibrated for the planned rounds, a stop
 before a round that would pass the budget, and each released sum accounted at the noise it
-actually carried (fewer sites summed than sampled: less noise)."""
+actually carried. Each site splits its noise by the fewest sites a released sum can hold (the
+secure-aggregation threshold; 1 without it), so a sum carries at least the planned noise:
+dropouts down to the threshold add noise, never remove it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, FedLLMError
 from fedllm.privacy.client_dp import ClientDPAccountant, clip_range_needed, site_noise_std
+from fedllm.secagg import SecAggSettings
 from server.round_log import ClientDPRound, Refusal
 
 
@@ -31,9 +34,12 @@ class SiteLevelBudgetSpent(FedLLMError):
 class ClientLevelDP:
     """The run's site-level accountant, stepped once per released sum."""
 
-    def __init__(self, accountant: ClientDPAccountant) -> None:
+    def __init__(
+        self, accountant: ClientDPAccountant, secagg: SecAggSettings | None = None
+    ) -> None:
         self.accountant = accountant
-        self._sampled: dict[int, int] = {}  # round -> sites sharing the noise
+        self.secagg = secagg  # None: no secure aggregation, each update seen alone
+        self._sampled: dict[int, tuple[int, int]] = {}  # round -> (sampled, guaranteed)
 
     @classmethod
     def for_run(cls, cfg: RunConfig) -> ClientLevelDP | None:
@@ -49,7 +55,8 @@ class ClientLevelDP:
             cfg.accountant,
         )
         planned = max(int(cfg.num_sites * cfg.fraction_train), 2 if cfg.secagg else 1)
-        std = site_noise_std(dp.noise_multiplier, cfg.client_clip, planned)
+        secagg = SecAggSettings(cfg.secagg_shares, cfg.secagg_threshold) if cfg.secagg else None
+        std = site_noise_std(dp.noise_multiplier, cfg.client_clip, _guaranteed(secagg, planned))
         needed = clip_range_needed(cfg.client_clip, std)
         if cfg.secagg and cfg.secagg_clip_range < needed:
             raise ConfigError(
@@ -61,7 +68,7 @@ class ClientLevelDP:
             INFO,
             "fedllm: client-level DP on: target epsilon %s at delta %g per site over %d rounds, "
             "clip %s, noise multiplier %.4f (%s accountant; each of %d sampled sites adds "
-            "std %.4g)",
+            "std %.4g, enough for any sum the %s allows)",
             cfg.client_epsilon,
             cfg.client_delta,
             cfg.num_server_rounds,
@@ -70,8 +77,9 @@ class ClientLevelDP:
             cfg.accountant,
             planned,
             std,
+            "secure-aggregation threshold" if secagg else "server, which sees each update,",
         )
-        return cls(dp)
+        return cls(dp, secagg)
 
     def before_round(self, server_round: int) -> None:
         """Raise :class:`SiteLevelBudgetSpent` when a full round would pass the budget."""
@@ -80,17 +88,23 @@ class ClientLevelDP:
         if after > dp.target_epsilon:
             raise SiteLevelBudgetSpent(server_round, dp.epsilon, after, dp.target_epsilon)
 
-    def sampled(self, server_round: int, count: int, config: ConfigRecord) -> None:
-        """Tell the ``count`` sampled sites (one shared config record) how many split the
-        noise."""
-        config[proto.CLIENT_DP_SAMPLED] = self._sampled[server_round] = count
+    def sampled(
+        self, server_round: int, count: int, config: ConfigRecord, keyed_from: int | None = None
+    ) -> None:
+        """Tell the ``count`` sites that get a train message (one shared config record) how
+        many they are (each checks it against its policy). ``keyed_from``: how many were
+        sampled for the round's key sharing, which fixed its threshold (default ``count``);
+        each site splits its noise by that threshold, at most ``count``."""
+        config[proto.CLIENT_DP_SAMPLED] = count
+        threshold = _guaranteed(self.secagg, keyed_from or count)
+        self._sampled[server_round] = (count, min(threshold, count))
 
     def released(self, server_round: int, summed: int) -> ClientDPRound:
         """Step the accountant for a sum of ``summed`` sites the server saw (0: nothing was
         released, nothing spent) and return the round's figures."""
         dp = self.accountant
-        sampled = self._sampled.get(server_round, 0)
-        z = dp.record(summed, sampled) if summed > 0 else None
+        sampled, guaranteed = self._sampled.get(server_round, (0, 1))
+        z = dp.record(summed, guaranteed) if summed > 0 else None
         log(
             INFO,
             "client-dp: round %d, sum of %d of %d sampled sites at noise multiplier %s: "
@@ -108,3 +122,10 @@ class ClientLevelDP:
     def unchanged(self) -> ClientDPRound:
         """The figures of a round that released no sum."""
         return ClientDPRound(self.accountant.epsilon)
+
+
+def _guaranteed(secagg: SecAggSettings | None, sampled: int) -> int:
+    """The fewest sites any released sum of ``sampled`` holds: the threshold, or 1 in the clear."""
+    if secagg is None or sampled < 2:
+        return 1
+    return secagg.for_round(sampled)[1]

@@ -89,10 +89,13 @@ class RunRecorder:
         self._resumed: dict[str, Any] | None = None  # noted in the first round after resume
 
     @classmethod
-    def create(cls, cfg: RunConfig, card: dict[str, Any], run_id: str = "") -> RunRecorder:
-        """A fresh run folder (never an earlier run's) and the run's checkpoint writer;
-        ``run_id``: what the sites' ledgers record the run under."""
-        run_dir = create_run_dir(cfg)
+    def create(
+        cls, cfg: RunConfig, card: dict[str, Any], run_id: str = "", run_dir: Path | None = None
+    ) -> RunRecorder:
+        """A fresh run folder (never an earlier run's; ``run_dir``: one just made with
+        :func:`~fedllm.rundir.create_run_dir`) and the run's checkpoint writer; ``run_id``:
+        what the sites' ledgers record the run under."""
+        run_dir = run_dir or create_run_dir(cfg)
         log(
             INFO,
             "fedllm: task %s, %d sites, %d rounds, DP %s (target epsilon %s per site), "
@@ -200,6 +203,20 @@ class RunRecorder:
         if record.dropped:
             entry["dropped"] = dict(record.dropped)
         return entry
+
+    def amend_evaluation(self, record: RoundLog) -> None:
+        """The sites' evaluation of a recorded round's model, which came with the next round's
+        train replies: its federated accuracy goes into that round's entry."""
+        federated = record.federated_accuracy()
+        for entry in self.metrics.rounds:
+            if entry["round"] == record.server_round and federated is not None:
+                entry["federated-accuracy"] = federated
+                self.metrics.write()
+
+    def released_statistics(self, sites: list[str]) -> None:
+        """The sites that released feature statistics (outside DP, under their policies)."""
+        self.metrics.releases[m.FEATURE_STATISTICS] = sorted(sites)
+        self.metrics.write()
 
     def stop(self, server_round: int, reason: str, refusals: dict[str, Refusal]) -> None:
         """The sites' budgets (or the site-level budget) ended the run before its last round."""

@@ -63,8 +63,13 @@ class RoundLog:
     client_dp: ClientDPRound | None = None
 
     def federated_accuracy(self) -> float | None:
-        """The sites' evaluation accuracy, weighted by their test examples."""
+        """The sites' evaluation accuracy, weighted by their test examples; for noised
+        evaluations (under DP) the ratio of the summed noised sums, clipped to [0, 1] (None
+        when the noised count is not positive)."""
         total = sum(e[proto.NUM_EXAMPLES] for e in self.evaluated.values())
+        if any(proto.CORRECT in e for e in self.evaluated.values()):
+            correct = sum(e.get(proto.CORRECT, 0.0) for e in self.evaluated.values())
+            return min(1.0, max(0.0, correct / total)) if total > 0 else None
         if not total:
             return None
         return (

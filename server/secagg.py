@@ -15,10 +15,18 @@ exactly the sites that shared keys ahead, its train messages go out at once: two
 round (train, unmask) against plain FedAvg's one. Otherwise (first round, a changed sample)
 the two key stages run as messages of their own. Any stage with fewer live sites than the
 threshold fails closed: the round applies nothing and the previous global model stays.
+
+The server relays each site's signed round keys unchanged and tells every survivor the same
+survivor set; the sites check both (``fedllm/secagg/site.py``). When a site dropped after key
+sharing, its neighbours answer the unmask request with only their signature over the survivor
+set, and a reveal message hands each of them its neighbours' signatures: the shares of the
+dropped site leave only once a threshold of neighbours agree on who dropped. Every stage
+message carries the round's train config (a simulated site finds its folder from it).
 """
 
 from __future__ import annotations
 
+import time
 from logging import INFO, WARNING
 from typing import Any, cast
 
@@ -29,7 +37,7 @@ from flwr.serverapp import Grid
 
 from fedllm import protocol as proto
 from fedllm.errors import SecAggError
-from fedllm.secagg import Layout, SecAggRound, SecAggSettings, average_delta
+from fedllm.secagg import Layout, SecAggRound, SecAggSettings, SignedKeys, average_delta
 from server.aggregation import AggregateRejected, Averaging, aggregate_train_metrics
 from server.replies import reason
 
@@ -52,6 +60,8 @@ class SecureAveraging(Averaging):
         self._protocol: SecAggRound | None = None
         self._size = 0  # values in a masked vector this round
         self._lost: dict[int, str] = {}  # node -> the key stage it did not answer, and why
+        self._config = ConfigRecord()  # the round's train config, sent with every stage
+        self._vectors: dict[int, np.ndarray] = {}  # masked vectors checked this round
         # The next round's protocol with keys and shares exchanged ahead (see the module doc).
         self._ahead: SecAggRound | None = None
 
@@ -63,7 +73,8 @@ class SecureAveraging(Averaging):
         config: ConfigRecord,
         grid: Grid,
     ) -> list[Message]:
-        self._grid, self._protocol, self._lost = grid, None, {}
+        self._grid, self._protocol, self._lost, self._config = grid, None, {}, config
+        self._vectors = {}
         ahead, self._ahead = self._ahead, None
         if not messages:
             return messages
@@ -120,9 +131,7 @@ class SecureAveraging(Averaging):
         keys = self._exchange(
             server_round, proto.SECAGG_SETUP, {nid: {} for nid in sampled}, self._lost
         )
-        protocol.receive_public_keys(
-            {n: (_blob(r, proto.SA_PK1), _blob(r, proto.SA_PK2)) for n, r in keys.items()}
-        )
+        protocol.receive_public_keys({n: _signed(n, r) for n, r in keys.items() if _keyed(r)})
         sent = self._exchange(
             server_round,
             proto.SECAGG_SHARE_KEYS,
@@ -142,8 +151,10 @@ class SecureAveraging(Averaging):
     def problem(self, msg: Message, current: ArrayRecord) -> str | None:
         if self._protocol is None or msg.metadata.src_node_id not in self._protocol.keyed:
             return "not part of this round's key sharing"
-        if _masked_vector(msg, self._size) is None:
+        vector = _masked_vector(msg, self._size)
+        if vector is None:
             return f"no masked vector of {self._size} uint64 values"
+        self._vectors[msg.metadata.src_node_id] = vector  # read once: 8 bytes a value
         return None
 
     def mean(
@@ -153,40 +164,49 @@ class SecureAveraging(Averaging):
         if protocol is None:
             raise AggregateRejected("secure aggregation", "no keys were shared this round")
         valid = {msg.metadata.src_node_id: msg for msg in replies}
-        vectors = {n: _masked_vector(msg, self._size) for n, msg in valid.items()}
+        vectors = {
+            n: self._vectors[n] if n in self._vectors else _masked_vector(msg, self._size)
+            for n, msg in valid.items()
+        }
+        self._vectors = {}
         try:
             protocol.receive_masked({n: v for n, v in vectors.items() if v is not None})
             ahead = self._ahead_of(server_round + 1, {n: valid[n] for n in protocol.masked})
-            shares = self._exchange(
+            survivors = protocol.survivors
+            started = time.perf_counter()
+            answers = self._exchange(
                 server_round,
                 proto.SECAGG_UNMASK,
                 {
-                    nid: {
-                        **dict(
-                            zip(
-                                (proto.SA_ALIVE, proto.SA_DROPPED),
-                                protocol.unmask_request(nid),
-                                strict=True,
-                            )
-                        ),
-                        **_ahead_request(ahead, nid),
-                    }
-                    for nid in protocol.masked
+                    nid: {proto.SA_SURVIVORS: survivors, **_ahead_request(ahead, nid)}
+                    for nid in survivors
                 },
             )
-            self._receive_ahead(ahead, shares)
-            total = protocol.unmask(
-                {
-                    n: dict(
-                        zip(
-                            cast(list[int], r[proto.SA_OWNERS]),
-                            cast(list[bytes], r[proto.SA_SHARES]),
-                            strict=True,
-                        )
-                    )
-                    for n, r in shares.items()
-                }
-            )
+            self._receive_ahead(ahead, answers)
+            protocol.signatures = {
+                n: str(r[proto.SA_SIGNATURE]) for n, r in answers.items() if proto.SA_SIGNATURE in r
+            }
+            revealed = {n: _shares(r) for n, r in answers.items() if proto.SA_OWNERS in r}
+            waiting = sorted(n for n in answers if n not in revealed and protocol.needs_proof(n))
+            timing = {"unmask": time.perf_counter() - started}
+            if waiting:  # a neighbour dropped: shares only against the survivors' signatures
+                proofs = {nid: protocol.signatures_for(nid) for nid in waiting}
+                later = self._exchange(
+                    server_round,
+                    proto.SECAGG_REVEAL,
+                    {
+                        nid: {
+                            proto.SA_SIGNERS: list(proof),
+                            proto.SA_SIGNATURES: list(proof.values()),
+                        }
+                        for nid, proof in proofs.items()
+                    },
+                )
+                revealed.update({n: _shares(r) for n, r in later.items() if proto.SA_OWNERS in r})
+                timing["reveal"] = time.perf_counter() - started - timing["unmask"]
+            started = time.perf_counter()
+            total = protocol.unmask(revealed)
+            timing["unmask compute"] = time.perf_counter() - started
         except SecAggError as err:
             raise AggregateRejected("secure aggregation", str(err)) from None
         summed = [valid[n] for n in sorted(protocol.masked)]
@@ -204,7 +224,13 @@ class SecureAveraging(Averaging):
             raise AggregateRejected("secure aggregation", str(err), len(summed)) from None
         layout = Layout.of(current)
         arrays = layout.unflatten(layout.flatten(current) + delta)
-        log(INFO, "secagg: round %d, sum of %d sites unmasked", server_round, len(summed))
+        log(
+            INFO,
+            "secagg: round %d, sum of %d sites unmasked (%s)",
+            server_round,
+            len(summed),
+            ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timing.items()),
+        )
         return arrays, aggregate_train_metrics([msg.content for msg in summed], self.weight_key)
 
     def _ahead_of(self, next_round: int, replies: dict[int, Message]) -> SecAggRound | None:
@@ -213,8 +239,12 @@ class SecureAveraging(Averaging):
         keys = {}
         for nid, msg in replies.items():
             record = msg.content.config_records.get(proto.SECAGG)
-            if record is not None and record.get(proto.SA_NEXT_ROUND) == next_round:
-                keys[nid] = (_blob(record, proto.SA_PK1), _blob(record, proto.SA_PK2))
+            if (
+                record is not None
+                and record.get(proto.SA_NEXT_ROUND) == next_round
+                and _keyed(record)
+            ):
+                keys[nid] = _signed(nid, record)
         try:
             shares, threshold = self.settings.for_round(len(keys))
             ahead = SecAggRound(next_round, threshold, shares, sorted(keys))
@@ -249,7 +279,10 @@ class SecureAveraging(Averaging):
         messages = [
             Message(
                 content=RecordDict(
-                    {proto.SECAGG: ConfigRecord({proto.SA_ROUND: server_round, **values})}
+                    {
+                        proto.SECAGG: ConfigRecord({proto.SA_ROUND: server_round, **values}),
+                        proto.CONFIG: self._config,
+                    }
                 ),
                 dst_node_id=nid,
                 message_type=f"train.{action}",
@@ -274,12 +307,41 @@ class SecureAveraging(Averaging):
 
 
 def _peers(protocol: SecAggRound, nid: int) -> dict[str, Any]:
-    peers = protocol.peers_of(nid)
+    """``nid``'s neighbours with their signed keys, as relayed (the server makes none)."""
+    peers = list(protocol.peers_of(nid).values())
     return {
-        proto.SA_PEERS: list(peers),
-        proto.SA_PK1: [k[0] for k in peers.values()],
-        proto.SA_PK2: [k[1] for k in peers.values()],
+        proto.SA_PEERS: [p.node_id for p in peers],
+        proto.SA_NAME: [p.name for p in peers],
+        proto.SA_PK1: [p.pk1 for p in peers],
+        proto.SA_PK2: [p.pk2 for p in peers],
+        proto.SA_SIGNATURE: [p.signature for p in peers],
     }
+
+
+def _signed(nid: int, record: ConfigRecord) -> SignedKeys:
+    """A site's signed round keys as it sent them (setup answer, or train answer ahead)."""
+    return SignedKeys(
+        nid,
+        str(record[proto.SA_NAME]),
+        _blob(record, proto.SA_PK1),
+        _blob(record, proto.SA_PK2),
+        str(record[proto.SA_SIGNATURE]),
+    )
+
+
+def _keyed(record: ConfigRecord) -> bool:
+    return all(k in record for k in (proto.SA_NAME, proto.SA_PK1, proto.SA_PK2, proto.SA_SIGNATURE))
+
+
+def _shares(record: ConfigRecord) -> dict[int, bytes]:
+    """An unmask or reveal answer: owner node id -> revealed share."""
+    return dict(
+        zip(
+            [int(n) for n in cast(list[int], record[proto.SA_OWNERS])],
+            [bytes(c) for c in cast(list[bytes], record[proto.SA_SHARES])],
+            strict=True,
+        )
+    )
 
 
 def _ahead_request(ahead: SecAggRound | None, nid: int) -> dict[str, Any]:

@@ -5,10 +5,10 @@ strategy (``server/strategies/``: FedAvg, FedAdam or FedProx, over SecAgg+ unles
 `secagg = false`, with every round recorded by site: ``server/site_records.py``), run Flower's
 round loop, and leave the results in the run folder (``server/recorder.py``). With
 `resume-from`, the run goes on from its last checkpoint (``server/resume.py``) in its folder,
-under the same identity at the sites. Each round:
-the sampled sites' DP-trained updates are averaged, the sites evaluate the new model on their
-own test rows, the server evaluates it on the held-out set, and metrics.json and a checkpoint
-are written with each site's cumulative epsilon.
+under the same identity at the sites. Each round: the sampled sites' DP-trained updates are
+averaged, the server evaluates the new model on the held-out set (the sites on their own test
+rows only where the run and their policies allow: ``fedllm/evaluation.py``), and metrics.json
+and a checkpoint are written with each site's cumulative epsilon.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
+from fedllm.rundir import create_run_dir
 from fedllm.tasks import Split, Task, get_task, load_federation
 from fedllm.training import evaluate
 from fedllm.weights import load_arrays, to_arrays
@@ -46,10 +47,13 @@ def main(grid: Grid, context: Context) -> None:
     grid = polling(grid)  # replies collected every 0.1 s, not Flower's 3 s
     resumed = Resumed.load(cfg) if cfg.resume_from else None  # refused before any site is asked
     if resumed is None:
-        scaling = run_scaling(grid, cfg, federation.central_test)  # federated scaling: pooled
+        run_dir = create_run_dir(cfg)  # where simulated sites keep their files: before any asks
+        scaling = run_scaling(grid, cfg, federation.central_test, run_dir)  # federated: pooled
         card = model_card(cfg, federation, model, scaling.shared)
         run_id, initial = str(context.run_id), to_arrays(model)
-        recorder = RunRecorder.create(cfg, card, run_id)
+        recorder = RunRecorder.create(cfg, card, run_id, run_dir)
+        if scaling.released:  # feature statistics, outside DP, where the sites' policies allowed
+            recorder.released_statistics(list(scaling.released))
     else:
         scaling = resumed.scaling(cfg, federation.central_test)
         card = model_card(cfg, federation, model, scaling.shared)

@@ -8,6 +8,12 @@ and checks the new global model. After each round's central evaluation it hands 
 :class:`~server.round_log.RoundLog` to the run recorder. A run that the sites' budgets end
 early (:class:`~server.replies.NoSiteCanTrain`, :class:`~server.client_dp.SiteLevelBudgetSpent`)
 is not a failure: :meth:`SiteRecords.start` records why and returns the last global model.
+
+The sites evaluate the global models the run's :class:`~fedllm.evaluation.SiteEvaluation`
+names (every round without DP; under DP only the last `site-evaluations`, each a noised release
+at every site): where it can, a round's train message carries the evaluation of the model it
+sends, and only the last model gets an evaluate message of its own. A noised evaluation comes
+back as two noised sums per site (accuracies, count); the federated accuracy is their ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedllm import protocol as proto
 from fedllm.errors import FedLLMError, UpdateError
+from fedllm.evaluation import SiteEvaluation
 from fedllm.weights import check_arrays
 from server.aggregation import AggregateRejected, Averaging
 from server.client_dp import ClientLevelDP, SiteLevelBudgetSpent
@@ -43,7 +50,8 @@ class SiteRecords(Strategy):
     """``strategy`` (whose mean ``averaging`` forms) with every round recorded by site.
 
     ``recorder`` receives each finished round (None: the logs stay in :attr:`logs` only);
-    ``client_dp``: site-level DP, whose sums every site weighs the same in."""
+    ``client_dp``: site-level DP, whose sums every site weighs the same in; ``evaluation``:
+    which models the sites evaluate and how (None: as the inner strategy configures it)."""
 
     def __init__(
         self,
@@ -51,11 +59,13 @@ class SiteRecords(Strategy):
         averaging: Averaging,
         recorder: RunRecorder | None = None,
         client_dp: ClientLevelDP | None = None,
+        evaluation: SiteEvaluation | None = None,
     ) -> None:
         self.strategy = strategy
         self.averaging = averaging
         self.recorder = recorder
         self.client_dp = client_dp
+        self.evaluation = evaluation
         self.logs: dict[int, RoundLog] = {}
         self.node_names: dict[int, str] = {}  # learnt from replies: dropouts are named
         self._global: ArrayRecord | None = None  # the model this round started from
@@ -75,6 +85,11 @@ class SiteRecords(Strategy):
         record = self.logs[server_round] = RoundLog(server_round)
         if self.client_dp is not None:
             self.client_dp.before_round(server_round)
+        # The train message may carry the evaluation of the model it sends (the last round's).
+        if self.evaluation is not None and self.evaluation.carried_by(server_round):
+            config[proto.EVALUATE_INCOMING] = True
+        elif proto.EVALUATE_INCOMING in config:
+            del config[proto.EVALUATE_INCOMING]
         try:
             messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         except AggregateRejected as err:  # e.g. too few sites finished key sharing
@@ -83,7 +98,7 @@ class SiteRecords(Strategy):
         lost = set(self.averaging.lost_before_training())
         self._sent["train"] = {msg.metadata.dst_node_id for msg in messages} | lost
         if self.client_dp is not None and messages:  # the sites split the noise among these
-            self.client_dp.sampled(server_round, len(messages), config)
+            self.client_dp.sampled(server_round, len(messages), config, len(messages) + len(lost))
         return messages
 
     def aggregate_train(
@@ -105,6 +120,8 @@ class SiteRecords(Strategy):
         record.trained = dict(
             sorted((site_name(msg), _numbers(_metrics(msg))) for msg in sorted_.valid)
         )
+        if self.evaluation is not None and self.evaluation.carried_by(server_round):
+            self._carried_evaluation(server_round - 1, sorted_.valid)
         released = len(sorted_.valid)  # the server has seen their (noised) updates, or the sum
         arrays: ArrayRecord | None
         try:
@@ -142,9 +159,27 @@ class SiteRecords(Strategy):
         record.rejected[who] = why
 
     # ------------------------------------------------------------------ evaluation
+    def _carried_evaluation(self, evaluated_round: int, replies: list[Message]) -> None:
+        """The sites' evaluation of round ``evaluated_round``'s model, carried by this round's
+        train replies: filed under that round (whose record is amended)."""
+        record = self.logs.get(evaluated_round)
+        if record is None:
+            return
+        record.evaluated = dict(
+            sorted(
+                (site_name(msg), _numbers(msg.content.metric_records[proto.EVALUATION]))
+                for msg in replies
+                if proto.EVALUATION in msg.content.metric_records
+            )
+        )
+        if self.recorder is not None:
+            self.recorder.amend_evaluation(record)
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if self.evaluation is not None and not self.evaluation.own_message(server_round):
+            return []  # not evaluated at the sites, or carried by the next train message
         messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
         # A site that did not answer this round's training is not waited for again.
         sent = [msg for msg in messages if msg.metadata.dst_node_id not in self._silent]
@@ -156,13 +191,29 @@ class SiteRecords(Strategy):
     ) -> MetricRecord | None:
         replies = list(replies)
         self._note_dropped("evaluate", server_round, replies)
-        # A site that refused (e.g. its data does not fit the task) has no scores to average.
+        # A site that refused (its policy, its data) has no scores to average.
+        for msg in replies:
+            why = refusal(msg)
+            if why is not None:
+                log(
+                    WARNING,
+                    "round %d: %s refused to evaluate (%s): %s",
+                    server_round,
+                    site_name(msg),
+                    why.kind,
+                    why.reason,
+                )
         replies = [msg for msg in replies if refusal(msg) is None]
-        self.logs[server_round].evaluated = dict(
+        record = self.logs[server_round]
+        record.evaluated = dict(
             sorted(
                 (site_name(msg), _numbers(_metrics(msg))) for msg in replies if not msg.has_error()
             )
         )
+        if any(proto.CORRECT in values for values in record.evaluated.values()):
+            # Noised sums (weights that may be negative): the ratio of their totals.
+            accuracy = record.federated_accuracy()
+            return None if accuracy is None else MetricRecord({proto.ACCURACY: accuracy})
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def _note_dropped(

@@ -33,6 +33,25 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     init.add_argument("--min-noise-multiplier", type=float, default=0.0)
     init.add_argument("--max-clip-norm", type=float, default=math.inf)
     init.add_argument("--accountants", default="prv,rdp", help="comma-separated (prv,rdp)")
+    init.add_argument(
+        "--allow-feature-statistics",
+        action="store_true",
+        help="send per-feature count, sum and sum of squares for federated scaling (not DP; "
+        "default: refused)",
+    )
+    init.add_argument(
+        "--max-evaluations",
+        type=int,
+        default=0,
+        help="noised evaluations of global models one DP run may ask for, each charged to the "
+        "ledger (default 0: none)",
+    )
+    init.add_argument(
+        "--max-federation-size",
+        type=int,
+        default=10,
+        help="client-level DP: the most sites this site splits its noise among (default 10)",
+    )
     init.set_defaults(run=_site_init)
 
     trust = site.add_parser(
@@ -145,11 +164,19 @@ def _site_init(args: argparse.Namespace) -> int:
         min_noise_multiplier=args.min_noise_multiplier,
         max_clip_norm=args.max_clip_norm,
         accountants=tuple(a.strip() for a in args.accountants.split(",") if a.strip()),
+        allow_feature_statistics=args.allow_feature_statistics,
+        max_evaluations=args.max_evaluations,
+        max_federation_size=args.max_federation_size,
     )
     made = init_site(folder, policy)
     files, q = made.files, _quote
     print(f"fedllm: site files in {folder}:")
-    print("  policy.toml        the weakest privacy this site trains under")
+    print("  policy.toml        the weakest privacy this site trains under, and what it releases")
+    print(
+        f"                     besides DP updates: feature statistics "
+        f"{'allowed' if policy.allow_feature_statistics else 'refused'}, "
+        f"{policy.max_evaluations} noised evaluation(s) per run"
+    )
     print("  site-key.pem/.pub  signs the ledger and reports (private key: 0600, stays here)")
     print("  node.key/.pub      the SuperNode's key (private key: 0600, never leaves this machine)")
     print("  superexec.secret   shared by the SuperNode and its executor (0600)")

@@ -1,5 +1,6 @@
-"""Privacy: accountants and noise calibration for the whole schedule, Opacus wrapping, and the
-site's own policy and ledger."""
+"""Privacy: accountants and noise calibration for the whole schedule (and the releases beside
+DP-SGD: the noised example count, noised evaluations), Opacus wrapping, and the site's own
+policy and ledger."""
 
 from fedllm.privacy.accountants import (
     ACCOUNTANTS,
@@ -7,7 +8,7 @@ from fedllm.privacy.accountants import (
     Composition,
     get_accountant,
 )
-from fedllm.privacy.accounting import calibrate_noise, epsilon
+from fedllm.privacy.accounting import calibrate_noise, calibrate_plan, epsilon
 from fedllm.privacy.budget import check_budget, history_epsilon, spent
 from fedllm.privacy.chain import LedgerEntry, LedgerState
 from fedllm.privacy.engine import (
@@ -20,6 +21,7 @@ from fedllm.privacy.engine import (
 from fedllm.privacy.events import DPEvent, DPSchedule, merge
 from fedllm.privacy.ledger import PrivacyLedger
 from fedllm.privacy.policy import PrivacyRequest, SitePolicy
+from fedllm.privacy.releases import ReleasePlan
 from fedllm.privacy.site_report import ReportCheck, verify_site_report, write_site_report
 
 __all__ = [
@@ -35,9 +37,11 @@ __all__ = [
     "PrivacyLedger",
     "PrivacyRequest",
     "PrivateStep",
+    "ReleasePlan",
     "ReportCheck",
     "SitePolicy",
     "calibrate_noise",
+    "calibrate_plan",
     "check_budget",
     "choose_mode",
     "epsilon",

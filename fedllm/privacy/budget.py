@@ -70,12 +70,17 @@ def history_epsilon(entries: Sequence[LedgerEntry], delta: float, accountant: st
 
 
 def check_budget(
-    state: LedgerState, event: DPEvent, delta: float, accountant: str, max_epsilon: float
+    state: LedgerState,
+    events: DPEvent | Sequence[DPEvent],
+    delta: float,
+    accountant: str,
+    max_epsilon: float,
 ) -> None:
-    """Refuses ``event`` if it would take the site's cumulative epsilon past ``max_epsilon``;
-    decides by the accountant's bound when that suffices (see :meth:`Composition.within`)."""
+    """Refuses ``events`` (one, or several in order) if they would take the site's cumulative
+    epsilon past ``max_epsilon``; decides by the accountant's bound when that suffices (see
+    :meth:`Composition.within`)."""
     before = spent(state.entries, delta, accountant)
-    after = before.then(event)
+    after = before.then_all([events] if isinstance(events, DPEvent) else events)
     if not after.within(max_epsilon):
         raise PrivacyBudgetExceededError(
             f"the site's budget is spent: epsilon is {before.epsilon():.4f} over "

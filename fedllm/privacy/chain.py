@@ -6,6 +6,13 @@ Ed25519 key (``sig``), so an edited, deleted, inserted or reordered entry breaks
 no entry can be added without the key. The head file holds the number of entries and the last
 hash, signed too, so removing entries from the end is detected.
 
+Every entry is one release the site made, by ``kind`` (:data:`KINDS`): DP-SGD steps (``train``),
+its example count released with Gaussian noise (``count``, with the released value), an
+evaluation released with Gaussian noise (``evaluate``), or feature statistics its policy lets
+it release outside DP (``statistics``: no steps, composes nothing; the entry says they left).
+An entry of kind ``train`` without a value is written exactly as before kinds existed (no
+``kind`` or ``value`` key), so older ledgers verify unchanged.
+
 Verification can start from what an earlier verification of the same file established
 (:class:`Verified`): when the file still begins with exactly the bytes verified then, only the
 entries after them are parsed and their signatures checked; any other change (an edit, a
@@ -28,11 +35,17 @@ from fedllm.privacy.events import DPEvent
 GENESIS = "0" * 64
 _HEAD_LABEL = "fedllm-ledger-head"
 
+TRAIN, COUNT, EVALUATE, STATISTICS = "train", "count", "evaluate", "statistics"
+KINDS = (TRAIN, COUNT, EVALUATE, STATISTICS)
+
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One DP training a site did (one round of one run); ``epsilon`` is cumulative over this
-    entry and every one before it, at ``delta`` with ``accountant`` (None: not private)."""
+    """One release a site made (a DP training, a noised count or evaluation, statistics; see
+    :data:`KINDS`) in one round of one run; ``epsilon`` is cumulative over this entry and every
+    one before it, at ``delta`` with ``accountant`` (None: not private). A Gaussian release
+    (count, evaluation) is one step at sample rate 1, ``noise_multiplier`` = noise std /
+    sensitivity and ``clip_norm`` = the sensitivity."""
 
     seq: int
     time: str
@@ -49,6 +62,8 @@ class LedgerEntry:
     prev: str
     hash: str = ""
     sig: str = ""  # the site key's signature of ``hash``
+    kind: str = TRAIN
+    value: float | None = None  # what a release gave, where the site keeps it (count: n)
 
     @property
     def private(self) -> bool:
@@ -58,8 +73,17 @@ class LedgerEntry:
     def event(self) -> DPEvent:
         return DPEvent(self.noise_multiplier, self.sample_rate, self.steps)
 
-    def body(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
+        """Every field, without ``kind`` and ``value`` where they hold their defaults."""
         out = asdict(self)
+        if out["kind"] == TRAIN:
+            del out["kind"]
+        if out["value"] is None:
+            del out["value"]
+        return out
+
+    def body(self) -> dict[str, Any]:
+        out = self.fields()
         del out["hash"], out["sig"]
         return out
 
@@ -67,7 +91,7 @@ class LedgerEntry:
         return hashlib.sha256(canonical(self.body())).hexdigest()
 
     def line(self) -> bytes:
-        return canonical(asdict(self)) + b"\n"
+        return canonical(self.fields()) + b"\n"
 
 
 def canonical(value: Any) -> bytes:
@@ -201,7 +225,9 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "clip_norm": float,
     "delta": float,
     "epsilon": (float, type(None)),
+    "value": (float, type(None)),
     **{name: str for name in ("time", "site", "run_id", "accountant", "prev", "hash", "sig")},
+    "kind": str,
 }
 
 
@@ -214,6 +240,8 @@ def _check_fields(entry: LedgerEntry) -> None:
     numbers = (entry.sample_rate, entry.noise_multiplier, entry.clip_norm, entry.delta)
     if not all(math.isfinite(x) for x in numbers) or entry.accountant not in ACCOUNTANTS:
         raise ValueError("a number is not finite or the accountant is unknown")
+    if entry.kind not in KINDS or (entry.value is not None and not math.isfinite(entry.value)):
+        raise ValueError("the kind is unknown or the value is not finite")
     if not (0 < entry.sample_rate <= 1 and 0 < entry.delta < 1 and entry.steps >= 0):
         raise ValueError("a value is out of range")
     if entry.noise_multiplier < 0 or entry.clip_norm < 0:

@@ -2,11 +2,15 @@
 and account the released sum across rounds (DP-FedAvg, McMahan et al. 2018; distributed
 noise before secure aggregation as in Kairouz et al. 2021).
 
-Each of the ``m`` sampled sites clips its update (local minus global model) to L2 norm ``C``
-and adds ``N(0, (z C)^2 / m)`` per value before masking; the sum of the ``k`` sites that are
-actually summed then carries ``N(0, (z C)^2 k / m)``: a Gaussian mechanism of sensitivity
-``C`` (one site added or removed) at noise multiplier ``z sqrt(k / m)``. Dropouts lower the
-realized noise, so every round is accounted at its own realized multiplier.
+Each sampled site clips its update (local minus global model) to L2 norm ``C`` and adds
+``N(0, (z C)^2 / t)`` per value before masking, where ``t`` is the fewest sites any released
+sum can hold: secure aggregation's threshold (fewer survivors cannot be unmasked), or 1
+without secure aggregation (the server sees each update). A sum of ``k >= t`` sites then
+carries ``N(0, (z C)^2 k / t)``: a Gaussian mechanism of sensitivity ``C`` (one site added or
+removed) at noise multiplier ``z sqrt(k / t) >= z``. Every round is accounted at its realized
+multiplier, which dropouts can only raise above the ``z`` calibrated for the planned rounds,
+and nothing the server claims lowers a site's noise: the number of sampled sites ``m`` it
+announces is bounded by each site's policy (`max-federation-size`) and not used for the noise.
 
 The server samples a fixed number of sites per round (Flower's ``sample_nodes``), not Poisson:
 Opacus's subsampled-Gaussian accountants do not cover that, so no amplification by the
@@ -40,18 +44,22 @@ def calibrate_client_noise(
     return calibrate_noise(target_epsilon, delta, schedule, accountant)
 
 
-def site_noise_std(noise_multiplier: float, clip: float, sampled: int) -> float:
-    """Per-value noise std each of ``sampled`` sites adds: ``z C / sqrt(m)``."""
-    if sampled < 1:
-        raise PrivacyError(f"client-level DP needs at least one sampled site, got {sampled}")
-    return noise_multiplier * clip / math.sqrt(sampled)
+def site_noise_std(noise_multiplier: float, clip: float, guaranteed: int) -> float:
+    """Per-value noise std each site adds when any released sum holds at least ``guaranteed``
+    sites' noise: ``z C / sqrt(t)``."""
+    if guaranteed < 1:
+        raise PrivacyError(f"client-level DP needs at least one site in a sum, got {guaranteed}")
+    return noise_multiplier * clip / math.sqrt(guaranteed)
 
 
-def realized_noise_multiplier(noise_multiplier: float, summed: int, sampled: int) -> float:
-    """The multiplier of the released sum when ``summed`` of ``sampled`` sites' noise is in it."""
-    if not 1 <= summed <= sampled:
-        raise PrivacyError(f"summed sites ({summed}) must be in 1..{sampled} (sampled)")
-    return noise_multiplier * math.sqrt(summed / sampled)
+def realized_noise_multiplier(noise_multiplier: float, summed: int, guaranteed: int) -> float:
+    """The multiplier of a released sum of ``summed`` sites, each adding ``z C / sqrt(t)``."""
+    if not 1 <= guaranteed <= summed:
+        raise PrivacyError(
+            f"a released sum of {summed} sites is below the {guaranteed} every site's noise "
+            "was set for"
+        )
+    return noise_multiplier * math.sqrt(summed / guaranteed)
 
 
 def clip_update(delta: np.ndarray, clip: float) -> np.ndarray:
@@ -106,9 +114,10 @@ class ClientDPAccountant:
         planned = DPEvent(self.noise_multiplier, SITE_SAMPLE_RATE, 1)
         return self._composed.then(planned).epsilon()
 
-    def record(self, summed: int, sampled: int) -> float:
-        """Account one released sum of ``summed`` of ``sampled`` sites; the realized z."""
-        z = realized_noise_multiplier(self.noise_multiplier, summed, sampled)
+    def record(self, summed: int, guaranteed: int) -> float:
+        """Account one released sum of ``summed`` sites whose noise was set for sums of at
+        least ``guaranteed``; the realized z."""
+        z = realized_noise_multiplier(self.noise_multiplier, summed, guaranteed)
         event = DPEvent(z, SITE_SAMPLE_RATE, 1)
         self.events.append(event)
         self._composed = self._composed.then(event)

@@ -1,4 +1,5 @@
-"""A site's privacy ledger: every DP training it did, across runs, in an append-only file.
+"""A site's privacy ledger: every release it made (DP trainings, noised counts and evaluations,
+statistics its policy allows), across runs, in an append-only file.
 
 The format (hash chain, signatures, signed head) is in :mod:`fedllm.privacy.chain`; what the
 entries spend is in :mod:`fedllm.privacy.budget`. A sidecar head file (``<ledger>.head``)
@@ -36,7 +37,15 @@ from typing import Any
 from fedllm.crypto.signing import PublicKey, SiteKey
 from fedllm.errors import LedgerError
 from fedllm.privacy.budget import Scope, remember, replay, spent
-from fedllm.privacy.chain import GENESIS, LedgerEntry, LedgerState, Verified, head_message, verify
+from fedllm.privacy.chain import (
+    GENESIS,
+    TRAIN,
+    LedgerEntry,
+    LedgerState,
+    Verified,
+    head_message,
+    verify,
+)
 from fedllm.privacy.events import DPEvent
 from fedllm.privacy.memo import Memo
 
@@ -109,10 +118,14 @@ class PrivacyLedger:
         clip_norm: float,
         delta: float,
         accountant: str,
+        kind: str = TRAIN,
+        value: float | None = None,
     ) -> LedgerEntry:
-        """Record one training (call inside :meth:`locked`, with the state it yielded).
+        """Record one release, a training by default (call inside :meth:`locked`, with the
+        state it yielded); ``value``: what the release gave, where the site needs it again
+        (the noised example count).
 
-        The entry is durable on disk when this returns: write it before sending the update.
+        The entry is durable on disk when this returns: write it before sending anything.
         """
         key = self.key
         if key is None:
@@ -134,6 +147,8 @@ class PrivacyLedger:
             accountant=accountant,
             epsilon=spent_after if math.isfinite(spent_after) else None,
             prev=previous[-1].hash if previous else GENESIS,
+            kind=kind,
+            value=value,
         )
         entry = _replace(entry, hash=entry.digest())
         entry = _replace(entry, sig=key.sign(entry.hash.encode()))

@@ -13,7 +13,15 @@ max-clip-norm = 1.0          # the largest per-example clipping norm accepted
 accountants = ["prv", "rdp"] # accountants the site accepts (default: every registered one)
 allow-non-dp = false         # train without DP at all (only for research baselines)
 allow-reproducible-noise = false  # DP noise derived from the run's public seed (research only)
+require-secure-aggregation = true # never send a plain update (train only over SecAgg+)
+min-secagg-threshold = 2     # the fewest shares that may rebuild this site's secrets
+allow-feature-statistics = false  # release per-feature count/sum/sum of squares (not DP)
+max-evaluations = 0          # noised evaluations of global models one DP run may ask for
+max-federation-size = 10     # the most sites this site splits client-level DP noise among
 ```
+
+What a site sends under these limits is listed, field by field, in :mod:`fedllm.protocol`'s
+release manifest.
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ class PrivacyRequest:
     max_grad_norm: float
     accountant: str
     reproducible_noise: bool = False
+    secure_aggregation: bool = True  # the run aggregates over SecAgg+ (`secagg`)
+    secagg_threshold: int = 0  # the run's `secagg-threshold` (0: sized per round)
+    evaluations: int = 0  # noised site evaluations the run plans (DP runs)
+    feature_statistics: bool = False  # the run scales features with pooled statistics
+    federation_size: int = 1  # sites in the run (`num-sites`)
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,11 @@ class SitePolicy:
     accountants: tuple[str, ...] = tuple(ACCOUNTANTS)
     allow_non_dp: bool = False
     allow_reproducible_noise: bool = False
+    require_secure_aggregation: bool = True
+    min_secagg_threshold: int = 2
+    allow_feature_statistics: bool = False
+    max_evaluations: int = 0
+    max_federation_size: int = 10
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_epsilon) and self.max_epsilon > 0):
@@ -71,6 +89,16 @@ class SitePolicy:
                 f"policy `accountants` must be a non-empty list of {', '.join(ACCOUNTANTS)}, "
                 f"got {list(self.accountants)}"
             )
+        if self.min_secagg_threshold < 2:
+            raise PolicyError(
+                f"policy `min-secagg-threshold` must be >= 2, got {self.min_secagg_threshold}"
+            )
+        if not self.max_evaluations >= 0:
+            raise PolicyError(f"policy `max-evaluations` must be >= 0, got {self.max_evaluations}")
+        if not self.max_federation_size >= 1:
+            raise PolicyError(
+                f"policy `max-federation-size` must be >= 1, got {self.max_federation_size}"
+            )
 
     @classmethod
     def from_request(cls, request: PrivacyRequest) -> SitePolicy:
@@ -82,6 +110,11 @@ class SitePolicy:
             accountants=(request.accountant,),
             allow_non_dp=not request.dp,
             allow_reproducible_noise=request.reproducible_noise,
+            require_secure_aggregation=request.secure_aggregation,
+            min_secagg_threshold=max(2, request.secagg_threshold),
+            allow_feature_statistics=request.feature_statistics,
+            max_evaluations=request.evaluations,
+            max_federation_size=request.federation_size,
         )
 
     @classmethod
@@ -94,6 +127,11 @@ class SitePolicy:
             "accountants",
             "allow-non-dp",
             "allow-reproducible-noise",
+            "require-secure-aggregation",
+            "min-secagg-threshold",
+            "allow-feature-statistics",
+            "max-evaluations",
+            "max-federation-size",
         }
         unknown = sorted(set(values) - known)
         if unknown:
@@ -114,6 +152,13 @@ class SitePolicy:
                 accountants=tuple(str(a) for a in accountants),
                 allow_non_dp=allow,
                 allow_reproducible_noise=_flag(values, "allow-reproducible-noise", source),
+                require_secure_aggregation=_flag(
+                    values, "require-secure-aggregation", source, default=True
+                ),
+                min_secagg_threshold=_count(values, "min-secagg-threshold", source, 2),
+                allow_feature_statistics=_flag(values, "allow-feature-statistics", source),
+                max_evaluations=_count(values, "max-evaluations", source, 0),
+                max_federation_size=_count(values, "max-federation-size", source, 10),
             )
         except PolicyError as err:
             message = str(err)
@@ -144,6 +189,19 @@ class SitePolicy:
         lines.append(f"allow-non-dp = {'true' if self.allow_non_dp else 'false'}")
         if self.allow_reproducible_noise:
             lines.append("allow-reproducible-noise = true")
+        lines.append(
+            "require-secure-aggregation = "
+            + ("true" if self.require_secure_aggregation else "false")
+        )
+        lines.append(f"min-secagg-threshold = {self.min_secagg_threshold}")
+        lines += [
+            "# Per-feature count, sum and sum of squares for federated scaling: outside DP.",
+            f"allow-feature-statistics = {'true' if self.allow_feature_statistics else 'false'}",
+            "# Noised evaluations of global models one DP run may ask for (each in the epsilon).",
+            f"max-evaluations = {self.max_evaluations}",
+            "# Client-level DP: the most sites this site splits its noise among.",
+            f"max-federation-size = {self.max_federation_size}",
+        ]
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> None:
@@ -181,6 +239,11 @@ class SitePolicy:
                 f"accountant {request.accountant!r} is not one the site accepts "
                 f"({', '.join(self.accountants)})"
             )
+        if request.evaluations > self.max_evaluations:
+            problems.append(
+                f"the run plans {request.evaluations} evaluation(s) at the site, above the "
+                f"site's max-evaluations {self.max_evaluations}"
+            )
         if problems:
             raise PolicyError(
                 "the run asks for weaker privacy than the site allows: " + "; ".join(problems)
@@ -193,11 +256,44 @@ class SitePolicy:
                 f"site's min-noise-multiplier {self.min_noise_multiplier}"
             )
 
+    def check_evaluation(self, done: int) -> None:
+        """Refuses one more noised evaluation after ``done`` in this run past max-evaluations."""
+        if done >= self.max_evaluations:
+            raise PolicyError(
+                f"the server asks for an evaluation of a global model at the site; the site's "
+                f"policy allows {self.max_evaluations} per run (max-evaluations) and this run "
+                f"had {done}"
+            )
 
-def _flag(values: Mapping[str, Any], key: str, source: str) -> bool:
-    value = values.get(key, False)
+    def check_feature_statistics(self) -> None:
+        if not self.allow_feature_statistics:
+            raise PolicyError(
+                "the server asks for per-feature statistics (count, sum, sum of squares of the "
+                "site's rows), which are not DP; the site policy does not allow them "
+                "(allow-feature-statistics)"
+            )
+
+    def check_federation(self, sampled: int) -> None:
+        """Client-level DP: refuses a claim of more sites sharing the noise than the policy
+        accepts (a server that inflates it would have every site add too little)."""
+        if sampled > self.max_federation_size:
+            raise PolicyError(
+                f"the server says {sampled} sites share the client-level noise; the site's "
+                f"policy accepts at most {self.max_federation_size} (max-federation-size)"
+            )
+
+
+def _flag(values: Mapping[str, Any], key: str, source: str, default: bool = False) -> bool:
+    value = values.get(key, default)
     if not isinstance(value, bool):
         raise PolicyError(f"{source}: `{key}` must be true or false, got {value!r}")
+    return value
+
+
+def _count(values: Mapping[str, Any], key: str, source: str, default: int) -> int:
+    value = values.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyError(f"{source}: `{key}` must be a whole number, got {value!r}")
     return value
 
 

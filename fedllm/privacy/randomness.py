@@ -3,9 +3,10 @@
 DP-SGD's guarantee assumes the party that sees the update cannot predict the Gaussian noise or
 which rows were sampled. The run config (its ``seed`` included) comes from the coordinator, so
 noise and Poisson sampling are drawn from generators seeded with ``os.urandom`` (the kernel's
-CSPRNG) at every training. The generators that expand those seeds are PyTorch's and NumPy's
-(Opacus's ``secure_mode`` needs ``torchcsprng``, which does not install here); the coordinator
-never sees a raw draw, only noised sums.
+CSPRNG) at every training, as is the noise of the site's other releases (its example count,
+its evaluations: :func:`release_generator`). The generators that expand those seeds are
+PyTorch's and NumPy's (Opacus's ``secure_mode`` needs ``torchcsprng``, which does not install
+here); the coordinator never sees a raw draw, only noised sums.
 
 ``reproducible-noise`` (research only) derives the seeds from the public run config instead:
 every site policy refuses it unless it says ``allow-reproducible-noise = true``, and a run's
@@ -50,3 +51,11 @@ def _torch_generator(device: torch.device | str, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def release_generator(seed: int | None) -> np.random.Generator:
+    """The generator of one Gaussian release besides DP-SGD (the example count, an evaluation):
+    fresh OS entropy, or under reproducible-noise (``seed`` given) derived from ``seed``."""
+    if seed is None:
+        return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    return np.random.default_rng(np.random.SeedSequence([0x72656C65617365, seed & (2**63 - 1)]))

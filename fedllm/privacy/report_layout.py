@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedllm.privacy.budget import history_epsilon
-from fedllm.privacy.chain import LedgerEntry
+from fedllm.privacy.chain import TRAIN, LedgerEntry
 from fedllm.privacy.policy import SitePolicy
 
 BLOCKS = {  # format -> (opening, closing) of the machine-readable block
@@ -48,8 +48,8 @@ def runs(entries: list[LedgerEntry]) -> list[RunSummary]:
     return [
         RunSummary(
             run_id=run_id,
-            rounds=[e.round for e in group],
-            steps=sum(e.steps for e in group),
+            rounds=sorted({e.round for e in group if e.kind == TRAIN}),
+            steps=sum(e.steps for e in group if e.kind == TRAIN),  # DP-SGD steps
             first=group[0].time,
             last=group[-1].time,
             epsilon=history_epsilon(group, group[-1].delta, group[-1].accountant),
@@ -98,15 +98,25 @@ def plot(entries: list[LedgerEntry], policy: SitePolicy | None) -> str:
 
 
 ENTRY_COLUMNS: tuple[str, ...] = (
-    *("seq", "time", "site", "run", "round", "steps", "q", "sigma", "C", "delta"),
+    *("seq", "time", "site", "run", "round", "release", "steps", "q", "sigma", "C", "delta"),
     *("accountant", "cumulative epsilon"),
 )
+# What each kind of entry released, as the report's "release" column says it.
+RELEASES = {
+    "train": "DP-SGD",
+    "count": "example count (noised)",
+    "evaluate": "evaluation (noised)",
+    "statistics": "feature statistics (outside DP)",
+}
 
 
 def entry_cells(e: LedgerEntry) -> list[str]:
     """One ledger entry as the cells of a table row (columns: ``ENTRY_COLUMNS``)."""
+    release = RELEASES.get(e.kind, e.kind)
+    if e.value is not None:
+        release += f": {e.value:g}"
     return [
-        *(str(e.seq), e.time, e.site, e.run_id, str(e.round), str(e.steps)),
+        *(str(e.seq), e.time, e.site, e.run_id, str(e.round), release, str(e.steps)),
         *(f"{e.sample_rate:.4g}", f"{e.noise_multiplier:.4g}", f"{e.clip_norm:g}"),
         *(f"{e.delta:g}", e.accountant, format_epsilon(e.epsilon)),
     ]

@@ -1,10 +1,15 @@
 """The server's side of SecAgg+: who neighbours whom, what to forward, and the unmasking.
 
-The coordinator sees public keys, encrypted shares, masked vectors and, at the end, the
-shares it needs to remove the masks: from them it learns only the sum of the vectors of the
-sites that survived the masking stage. Every stage checks that each site still in play has at
-least ``threshold`` live neighbours; otherwise it raises :class:`SecAggError` and the round
-fails closed (no partial sum is ever released).
+The coordinator sees signed public keys, encrypted shares, masked vectors and, at the end,
+the shares it needs to remove the masks: from them it learns only the sum of the vectors of
+the sites that survived the masking stage. Every stage checks that each site still in play
+has at least ``threshold`` live neighbours; otherwise it raises :class:`SecAggError` and the
+round fails closed (no partial sum is ever released). The sites check everything the server
+says (``fedllm/secagg/site.py``): this side holds no secret and is trusted with none.
+
+Unmasking is one pass over the sum: the secrets are rebuilt together
+(:func:`~fedllm.secagg.shamir.combine_many`), then every self mask and every pairwise mask of
+a dropped site is subtracted in place from the uint64 sum (AES-CTR keystreams, numpy).
 """
 
 from __future__ import annotations
@@ -13,18 +18,19 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
 from fedllm.errors import SecAggError
-from fedllm.secagg.site import combine_secret, masking_key
-from fedllm.secagg.vector import prg
+from fedllm.secagg.identity import SignedKeys
+from fedllm.secagg.shamir import combine_many
+from fedllm.secagg.site import PAIRWISE, agree, masking_key
+from fedllm.secagg.sizing import majority, neighbourhood
+from fedllm.secagg.vector import Masks
 
 
 @dataclass(frozen=True)
 class SecAggSettings:
-    """Run-config choices: shares per site (0: every sampled site) and the reconstruction
-    threshold (0: a majority of the shares)."""
+    """Run-config choices: shares per site (0: sized for the federation, see
+    :mod:`fedllm.secagg.sizing`) and the reconstruction threshold (0: the sizing's)."""
 
     num_shares: int = 0
     threshold: int = 0
@@ -36,14 +42,19 @@ class SecAggSettings:
                 f"secure aggregation needs at least 2 sampled sites, got {sampled}: "
                 "one site's sum is its update"
             )
-        shares = sampled if self.num_shares == 0 else min(self.num_shares, sampled)
-        if shares < sampled and shares % 2 == 0:
-            shares += 1  # a ring neighbourhood: itself and shares // 2 on each side
-        threshold = self.threshold or shares // 2 + 1
-        if not 2 <= threshold <= shares:
+        if self.num_shares == 0:
+            shares, threshold = neighbourhood(sampled)
+        else:
+            shares = min(self.num_shares, sampled)
+            if shares < sampled and shares % 2 == 0:
+                shares += 1  # a ring neighbourhood: itself and shares // 2 on each side
+            threshold = majority(shares)
+        threshold = self.threshold or threshold
+        if not majority(shares) <= threshold <= shares:
             raise SecAggError(
-                f"`secagg-threshold` {threshold} must be in 2..{shares} (the shares per site "
-                f"with {sampled} sampled sites)"
+                f"`secagg-threshold` {threshold} must be in {majority(shares)}..{shares} (a "
+                f"majority of the {shares} shares per site with {sampled} sampled sites; "
+                "sites refuse less)"
             )
         return shares, threshold
 
@@ -57,16 +68,20 @@ class SecAggRound:
     num_shares: int
     sampled: list[int]
     neighbours: dict[int, set[int]] = field(default_factory=dict)
-    public_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    public_keys: dict[int, SignedKeys] = field(default_factory=dict)
     forward: dict[int, dict[int, bytes]] = field(default_factory=dict)  # dst -> src -> ct
     masked: set[int] = field(default_factory=set)  # nodes whose masked vector is in the sum
     keyed: set[int] = field(default_factory=set)  # nodes that shared keys (stage 1)
+    signatures: dict[int, str] = field(default_factory=dict)  # survivor-set signatures
     total: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         order = list(self.sampled)
         random.SystemRandom().shuffle(order)
         half, count = self.num_shares // 2, len(order)
+        if self.num_shares >= count:  # the complete graph
+            self.neighbours = {nid: set(order) for nid in order}
+            return
         self.neighbours = {
             nid: {order[(i + k) % count] for k in range(-half, half + 1)}
             for i, nid in enumerate(order)
@@ -84,14 +99,14 @@ class SecAggRound:
             )
 
     # Stage 0 ---------------------------------------------------------------------------
-    def receive_public_keys(self, keys: dict[int, tuple[bytes, bytes]]) -> None:
+    def receive_public_keys(self, keys: dict[int, SignedKeys]) -> None:
         self.public_keys = {n: k for n, k in keys.items() if n in self.neighbours}
         alive = set(self.public_keys)
         self._require(alive, alive, "setup")
 
     # Stage 1 ---------------------------------------------------------------------------
-    def peers_of(self, nid: int) -> dict[int, tuple[bytes, bytes]]:
-        """The public keys ``nid`` shares its secrets with (its live neighbours, itself
+    def peers_of(self, nid: int) -> dict[int, SignedKeys]:
+        """The signed keys ``nid`` shares its secrets with (its live neighbours, itself
         included)."""
         return {
             n: self.public_keys[n] for n in sorted(self.neighbours[nid]) if n in self.public_keys
@@ -113,16 +128,28 @@ class SecAggRound:
         for nid, vector in vectors.items():
             if nid not in self.keyed:
                 continue
-            total = vector.copy() if total is None else total + vector
+            if total is None:
+                total = vector.copy()
+            else:
+                total += vector
             self.masked.add(nid)
         self._require(self.masked, self.keyed, "masking")
         self.total = total
 
     # Stage 3 ---------------------------------------------------------------------------
-    def unmask_request(self, nid: int) -> tuple[list[int], list[int]]:
-        """Whose seed shares (alive) and whose sk1 shares (dropped) ``nid`` should reveal."""
-        near = self.neighbours[nid] & self.keyed
-        return sorted(near & self.masked), sorted(near - self.masked)
+    @property
+    def survivors(self) -> list[int]:
+        """The survivor set every site is told (and signs): whose vectors are in the sum."""
+        return sorted(self.masked)
+
+    def needs_proof(self, nid: int) -> bool:
+        """Whether a neighbour of ``nid`` dropped after key sharing: ``nid`` then reveals
+        only after the survivors' signatures (stage 4)."""
+        return bool((self.neighbours[nid] & self.keyed) - self.masked)
+
+    def signatures_for(self, nid: int) -> dict[int, str]:
+        """The survivor-set signatures of ``nid``'s live neighbours (what it checks)."""
+        return {n: s for n, s in self.signatures.items() if n in self.neighbours[nid]}
 
     def unmask(self, shares: dict[int, dict[int, bytes]]) -> np.ndarray:
         """Remove every mask from the sum: returns ``[sum n, sum n * q]`` (uint64)."""
@@ -137,28 +164,24 @@ class SecAggRound:
             for owner, share in owned.items():
                 if owner in self.neighbours[holder] and owner in by_owner:
                     by_owner[owner].append(share)
-        total, size = self.total.copy(), self.total.size
+        try:
+            secrets = combine_many(by_owner, self.threshold)
+        except (ValueError, SecAggError) as err:
+            raise SecAggError(
+                f"round {self.server_round}: the revealed shares do not rebuild every "
+                f"secret: {err}; no partial sum is applied"
+            ) from None
+        total = self.total.copy()
+        masks = Masks(total.size)
         for owner in sorted(self.keyed):
-            got = by_owner[owner]
-            if len(got) < self.threshold:
-                raise SecAggError(
-                    f"round {self.server_round}: {len(got)} shares of node {owner}'s secret, "
-                    f"below the threshold {self.threshold}; no partial sum is applied"
-                )
-            try:
-                secret = combine_secret(got[: self.threshold])
-            except (ValueError, SecAggError) as err:
-                raise SecAggError(f"shares of node {owner}'s secret do not combine") from err
             if owner in self.masked:
-                total -= prg(secret, size)
+                masks.subtract(total, secrets[owner])
                 continue
-            sk1 = masking_key(secret)  # a dropped site: undo its pairwise masks
-            for peer in self.neighbours[owner] & self.masked:
-                pairwise = prg(
-                    generate_shared_key(sk1, bytes_to_public_key(self.public_keys[peer][0])), size
-                )
+            sk1 = masking_key(secrets[owner])  # a dropped site: undo its pairwise masks
+            for peer in sorted(self.neighbours[owner] & self.masked):
+                pairwise = agree(sk1, self.public_keys[peer].pk1, PAIRWISE)
                 if peer > owner:  # the peer added it
-                    total -= pairwise
+                    masks.subtract(total, pairwise)
                 else:
-                    total += pairwise
+                    masks.add(total, pairwise)
         return total

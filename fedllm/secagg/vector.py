@@ -134,6 +134,31 @@ def prg(secret: bytes, size: int) -> np.ndarray:
     return np.frombuffer(stream, dtype=np.uint64, count=size)
 
 
+class Masks:
+    """Adds or subtracts many PRG masks of one length into a vector, in place, through one
+    reused keystream buffer (no 2 x 8 bytes a value allocated per mask: with 49 neighbours
+    and 1M values that is 800 MB of allocation a round per site)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._zeros = bytes(8 * size)
+        self._stream = bytearray(8 * size + 15)  # update_into wants room for one more block
+        self._view = np.frombuffer(self._stream, dtype=np.uint64, count=size)
+
+    def _keystream(self, secret: bytes) -> np.ndarray:
+        encryptor = Cipher(algorithms.AES(_aes_key(secret)), modes.CTR(_ZERO_NONCE)).encryptor()
+        encryptor.update_into(self._zeros, self._stream)
+        return self._view
+
+    def add(self, target: np.ndarray, secret: bytes) -> None:
+        """``target += prg(secret)`` (modulo 2**64)."""
+        np.add(target, self._keystream(secret), out=target)
+
+    def subtract(self, target: np.ndarray, secret: bytes) -> None:
+        """``target -= prg(secret)`` (modulo 2**64)."""
+        np.subtract(target, self._keystream(secret), out=target)
+
+
 def _aes_key(secret: bytes) -> bytes:
     if len(secret) == 44:  # Flower's shared keys are urlsafe base64 of 32 bytes
         return base64.urlsafe_b64decode(secret)

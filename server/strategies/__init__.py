@@ -17,6 +17,7 @@ from flwr.common.logger import log
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError
+from fedllm.evaluation import SiteEvaluation
 from fedllm.secagg import SecAggSettings
 from server.aggregation import Averaging, PlainAveraging
 from server.client_dp import ClientLevelDP
@@ -77,7 +78,7 @@ def build_strategy(cfg: RunConfig, recorder: RunRecorder | None = None) -> SiteR
         cfg.strategy,
         "on (SecAgg+)" if cfg.secagg else "OFF",
     )
-    return SiteRecords(strategy, averaging, recorder, client_dp)
+    return SiteRecords(strategy, averaging, recorder, client_dp, SiteEvaluation.for_run(cfg))
 
 
 __all__ = [

@@ -31,7 +31,7 @@ def train(folder: Path, server_round: int) -> None:
     site = SiteRuntime.from_context(context)
     guard = SiteGuard.simulated(folder, privacy_request(site.cfg))
     arrays = to_arrays(site.task.build_model(site.cfg, tuple(site.data.train.x.shape[1:])))
-    _, metrics = train_round(site, guard, arrays, server_round, "11", context.state)
+    metrics = train_round(site, guard, arrays, server_round, "11", context.state).metrics
     print(f"ledger-written {metrics[proto.EPSILON]!r}", flush=True)
 
 

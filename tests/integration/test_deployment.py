@@ -46,9 +46,10 @@ import pytest
 from fedllm import deploy
 from fedllm.checkpoint import RUN_ID, load_checkpoint
 from fedllm.cli import main
-from fedllm.crypto import create_deployment, create_node_keys
+from fedllm.crypto import SiteKey, create_deployment, create_node_keys
 from fedllm.crypto.seal import SealKey
 from fedllm.privacy import PrivacyLedger, spent
+from fedllm.secagg import ROSTER_FILE, Roster
 from server.recorder import CRASH_AFTER_ROUND
 from tests.conftest import ROOT, write_heart_center
 from tests.support.local_federation import LocalFederation, commands, free_port
@@ -107,6 +108,13 @@ class Federation:
         return json.loads((self.root / "runs" / name / "metrics.json").read_text())  # type: ignore[no-any-return]
 
 
+def write_rosters(folder: Path, names: list[str]) -> None:
+    """Each site's secagg-roster.toml: every member's identity key (exchanged out of band)."""
+    roster = Roster({n: SiteKey.load(folder / n / "site-key.pem").public for n in names})
+    for name in names:
+        (folder / name / ROSTER_FILE).write_text(roster.to_toml())
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("deployment")
@@ -144,6 +152,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         digest = deploy.FabInfo.of(pinned).sha256
         for name in MEMBERS:
             assert main(["site", "trust", str(files[name].folder), "--sha256", digest]) == 0
+        write_rosters(root / "sites", list(MEMBERS))  # SecAgg+ reads them per stage
         yield Federation(local, root, sites, net, "" if net else str(made_net), pinned, node_prefix)
     finally:
         local.close()

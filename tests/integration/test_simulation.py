@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedllm.privacy import DPSchedule, epsilon
+from fedllm.privacy import DPEvent, DPSchedule, epsilon
 
 # Starts Flower's simulation engine (Ray): left out of the quick loop, `-m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -88,15 +88,18 @@ def test_epsilon_is_cumulative_within_target_and_replayable(
         assert reported == sorted(reported) and reported[-1] <= TARGET
         assert reported[-1] >= 0.95 * TARGET  # the whole budget is used, not wasted
         info = metrics["rounds"][0]["sites"][site]
+        # The schedule comes from the count the site released (noised, once): the release is
+        # the first event of its history.
         schedule = DPSchedule.for_site(
             int(info["num-examples"]),
             cfg["batch-size"],
             cfg["local-epochs"],
             cfg["num-server-rounds"],
         )
+        count = DPEvent(cfg["count-noise"], 1.0, 1)
         for r, value in enumerate(reported, start=1):
             replay = epsilon(
-                [schedule.round_event(info["noise-multiplier"])] * r,
+                [count] + [schedule.round_event(info["noise-multiplier"])] * r,
                 cfg["target-delta"],
                 cfg["accountant"],
             )

@@ -71,3 +71,28 @@ def test_metrics_and_report_say_where_each_training_value_came_from(
     assert "- `learning-rate` = `2.0` (set by the user)" in report
     assert "- `batch-size` = `128` (global default)" in report
     assert "- `target-epsilon` = `1.0`\n" in report  # not a task-decided key: no source
+
+
+def test_the_report_states_the_adjacency_and_every_release_besides_dp_sgd(
+    defaults: dict[str, Any], tmp_path: Path
+) -> None:
+    config = {
+        **defaults,
+        "feature-scaling": "federated",
+        "site-evaluations": 2,
+        "num-server-rounds": 3,
+    }
+    record = RunMetrics(tmp_path / "metrics.json", config, 1e-5)
+    record.releases["feature-statistics"] = ["site-0", "site-2"]
+    record.add_round({"round": 1, proto.ACCURACY: 0.9, proto.EPSILON: {"site-0": 0.5}})
+    write_report(record.to_dict(), tmp_path / "report.md")
+    report = (tmp_path / "report.md").read_text()
+    assert "**Adjacency**: add/remove-one record" in report
+    assert "example count, once per run, with noise of std 20.0" in report
+    assert "the global models of the last 2 round(s)" in report
+    assert "site-0, site-2 released the count, sum and sum of squares" in report
+    assert "not covered by the epsilon" in report and "No training loss" in report
+    plain = RunMetrics(tmp_path / "plain.json", {**defaults, "dp": False}, None)
+    plain.add_round({"round": 1, proto.ACCURACY: 0.9, proto.EPSILON: {"site-0": None}})
+    write_report(plain.to_dict(), tmp_path / "plain.md")
+    assert "in the clear" in (tmp_path / "plain.md").read_text()

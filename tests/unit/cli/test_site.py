@@ -9,7 +9,7 @@ import pytest
 from fedllm import deploy
 from fedllm.cli import main
 from fedllm.crypto import SiteKey, check_node_public_key
-from fedllm.privacy import PrivacyLedger
+from fedllm.privacy import PrivacyLedger, SitePolicy
 from tests.ledgers import spend
 
 
@@ -42,7 +42,11 @@ def test_site_init_makes_every_key_at_the_site_and_prints_only_public_parts(
     folder = tmp_path / "hospital"
     assert main(["site", "init", str(folder), "--max-epsilon", "2.5"]) == 0
     out = capsys.readouterr().out
-    assert "max-epsilon = 2.5" in (folder / "policy.toml").read_text()
+    policy = SitePolicy.load(folder / "policy.toml")
+    assert policy.max_epsilon == 2.5
+    # Nothing outside epsilon by default: no feature statistics, no evaluations under DP.
+    assert not policy.allow_feature_statistics and policy.max_evaluations == 0
+    assert "feature statistics refused, 0 noised evaluation(s) per run" in out
     modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
     assert modes == {
         "policy.toml": 0o644,
@@ -61,6 +65,15 @@ def test_site_init_makes_every_key_at_the_site_and_prints_only_public_parts(
     assert len((folder / "superexec.secret").read_bytes()) == 64
     assert deploy.TrustedApps.load(folder / "trusted-apps.toml").apps == ()
     assert f"fedllm site trust {folder} --sha256 DIGEST" in out
+
+
+def test_site_init_sets_what_the_site_releases_besides_dp_updates(tmp_path: Path) -> None:
+    folder = tmp_path / "lab"
+    args = ["--allow-feature-statistics", "--max-evaluations", "2", "--max-federation-size", "5"]
+    assert main(["site", "init", str(folder), *args]) == 0
+    policy = SitePolicy.load(folder / "policy.toml")
+    assert policy.allow_feature_statistics and policy.max_evaluations == 2
+    assert policy.max_federation_size == 5
 
 
 def test_site_init_refuses_an_existing_site(site: Path, capsys: pytest.CaptureFixture[str]) -> None:

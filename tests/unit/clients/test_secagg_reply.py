@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from clients import secagg
 from clients.client_app import train
 from fedllm import protocol as proto
-from fedllm.secagg import Layout
+from fedllm.secagg import Layout, SignedKeys
 from fedllm.secagg.coordinator import SecAggRound, SecAggSettings
 from fedllm.tasks import get_task
 from fedllm.weights import to_arrays
@@ -24,9 +24,11 @@ from tests.messages import instruction
 NODES = (11, 12)
 
 
-def _stage(node: int, context: Context, action: str, values: dict[str, Any]) -> ConfigRecord:
-    msg = instruction(node, RecordDict({proto.SECAGG: ConfigRecord(values)}), f"train.{action}")
-    reply = secagg.HANDLERS[action](msg, context)
+def _stage(
+    node: int, context: Context, action: str, values: dict[str, Any], config: ConfigRecord
+) -> ConfigRecord:
+    content = RecordDict({proto.SECAGG: ConfigRecord(values), proto.CONFIG: config})
+    reply = secagg.HANDLERS[action](instruction(node, content, f"train.{action}"), context)
     return reply.content.config_records[proto.SECAGG]
 
 
@@ -35,30 +37,35 @@ def test_a_secure_train_reply_holds_only_the_masked_vector(
 ) -> None:
     run_config = {**defaults, "num-server-rounds": 2, "accountant": "rdp"}
     contexts = {
-        n: Context(n, n, {"partition-id": i, "num-partitions": 4}, RecordDict(), run_config)
+        n: Context(1, n, {"partition-id": i, "num-partitions": 4}, RecordDict(), run_config)
         for i, n in enumerate(NODES)
     }
+    round_config = ConfigRecord({proto.SERVER_ROUND: 1, proto.RUN_DIR: str(tmp_path)})
     shares, threshold = SecAggSettings().for_round(len(NODES))
     server = SecAggRound(1, threshold, shares, list(NODES))
-    keys = {n: _stage(n, c, proto.SECAGG_SETUP, {proto.SA_ROUND: 1}) for n, c in contexts.items()}
-    server.receive_public_keys(
-        {n: (bytes(k[proto.SA_PK1]), bytes(k[proto.SA_PK2])) for n, k in keys.items()}  # type: ignore[call-overload]
-    )
+    keys = {
+        n: _stage(n, c, proto.SECAGG_SETUP, {proto.SA_ROUND: 1}, round_config)
+        for n, c in contexts.items()
+    }
+    server.receive_public_keys({n: _signed(n, k) for n, k in keys.items()})
     sent = {}
     for n, context in contexts.items():
-        peers = server.peers_of(n)
+        peers = list(server.peers_of(n).values())
         answer = _stage(
             n,
             context,
             proto.SECAGG_SHARE_KEYS,
             {
                 proto.SA_ROUND: 1,
-                proto.SA_PEERS: list(peers),
-                proto.SA_PK1: [k[0] for k in peers.values()],
-                proto.SA_PK2: [k[1] for k in peers.values()],
+                proto.SA_PEERS: [p.node_id for p in peers],
+                proto.SA_NAME: [p.name for p in peers],
+                proto.SA_PK1: [p.pk1 for p in peers],
+                proto.SA_PK2: [p.pk2 for p in peers],
+                proto.SA_SIGNATURE: [p.signature for p in peers],
                 proto.SA_THRESHOLD: threshold,
                 proto.SA_NUM_SHARES: shares,
             },
+            round_config,
         )
         sent[n] = dict(
             zip(answer[proto.SA_DESTINATIONS], answer[proto.SA_CIPHERTEXTS], strict=True)  # type: ignore[arg-type]
@@ -72,7 +79,7 @@ def test_a_secure_train_reply_holds_only_the_masked_vector(
         content = RecordDict(
             {
                 proto.ARRAYS: arrays,
-                proto.CONFIG: ConfigRecord({proto.SERVER_ROUND: 1, proto.RUN_DIR: str(tmp_path)}),
+                proto.CONFIG: round_config,
                 proto.SECAGG: ConfigRecord(
                     {
                         proto.SA_ROUND: 1,
@@ -91,3 +98,13 @@ def test_a_secure_train_reply_holds_only_the_masked_vector(
         assert list(masked) == [proto.SECAGG_VECTOR]
         vector = masked[proto.SECAGG_VECTOR].numpy()
         assert vector.dtype == np.uint64 and vector.shape == (size,)
+
+
+def _signed(node: int, record: ConfigRecord) -> SignedKeys:
+    return SignedKeys(
+        node,
+        str(record[proto.SA_NAME]),
+        bytes(record[proto.SA_PK1]),  # type: ignore[arg-type]
+        bytes(record[proto.SA_PK2]),  # type: ignore[arg-type]
+        str(record[proto.SA_SIGNATURE]),
+    )

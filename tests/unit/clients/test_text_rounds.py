@@ -52,7 +52,8 @@ def test_two_dp_lora_rounds_reduce_held_out_loss(
         for i, site in enumerate(fed.sites):
             guard = SiteGuard.simulated(tmp_path / "sites" / site.name, privacy_request(cfg))
             runtime = SiteRuntime(cfg, task, site, i)
-            update, metrics = train_round(runtime, guard, arrays, server_round, "run", states[i])
+            result = train_round(runtime, guard, arrays, server_round, "run", states[i])
+            update, metrics = result.update, result.metrics
             assert set(update) == set(arrays)  # adapters only
             updates.append(update.to_torch_state_dict())
             weights.append(float(metrics[proto.NUM_EXAMPLES]))  # type: ignore[arg-type]

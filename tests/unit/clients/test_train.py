@@ -57,16 +57,22 @@ def test_rounds_accumulate_epsilon_in_the_ledger_and_refuse_past_the_planned_sch
     run_config = {**defaults, "num-server-rounds": 2, "accountant": "rdp"}
     site, guard, context = _site(run_config, tmp_path / "site")
     arrays = _arrays(site)
-    _, first = train_round(site, guard, arrays, 1, "run-a", context.state)
-    _, second = train_round(site, guard, arrays, 2, "run-a", context.state)
+    first = train_round(site, guard, arrays, 1, "run-a", context.state).metrics
+    second = train_round(site, guard, arrays, 2, "run-a", context.state).metrics
     assert 0 < first[proto.EPSILON] < second[proto.EPSILON] <= 1.0  # type: ignore[operator]
     assert first[proto.NOISE_MULTIPLIER] == second[proto.NOISE_MULTIPLIER]  # calibrated once
     entries = PrivacyLedger(tmp_path / "site" / "ledger.jsonl").replay()
-    assert [(e.run_id, e.round) for e in entries] == [("run-a", 1), ("run-a", 2)]
+    # The example count, released once (noised) before the first round's training.
+    assert [(e.run_id, e.round, e.kind) for e in entries] == [
+        ("run-a", 1, "count"),
+        ("run-a", 1, "train"),
+        ("run-a", 2, "train"),
+    ]
     assert entries[-1].epsilon == second[proto.SITE_EPSILON] == second[proto.EPSILON]
+    assert first[proto.NUM_EXAMPLES] == second[proto.NUM_EXAMPLES] == entries[0].value
     with pytest.raises(PrivacyBudgetExceededError, match="above its target-epsilon 1.0"):
         train_round(site, guard, arrays, 3, "run-a", context.state)  # never planned
-    assert len(guard.ledger.entries()) == 2  # a refused round spends nothing
+    assert len(guard.ledger.entries()) == 3  # a refused round spends nothing
 
 
 def test_a_second_run_starts_from_what_the_first_spent(
@@ -78,10 +84,10 @@ def test_a_second_run_starts_from_what_the_first_spent(
         train_round(site, guard, _arrays(site), r, "run-a", context.state)
     site, guard, context = _site(run_config, tmp_path / "site")  # a restart, a new run
     with pytest.raises(
-        PrivacyBudgetExceededError, match="over 2 ledger entries .* max-epsilon 1.0"
+        PrivacyBudgetExceededError, match="over 3 ledger entries .* max-epsilon 1.0"
     ):
         train_round(site, guard, _arrays(site), 1, "run-b", context.state)
-    assert [e.run_id for e in guard.ledger.entries()] == ["run-a", "run-a"]
+    assert [e.run_id for e in guard.ledger.entries()] == ["run-a"] * 3
 
 
 def test_a_run_asking_for_weaker_privacy_than_the_site_policy_is_refused(
@@ -131,15 +137,18 @@ def test_a_deployed_site_trains_under_its_own_policy_ledger_and_key(
     context = _context(run_config, node)
     site = SiteRuntime.from_context(context)
     guard = SiteGuard.deployed(context)
-    _, metrics = train_round(site, guard, _arrays(site), 1, "run-a", context.state)
+    metrics = train_round(site, guard, _arrays(site), 1, "run-a", context.state).metrics
     entries = PrivacyLedger(tmp_path / "ledger.jsonl").read(key.public).entries
-    assert [(e.site, e.round) for e in entries] == [("cleveland", 1)]
-    assert entries[0].epsilon == metrics[proto.SITE_EPSILON]
+    assert [(e.site, e.round, e.kind) for e in entries] == [
+        ("cleveland", 1, "count"),
+        ("cleveland", 1, "train"),
+    ]
+    assert entries[-1].epsilon == metrics[proto.SITE_EPSILON]
 
 
 def _update(run_config: dict[str, Any], folder: Path, server_round: int = 1) -> dict[str, Any]:
     site, guard, context = _site(run_config, folder)
-    update, _ = train_round(site, guard, _arrays(site), server_round, "run-a", context.state)
+    update = train_round(site, guard, _arrays(site), server_round, "run-a", context.state).update
     return update.to_numpy_ndarrays()  # type: ignore[return-value]
 
 
@@ -189,8 +198,8 @@ def test_a_replay_of_the_ledger_by_dp_accounting_matches_the_reported_epsilon(
     site, guard, context = _site(run_config, tmp_path / "site")
     reported = 0.0
     for server_round in (1, 2, 3):
-        _, metrics = train_round(site, guard, _arrays(site), server_round, "run-a", context.state)
-        reported = float(metrics[proto.EPSILON])  # type: ignore[arg-type]
+        result = train_round(site, guard, _arrays(site), server_round, "run-a", context.state)
+        reported = float(result.metrics[proto.EPSILON])  # type: ignore[arg-type]
     entries = guard.ledger.entries()
     reference = (
         PLDAccountant(value_discretization_interval=1e-4)

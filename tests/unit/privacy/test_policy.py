@@ -85,3 +85,66 @@ def test_reproducible_noise_needs_the_policy_to_allow_it(tmp_path: Path) -> None
     allowing.check(request)
     allowing.write(tmp_path / "policy.toml")
     assert SitePolicy.load(tmp_path / "policy.toml") == allowing
+
+
+def test_the_new_limits_default_to_releasing_nothing_outside_epsilon(tmp_path: Path) -> None:
+    """An older policy file (without the keys) and a new site's: no feature statistics, no
+    evaluations under DP, client-level noise split among at most 10 sites."""
+    path = tmp_path / "policy.toml"
+    path.write_text("max-epsilon = 1.0\ndelta = 1e-5\n")
+    policy = SitePolicy.load(path)
+    assert not policy.allow_feature_statistics
+    assert policy.max_evaluations == 0 and policy.max_federation_size == 10
+    with pytest.raises(PolicyError, match="allow-feature-statistics"):
+        policy.check_feature_statistics()
+    with pytest.raises(PolicyError, match="allows 0 per run"):
+        policy.check_evaluation(0)
+    with pytest.raises(PolicyError, match=r"says 11 sites .* at most 10"):
+        policy.check_federation(11)
+    policy.check_federation(10)
+
+
+def test_the_release_limits_round_trip_and_bound_the_run(tmp_path: Path) -> None:
+    policy = SitePolicy(
+        max_epsilon=2.0,
+        delta=1e-5,
+        allow_feature_statistics=True,
+        max_evaluations=3,
+        max_federation_size=4,
+    )
+    policy.write(tmp_path / "policy.toml")
+    assert SitePolicy.load(tmp_path / "policy.toml") == policy
+    policy.check_feature_statistics()
+    policy.check_evaluation(2)
+    with pytest.raises(PolicyError, match="allows 3 per run .* this run had 3"):
+        policy.check_evaluation(3)
+    request = PrivacyRequest(True, 1.0, 1e-5, 1.0, "prv", evaluations=4)
+    with pytest.raises(PolicyError, match="plans 4 evaluation.* max-evaluations 3"):
+        policy.check(request)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max-evaluations = -1\n", "`max-evaluations` must be >= 0"),
+        ("max-evaluations = 1.5\n", "`max-evaluations` must be a whole number"),
+        ("max-federation-size = 0\n", "`max-federation-size` must be >= 1"),
+        ('allow-feature-statistics = "yes"\n', "`allow-feature-statistics` must be true or false"),
+    ],
+)
+def test_bad_release_limits_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text("max-epsilon = 1.0\ndelta = 1e-5\n" + text)
+    with pytest.raises(PolicyError, match=message):
+        SitePolicy.load(path)
+
+
+def test_the_simulated_policy_mirrors_the_runs_releases() -> None:
+    request = PrivacyRequest(
+        True, 1.0, 1e-5, 1.0, "prv", evaluations=2, feature_statistics=True, federation_size=6
+    )
+    policy = SitePolicy.from_request(request)
+    policy.check(request)
+    assert policy.allow_feature_statistics and policy.max_evaluations == 2
+    assert policy.max_federation_size == 6
+    assert not SitePolicy.from_request(STRICT).allow_feature_statistics

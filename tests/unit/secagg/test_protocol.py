@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from fedllm.errors import SecAggError
-from fedllm.secagg.coordinator import SecAggSettings
+from fedllm.secagg.coordinator import SecAggRound, SecAggSettings
 from fedllm.secagg.site import MASK, SHARE_KEYS, SiteSecAgg, state_from_config, state_to_config
-from tests.secagg_run import secure_sum
+from fedllm.secagg.sizing import DROPOUT_RATE, neighbourhood
+from tests.secagg_run import RUN_ID, Identities, secure_sum
 
 SIZE = 1_000
 
@@ -75,10 +79,62 @@ def test_one_sampled_site_is_never_aggregated_securely() -> None:
 
 
 def test_a_site_refuses_stages_out_of_order_and_survives_a_record_round_trip() -> None:
-    site = SiteSecAgg.setup(5, 3)
+    site = SiteSecAgg.setup(5, 3, RUN_ID, "site-5", Identities.of([5]).keys[5])
     with pytest.raises(SecAggError, match="expected 'share-keys' of round 3"):
         site.expect(MASK, 3)
     with pytest.raises(SecAggError, match="round 4"):
         site.expect(SHARE_KEYS, 4)
     again = state_from_config(state_to_config(site))
     assert again == site
+
+
+# ---------------------------------------------------------------- 100 sites (SecAgg+ graph)
+def _neighbours_of_one(count: int, chosen: set[int]) -> Callable[[SecAggRound], frozenset[int]]:
+    """Drop ``count`` of one site's neighbours (the site itself stays); noted in ``chosen``."""
+
+    def choose(server: SecAggRound) -> frozenset[int]:
+        target = min(server.neighbours)
+        chosen.update(sorted(server.neighbours[target] - {target})[:count])
+        return frozenset(chosen)
+
+    return choose
+
+
+@pytest.mark.slow
+def test_a_hundred_sites_with_dropouts_at_the_tolerated_rate_sum_exactly() -> None:
+    vectors = _vectors(100)
+    k, t = neighbourhood(100)
+    assert (k, t) == (49, 35)  # a ring of 49, not the complete graph of 100
+    rng = random.Random(0)
+    dropped = frozenset(rng.sample(sorted(vectors), round(DROPOUT_RATE * 100)))
+    late = frozenset(rng.sample(sorted(set(vectors) - dropped), 2))  # lost at unmasking
+    total = secure_sum(vectors, drop_before_masking=dropped, drop_before_unmask=late)
+    assert np.array_equal(total, sum(v for n, v in vectors.items() if n not in dropped))
+    # The most one site can lose: k - t of its neighbours at once.
+    chosen: set[int] = set()
+    total = secure_sum(vectors, choose_dropped=_neighbours_of_one(k - t, chosen))
+    assert len(chosen) == k - t
+    assert np.array_equal(total, sum(v for n, v in vectors.items() if n not in chosen))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["neighbourhood", "federation"])
+def test_a_hundred_sites_above_the_tolerated_dropouts_fail_closed(how: str) -> None:
+    vectors = _vectors(100)
+    k, t = neighbourhood(100)
+    if how == "neighbourhood":  # one more than a site can lose
+        kwargs = {"choose_dropped": _neighbours_of_one(k - t + 1, set())}
+    else:  # two thirds of the federation
+        kwargs = {"drop_before_masking": frozenset(sorted(vectors)[: 2 * len(vectors) // 3])}
+    with pytest.raises(SecAggError, match="below the reconstruction threshold 35.*no partial sum"):
+        secure_sum(vectors, **kwargs)  # type: ignore[arg-type]
+
+
+def test_neighbourhoods_grow_logarithmically_and_keep_a_safe_threshold() -> None:
+    sizes = {n: neighbourhood(n) for n in (5, 20, 100, 1_000, 10_000, 100_000)}
+    assert sizes[5] == (5, 3) and sizes[20] == (20, 11)  # small: every site, a majority
+    for n in (100, 1_000, 10_000, 100_000):
+        k, t = sizes[n]
+        assert k < n and k % 2 == 1
+        assert t > k // 2 + 1  # above a majority: no arc of the ring can be cut off alone
+    assert sizes[100_000][0] - sizes[1_000][0] <= 14  # +log: 100x the sites, a few more

@@ -14,21 +14,26 @@ from clients import client_dp, secagg
 from fedllm import metrics as m
 from fedllm import protocol as proto
 from fedllm.config import RunConfig
-from fedllm.errors import ConfigError, PrivacyError
-from fedllm.privacy import DPEvent, epsilon
+from fedllm.errors import ConfigError, PolicyError, PrivacyError
+from fedllm.privacy import DPEvent, SitePolicy, epsilon
 from fedllm.privacy.client_dp import ClientDPAccountant, clip_update
+from fedllm.secagg import SecAggSettings
 from server.aggregation import PlainAveraging
 from server.client_dp import ClientLevelDP, SiteLevelBudgetSpent
 from server.site_records import SiteRecords
 from server.strategies import FedAvg, build_strategy
 from tests.loopback_grid import LoopbackGrid
 from tests.messages import instruction
+from tests.secagg_run import memory_identity
 
 NODES = [21, 22, 23, 24, 25]
 BLOCK = 4000  # each site's update lives on its own block of values
 SIZE = BLOCK * len(NODES)
 CLIP, CLIP_RANGE = 1.0, 8.0
 SITES: dict[str, RunConfig] = {}
+IDENTITY = memory_identity(NODES)
+POLICY = SitePolicy(max_epsilon=10.0, delta=1e-3, max_federation_size=len(NODES))
+THRESHOLD = SecAggSettings().for_round(len(NODES))[1]  # 3 of 5: a majority
 
 
 def _run_config(defaults: dict[str, Any], **values: Any) -> RunConfig:
@@ -51,12 +56,13 @@ def _train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records[proto.CONFIG]
     # Very unequal example counts: example weighting would all but drop site 21's block.
     examples = 1 if context.node_id == 21 else 1000
-    metrics = MetricRecord({proto.NUM_EXAMPLES: examples, proto.TRAIN_LOSS: 0.1})
-    noise = client_dp.site_noise(cfg, config, context.state)
+    metrics = MetricRecord({proto.NUM_EXAMPLES: examples})
+    server_round = int(config[proto.SERVER_ROUND])  # type: ignore[arg-type]
+    noise = client_dp.site_noise(cfg, config, context.state, POLICY, server_round, server_round - 1)
     local = ArrayRecord({"w": Array(arrays["w"].numpy() + _update(context.node_id))})
     update = client_dp.privatize(arrays, local, noise, metrics, cfg.secagg_clip_range)
     records = secagg.masked_update(
-        msg, context, arrays, update, metrics, cfg.secagg_clip_range, weight=1
+        msg, context, arrays, update, metrics, cfg.secagg_clip_range, weight=1, identity=IDENTITY
     )
     content = RecordDict(
         {
@@ -69,20 +75,21 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 def _secagg_rounds(
-    cfg: RunConfig, rounds: int, drop: list[int]
+    cfg: RunConfig, rounds: int, drop: list[int], drop_in: int = 1
 ) -> tuple[SiteRecords, list[ArrayRecord | None]]:
     instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
     SITES["cfg"] = cfg
     grid = LoopbackGrid(
         NODES,
-        {"train": _train, **{f"train.{k}": v for k, v in secagg.HANDLERS.items()}},
+        {"train": _train, **{f"train.{k}": v for k, v in secagg.handlers(IDENTITY).items()}},
     )
-    grid.dropped = dict.fromkeys(drop, "train")  # after key sharing: its noise is missing
     strategy = build_strategy(cfg)  # FedAvg over SecAgg+, every site weighing 1
     current = ArrayRecord({"w": Array(np.zeros(SIZE, dtype=np.float32))})
     out: list[ArrayRecord | None] = []
     config = ConfigRecord()
     for server_round in range(1, rounds + 1):
+        if server_round == drop_in:  # after key sharing: its noise is missing from the sum
+            grid.dropped = dict.fromkeys(drop, "train")
         messages = strategy.configure_train(server_round, current, config, grid)
         arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages))
         out.append(arrays)
@@ -101,8 +108,8 @@ def test_secure_round_gives_the_mean_of_clipped_updates_plus_the_noise_of_the_su
     residual = arrays["w"].numpy().astype(np.float64) - mean  # (SIZE,)
     assert strategy.client_dp is not None
     z = strategy.client_dp.accountant.noise_multiplier
-    # Sum of k sites' noise, each N(0, (zC)^2 / m), divided by k.
-    expected_std = z * CLIP * math.sqrt(len(summed) / len(NODES)) / len(summed)
+    # Sum of k sites' noise, each N(0, (zC)^2 / t) (t: the threshold), divided by k.
+    expected_std = z * CLIP * math.sqrt(len(summed) / THRESHOLD) / len(summed)
     assert np.std(residual) == pytest.approx(expected_std, rel=0.03)
     # Equal weights: every summed site's block holds 1/k of its clipped update (site 21's
     # one example would make it ~0 under example weighting), to within 4 noise deviations.
@@ -110,7 +117,7 @@ def test_secure_round_gives_the_mean_of_clipped_updates_plus_the_noise_of_the_su
         block = arrays["w"].numpy()[i * BLOCK : (i + 1) * BLOCK].mean()
         want = 0.0 if node in drop else 1.0 / math.sqrt(BLOCK) / len(summed)
         assert abs(block - want) < 4 * expected_std / math.sqrt(BLOCK)
-    realized = z * math.sqrt(len(summed) / len(NODES))
+    realized = z * math.sqrt(len(summed) / THRESHOLD)  # at least z: never below the plan
     record = strategy.logs[1].client_dp.to_dict()  # type: ignore[union-attr]
     assert record[m.CLIENT_NOISE_MULTIPLIER] == pytest.approx(realized)
     assert record[m.CLIENT_SUMMED] == len(summed) and record[proto.CLIENT_DP_SAMPLED] == len(NODES)
@@ -118,12 +125,31 @@ def test_secure_round_gives_the_mean_of_clipped_updates_plus_the_noise_of_the_su
     assert record[m.CLIENT_EPSILON] == pytest.approx(reference)
 
 
+def test_a_dropout_in_the_last_round_keeps_the_site_level_epsilon_within_its_target(
+    defaults: dict[str, Any],
+) -> None:
+    """The issue's case (noise split among the sampled sites: one dropout in the last round
+    took 7.95 to 9.63 above a target of 8): split by the threshold, the last round's sum of 4
+    of 5 still carries more than the planned noise."""
+    cfg = _run_config(defaults, **{"client-epsilon": 8.0, "num-server-rounds": 3})
+    strategy, out = _secagg_rounds(cfg, 3, drop=[23], drop_in=3)
+    assert all(arrays is not None for arrays in out)
+    last = strategy.logs[3].client_dp
+    assert last is not None and last.summed == 4
+    assert last.noise_multiplier is not None
+    assert last.noise_multiplier >= strategy.client_dp.accountant.noise_multiplier  # type: ignore[union-attr]
+    assert last.epsilon <= 8.0
+
+
 def test_the_run_stops_before_a_round_past_the_site_level_budget(
     defaults: dict[str, Any],
 ) -> None:
-    cfg = _run_config(defaults, **{"client-epsilon": 6.0, "num-server-rounds": 2})
+    cfg = _run_config(defaults, **{"client-epsilon": 8.0, "num-server-rounds": 1})
+    dp = ClientLevelDP.for_run(cfg)
+    assert dp is not None
+    dp.accountant.record(THRESHOLD, THRESHOLD)  # the one planned round, at the planned noise
     with pytest.raises(SiteLevelBudgetSpent, match=r"round 2 would take the site-level epsilon"):
-        _secagg_rounds(cfg, 2, drop=[23])  # round 1 summed 4 of 5: less noise than planned
+        dp.before_round(2)
 
 
 def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted() -> None:
@@ -158,8 +184,10 @@ def test_without_secure_aggregation_sites_weigh_equally_and_the_sum_is_accounted
     assert arrays is not None
     # Site 1: norm 1 (unclipped), site 2: norm 3 clipped to 1; equal weights: 0.5 each.
     assert np.allclose(arrays["w"].numpy(), 0.5)
+    # In the clear the server sees each update: each site adds the whole noise (z C), and the
+    # sum of 2 carries z sqrt(2).
     assert strategy.logs[1].client_dp.to_dict()[m.CLIENT_EPSILON] == pytest.approx(  # type: ignore[union-attr]
-        epsilon([DPEvent(dp.noise_multiplier, 1.0, 1)], 1e-3, "rdp")
+        epsilon([DPEvent(dp.noise_multiplier * math.sqrt(2), 1.0, 1)], 1e-3, "rdp")
     )
     # Evaluation still averages by examples (the sites send no client-dp weight there).
     evals = [
@@ -189,9 +217,44 @@ def test_a_site_refuses_without_a_sampled_count_or_with_an_impossible_one(
 ) -> None:
     cfg = _run_config(defaults)
     with pytest.raises(PrivacyError, match="does not say how many sites were sampled"):
-        client_dp.site_noise(cfg, ConfigRecord(), RecordDict())
+        client_dp.site_noise(cfg, ConfigRecord(), RecordDict(), POLICY, 1, 0)
     with pytest.raises(PrivacyError, match=r"9 sites share .* must be in 1..5"):
-        client_dp.site_noise(cfg, ConfigRecord({proto.CLIENT_DP_SAMPLED: 9}), RecordDict())
+        sampled = ConfigRecord({proto.CLIENT_DP_SAMPLED: 9})
+        client_dp.site_noise(cfg, sampled, RecordDict(), POLICY, 1, 0)
+
+
+def test_a_server_that_inflates_the_federation_is_refused_by_the_site_policy(
+    defaults: dict[str, Any],
+) -> None:
+    """A lying server: a run config of 100 sites and a claim that 100 share the noise, where
+    the site's policy accepts federations of at most 5 (each site would add a tenth of it)."""
+    cfg = _run_config(defaults, **{"num-sites": 100, "secagg": False})
+    claim = ConfigRecord({proto.CLIENT_DP_SAMPLED: 100})
+    with pytest.raises(PolicyError, match=r"says 100 sites .* at most 5 \(max-federation-size\)"):
+        client_dp.site_noise(cfg, claim, RecordDict(), POLICY, 1, 0)
+
+
+def test_the_noise_a_site_adds_does_not_follow_the_servers_count(
+    defaults: dict[str, Any],
+) -> None:
+    """Without secure aggregation the server sees each update: whatever it claims, each site
+    adds the whole noise. With it, the site splits by its own key sharing's threshold."""
+    cfg = _run_config(defaults, **{"secagg": False})
+    z = client_dp.site_level_noise_multiplier(cfg, RecordDict())
+    for claimed in (1, 2, 5):
+        sampled = ConfigRecord({proto.CLIENT_DP_SAMPLED: claimed})
+        noise = client_dp.site_noise(cfg, sampled, RecordDict(), POLICY, 1, 0)
+        assert noise.std == pytest.approx(z * CLIP) and noise.guaranteed == 1
+
+
+def test_a_site_takes_part_in_no_more_rounds_than_its_noise_is_calibrated_for(
+    defaults: dict[str, Any],
+) -> None:
+    cfg = _run_config(defaults, **{"num-server-rounds": 3, "secagg": False})
+    sampled = ConfigRecord({proto.CLIENT_DP_SAMPLED: 2})
+    client_dp.site_noise(cfg, sampled, RecordDict(), POLICY, 3, 2)
+    with pytest.raises(PrivacyError, match="already took part in 3 rounds"):
+        client_dp.site_noise(cfg, sampled, RecordDict(), POLICY, 4, 3)
 
 
 def test_a_clip_range_that_would_cut_the_noise_is_refused_at_start(

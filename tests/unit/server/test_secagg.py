@@ -18,11 +18,13 @@ from server.site_records import SiteRecords
 from server.strategies import FedAvg
 from tests.loopback_grid import LoopbackGrid
 from tests.messages import instruction
+from tests.secagg_run import memory_identity
 
 NODES = [21, 22, 23, 24, 25]
 CLIP = 8.0
 MALFORMED: set[int] = set()
 GRIDS: list[LoopbackGrid] = []
+IDENTITY = memory_identity(NODES)
 
 
 def _local(global_arrays: ArrayRecord, node: int) -> ArrayRecord:
@@ -36,7 +38,7 @@ def _train(msg: Message, context: Context) -> Message:
     arrays = msg.content.array_records[proto.ARRAYS]
     metrics = MetricRecord({proto.NUM_EXAMPLES: 10 * context.node_id, proto.TRAIN_LOSS: 0.1})
     records = secagg.masked_update(
-        msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP
+        msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP, identity=IDENTITY
     )
     if context.node_id in MALFORMED:
         records[proto.SECAGG_MASKED] = ArrayRecord(
@@ -63,7 +65,7 @@ def _round(
     MALFORMED.update(malformed)
     grid = LoopbackGrid(
         NODES,
-        {"train": _train, **{f"train.{k}": v for k, v in secagg.HANDLERS.items()}},
+        {"train": _train, **{f"train.{k}": v for k, v in secagg.handlers(IDENTITY).items()}},
     )
     grid.dropped = dict.fromkeys(drop, stage)  # by default after key sharing
     torch.manual_seed(0)

@@ -63,8 +63,8 @@ def _run(defaults: dict[str, Any], out: Path, **values: Any) -> tuple[dict[str, 
 @pytest.mark.parametrize(
     "values",
     [
-        {"strategy": "fedadam", "server_learning_rate": 0.05},
-        {"strategy": "fedprox", "proximal_mu": 0.1, "secagg": False},
+        {"strategy": "fedadam", "server_learning_rate": 0.05, "site_evaluations": 1},
+        {"strategy": "fedprox", "proximal_mu": 0.1, "secagg": False, "site_evaluations": 2},
     ],
     ids=["fedadam-secagg", "fedprox-plain"],  # FedAvg over SecAgg+: tests/integration
 )
@@ -83,10 +83,21 @@ def test_a_run_leaves_metrics_checkpoints_model_and_report(
     assert len(progress) == 2 and "| epsilon site-0 " in progress[-1]
     sites = {f"site-{i}" for i in range(len(NODES))}
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    # Under DP the sites evaluate only the last `site-evaluations` rounds' models (noised): the
+    # first round's model, if asked, with the second round's train message.
+    evaluated = {1: [2], 2: [1, 2]}[values["site_evaluations"]]
     for entry in metrics["rounds"]:
         assert set(entry["epsilon"]) == sites and set(entry["sites"]) == sites
         assert entry["refused"] == {} and entry["rejected"] == {}
-        assert 0 < entry["federated-accuracy"] <= 1 and "accuracy" in entry
+        assert "accuracy" in entry
+        if entry["round"] in evaluated:
+            assert 0 <= entry["federated-accuracy"] <= 1
+        else:
+            assert "federated-accuracy" not in entry
+    for site in sites:  # each evaluation is a noised release in the site's ledger
+        ledger = (Path(run) / "sites" / site / "ledger.jsonl").read_text().splitlines()
+        kinds = [json.loads(line).get("kind", "train") for line in ledger]
+        assert kinds.count("evaluate") == len(evaluated) and kinds.count("count") == 1
     final = metrics["final"]
     assert final["rounds-completed"] == 2 and final["stopped"] is None
     assert final["epsilon"] == max(final["epsilon-per-site"].values()) <= 1.0

@@ -22,8 +22,10 @@ from server.site_records import SiteRecords
 from server.strategies import STRATEGIES, FedAdam, FedAvg, FedProx, build_strategy
 from tests.loopback_grid import Handler, LoopbackGrid
 from tests.messages import instruction
+from tests.secagg_run import memory_identity
 
 NODES = [21, 22, 23, 24]
+IDENTITY = memory_identity(NODES)
 CLIP = 8.0
 ETA, BETA1, BETA2, TAU = 0.05, 0.9, 0.99, 1e-3  # Flower's FedAdam defaults but eta
 
@@ -71,7 +73,7 @@ def _secure_train(msg: Message, context: Context) -> Message:
         {k: Array(v) for k, v in _local(arrays, context.node_id, server_round).items()}  # type: ignore[misc]
     )
     metrics = MetricRecord({proto.NUM_EXAMPLES: _examples(context.node_id)})
-    records = secagg.masked_update(msg, context, arrays, local, metrics, CLIP)
+    records = secagg.masked_update(msg, context, arrays, local, metrics, CLIP, identity=IDENTITY)
     return _reply(msg, context, records)  # type: ignore[arg-type]
 
 
@@ -79,7 +81,7 @@ def _run(strategy: SiteRecords, secure: bool, rounds: int) -> tuple[ArrayRecord,
     """``rounds`` rounds over an in-process grid: (initial model, final model)."""
     instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
     handlers: dict[str, Handler] = {"train": _secure_train if secure else _plain_train}
-    handlers.update({f"train.{k}": v for k, v in secagg.HANDLERS.items()})
+    handlers.update({f"train.{k}": v for k, v in secagg.handlers(IDENTITY).items()})
     grid = LoopbackGrid(NODES, handlers)
     torch.manual_seed(0)
     initial = current = to_arrays(TabularModel(3, 2))
