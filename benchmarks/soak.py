@@ -42,6 +42,7 @@ from fedllm import deploy  # noqa: E402
 from fedllm.crypto import create_deployment  # noqa: E402
 from fedllm.errors import FedLLMError  # noqa: E402
 from fedllm.privacy import PrivacyLedger, spent  # noqa: E402
+from fedllm.privacy.chain import COUNT, TRAIN  # noqa: E402
 from tests.support.local_federation import (  # noqa: E402
     LocalFederation,
     Process,
@@ -231,12 +232,13 @@ def verify_ledgers(sites: dict[str, deploy.SiteFiles], summary: dict[str, Any]) 
             out[center] = {"verifies": False, "error": str(err)}
             continue
         run_ids = sorted({e.run_id for e in entries})  # one: the run before and after resume
-        rounds = [e.round for e in entries]
+        rounds = [e.round for e in entries if e.kind == TRAIN]  # besides count, evaluations
         epsilon = spent(entries, 1e-5, "rdp", run_ids[0]).epsilon() if entries else 0.0
         out[center] = {
             "verifies": True,
             "run-ids": run_ids,
             "entries": len(entries),
+            "count-releases": [e.kind for e in entries].count(COUNT),  # once per run
             "rounds-trained-twice": sorted({r for r in rounds if rounds.count(r) > 1}),
             "rounds-missed": sorted(planned - set(rounds)),
             "run-epsilon": round(epsilon, 4),

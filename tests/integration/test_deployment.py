@@ -49,6 +49,7 @@ from fedllm.cli import main
 from fedllm.crypto import SiteKey, create_deployment, create_node_keys
 from fedllm.crypto.seal import SealKey
 from fedllm.privacy import PrivacyLedger, spent
+from fedllm.privacy.chain import COUNT, TRAIN
 from fedllm.secagg import ROSTER_FILE, Roster
 from server.recorder import CRASH_AFTER_ROUND
 from tests.conftest import ROOT, write_heart_center
@@ -522,7 +523,8 @@ def test_each_sites_ledger_verifies_with_one_run_within_its_target(
         site = federation.sites[name]
         entries = PrivacyLedger(site.files.ledger).replay()  # chain, signatures, epsilons
         ours = [e for e in entries if e.run_id == run_id]
-        assert sorted(e.round for e in ours) == [1, 2, 3, 4], name
+        assert sorted(e.round for e in ours if e.kind == TRAIN) == [1, 2, 3, 4], name
+        assert [e.kind for e in ours].count(COUNT) == 1, name  # the count reused on resume
         epsilon = spent(entries, 1e-5, "rdp", run_id).epsilon()
         assert 0 < epsilon <= 1.0, (name, epsilon)
         assert resumed.metrics["rounds"][-1]["epsilon"][name] == pytest.approx(epsilon)
@@ -592,7 +594,9 @@ def test_three_sites_train_two_rounds_over_tls(
     run_id = Attempt(output, 0).run_id
     for name in SITES:  # each site recorded its own spend in its own signed ledger
         entries = PrivacyLedger(federation.sites[name].files.ledger).entries()
-        assert [e.round for e in entries if e.run_id == run_id] == [1, 2]
+        ours = [e for e in entries if e.run_id == run_id]
+        assert [e.round for e in ours if e.kind == TRAIN] == [1, 2]
+        assert [e.kind for e in ours].count(COUNT) == 1
     # Every message of the run at a site went to one warm worker process (issue 18).
     for name in SITES:
         workers = set(re.findall(rf"task \d+ of run {run_id}: worker (\d+)", federation.log(name)))
