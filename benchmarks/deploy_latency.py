@@ -168,6 +168,8 @@ def deployed(work: Path, data: Path, rounds: int, warm: bool) -> dict[str, Any]:
         if warm:
             measured["where"] = where_time_goes(logs, run_id)
             measured["pickup"] = pickup_delays(local, root)
+        link = next(p for p in local.processes if p.name == "superlink")
+        measured["superlink-database-locked"] = link.text().count("database is locked")
     finally:
         local.close()
     return measured
@@ -354,6 +356,11 @@ def _markdown(record: dict[str, Any]) -> str:
                 f"| {stage} | {t['wait-s']:.3f} | {t['pull-s']:.3f} | {t['task-s']:.3f} | "
                 f"{t['handler-s']:.3f} | {t['reply-s']:.3f} |\n"
             )
+    if "superlink-database-locked" in warm:
+        text += (
+            "\n'database is locked' in the SuperLink's log (warm run): "
+            f"{warm['superlink-database-locked']} times.\n"
+        )
     if warm.get("pickup"):
         text += (
             "\nA message's wait until the site's executor has it (push to hand-over, a probe "

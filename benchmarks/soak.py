@@ -224,6 +224,7 @@ def soak(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
             "memory-start-mb": at_start,
             "memory-end-mb": at_end,
             "ledgers": ledgers,
+            "superlink-database-locked": superlink_locked(local),
         }
     finally:
         local.close()
@@ -256,6 +257,12 @@ def verify_ledgers(sites: dict[str, deploy.SiteFiles], summary: dict[str, Any]) 
     return out
 
 
+def superlink_locked(local: LocalFederation) -> int:
+    """Lines of the SuperLink's log reporting its state database locked (a busy SQLite)."""
+    link = next(p for p in local.processes if p.name == "superlink")
+    return link.text().count("database is locked")
+
+
 def _wait_for(process: Process, text: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while text not in process.text():
@@ -278,7 +285,9 @@ def report(record: dict[str, Any]) -> str:
         "other jobs ran too).",
         "",
         f"Rounds recorded: {len(rounds)} of {summary['config']['num-server-rounds']} "
-        f"(stopped: {summary['final']['stopped']}); wall time {record['result']['wall-s']} s.",
+        f"(stopped: {summary['final']['stopped']}); wall time {record['result']['wall-s']} s; "
+        f"'database is locked' in the SuperLink's log: "
+        f"{record['result'].get('superlink-database-locked', '?')} times.",
         "",
         "What happened: " + "; ".join(record["result"]["events"]) + ".",
         "",
