@@ -2,7 +2,8 @@
 (``FEDLLM_CRASH_AFTER_ROUND``: the ServerApp kills its own process once round 2 is
 checkpointed, the driver and the whole engine with it) and resumed with `resume-from` ends
 with 4 rounds, each once in metrics.json; every virtual site's ledger verifies, records the 4
-rounds under one run id, and the run's epsilon is within its target.
+trainings (ledger kind ``train``) under one run id and the run's noised example count once
+(kind ``count``: the resumed rounds reuse it), and the run's epsilon is within its target.
 
 The same in deployment, and a resumed run asking a larger target: tests/integration/
 test_deployment.py (one federation for all deployment tests)."""
