@@ -23,17 +23,21 @@ options being ``--wakeup-fd N`` and ``--poll-fastest/--poll-slowest/--poll-growt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import time
-from collections.abc import Callable, Sequence
-from logging import INFO
+from collections.abc import Callable, Iterator, Sequence
+from logging import INFO, WARNING
 from typing import Any
 
 from fedllm.deploy.polling import Backoff, Wakeup, quick_object_retries
 
 FLOWER = "1.42."  # the Flower release whose SuperNode internals this loop calls
 REPLY_POLL = 0.005  # seconds between checks for the ClientApp's reply (Flower: 0.5)
+ACTIVATION_RETRY = 5.0  # seconds between activation attempts while the SuperLink refuses
+ACTIVATION_REFUSED = "Failed to activate SuperNode"  # Flower's message for API error 2004
+EXIT = "flwr_exit"  # the name Flower's Fleet connection module calls to exit
 ISOLATION_ONLY = (
     "fedllm.deploy.supernode runs ClientApps only through fedllm's executor, which runs only "
     "the apps the site pinned: pass `--isolation process`"
@@ -89,7 +93,7 @@ def prompt_loop(backoff: Backoff, wakeup: Wakeup | None) -> Callable[..., None]:
         # Flower's _push_messages waits for the reply (in this process's state) in 0.5 s steps.
         flower.time = ShortWaits(REPLY_POLL)  # type: ignore[attr-defined,assignment]
         quick_object_retries(flower)  # a message's objects may still be on their way
-        with flower._init_connection(  # Flower's connection, unchanged
+        with activated_connection(  # Flower's connection, asked again while not activated
             server_address=server_address,
             insecure=insecure,
             root_certificates=root_certificates,
@@ -109,6 +113,66 @@ def prompt_loop(backoff: Backoff, wakeup: Wakeup | None) -> Callable[..., None]:
             pull_loop(conn, state, store, node_config, trusted_entities, backoff, wakeup)
 
     return start_client_internal
+
+
+class NotActivated(Exception):
+    """The SuperLink refused to activate this node (Flower would exit with code 305)."""
+
+
+@contextlib.contextmanager
+def activated_connection(
+    patience: float | None = None, retry: float = ACTIVATION_RETRY, **connection: Any
+) -> Iterator[Sequence[Any]]:
+    """Flower's ``_init_connection(**connection)``, opened again every ``retry`` seconds for
+    up to ``patience`` seconds (default: until a previous node with this key is offline) while
+    the SuperLink refuses to activate the node; then Flower's own exit (code 305).
+
+    A SuperNode killed without a goodbye stays online at the SuperLink until its heartbeats
+    lapse (Flower: twice the 30 s heartbeat interval after the last one), and Flower's
+    SuperLink refuses to activate a node that is online: a site restarted within that minute
+    would exit instead of rejoining. The same refusal answers a key that is not registered,
+    so such a node now gives up after ``patience`` instead of at once."""
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
+    from flwr.supercore import log
+    from flwr.supercore.exit import ExitCode
+    from flwr.supernode import fleet_http_connection as http
+    from flwr.supernode import start_client_internal as flower
+
+    if patience is None:
+        patience = (HEARTBEAT_PATIENCE + 1) * HEARTBEAT_DEFAULT_INTERVAL
+    real_exit = getattr(http, EXIT)  # Flower's flwr_exit, as the connection calls it
+
+    def refusal_raises(code: int, message: str | None = None, *args: Any, **kw: Any) -> Any:
+        if code == ExitCode.SUPERNODE_CONNECTION_ERROR and ACTIVATION_REFUSED in (message or ""):
+            raise NotActivated(message)
+        return real_exit(code, message, *args, **kw)
+
+    deadline = time.monotonic() + patience
+    while True:
+        with contextlib.ExitStack() as stack:
+            setattr(http, EXIT, refusal_raises)
+            try:
+                conn = stack.enter_context(flower._init_connection(**connection))
+            except NotActivated as refused:
+                if time.monotonic() + retry > deadline:
+                    real_exit(
+                        ExitCode.SUPERNODE_CONNECTION_ERROR,
+                        f"{refused} (asked for {patience:.0f} s: is this node's key registered?)",
+                    )
+                log(
+                    WARNING,
+                    "fedllm: the SuperLink does not activate this node yet (a SuperNode with "
+                    "this key that was killed stays online until its heartbeats lapse, up to "
+                    "%.0f s; or the key is not registered): asking again in %.0f s",
+                    HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL,
+                    retry,
+                )
+                time.sleep(retry)
+                continue
+            finally:
+                setattr(http, EXIT, real_exit)
+            yield conn
+            return
 
 
 def pull_loop(
@@ -193,13 +257,14 @@ def _isolation_process(flower_args: Sequence[str]) -> bool:
 def check_flower() -> None:
     """The loop calls Flower's SuperNode internals: refuse a Flower it was not written for."""
     from flwr.supercore.version import package_version
+    from flwr.supernode import fleet_http_connection as http
     from flwr.supernode import start_client_internal as flower
 
     missing = [
         name
         for name in ("_init_connection", "_pull_and_store_message", "_push_messages", "time")
         if not hasattr(flower, name)
-    ]
+    ] + [f"fleet_http_connection.{EXIT}"] * (not hasattr(http, EXIT))
     if not package_version.startswith(FLOWER) or missing:
         raise SystemExit(
             f"fedllm.deploy.supernode needs flwr {FLOWER}x, found {package_version}"

@@ -53,7 +53,7 @@ from fedllm.privacy.chain import COUNT, TRAIN
 from fedllm.secagg import ROSTER_FILE, Roster
 from server.recorder import CRASH_AFTER_ROUND
 from tests.conftest import ROOT, write_heart_center
-from tests.support.local_federation import LocalFederation, commands, free_port
+from tests.support.local_federation import LocalFederation, Process, commands, free_port
 from tests.support.netns import Netns
 from tests.support.outsider_app import GOT_DATA, GOT_ERROR, outsider_home, write_outsider_app
 
@@ -692,3 +692,38 @@ def test_sites_reach_the_superlink_across_a_veth_link(
     fleet = [line for line in gate if "/v1/fleet/" in line]
     assert any(f"{net.ns_ip}:" in line for line in fleet)  # the sites' veth address
     assert not any("127.0.0.1:" in line for line in fleet)  # no fleet call came over loopback
+
+
+ACTIVATION_REFUSED = "the SuperLink does not activate this node yet"
+
+
+def _rejoined(process: Process, since: int, timeout: float) -> str:
+    """The log ``process`` wrote after byte ``since``, once its SuperNode is activated."""
+    deadline = time.monotonic() + timeout
+    while "SuperNode ID" not in (text := process.text()[since:]):
+        assert process.popen.poll() is None, text[-3000:]
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.5)
+    return text
+
+
+@pytest.mark.slow
+def test_a_site_killed_and_started_again_at_once_rejoins(
+    federation: Federation, run: tuple[dict[str, Any], str]
+) -> None:
+    """Issue 18: a SuperNode killed with SIGKILL stays online at the SuperLink until its
+    heartbeats lapse (up to 60 s), and Flower's SuperLink refuses to activate an online node:
+    fedllm's SuperNode started again at once asks again until it is activated, where Flower's
+    exits (code 305)."""
+    site = federation.sites[DOOMED]  # killed by the run fixture
+    since = len(federation.log(DOOMED))  # every start of the site writes its one log file
+    first = federation.local.start_site(site, federation.node_prefix)
+    _rejoined(first, since, 150)
+    first.kill()
+    since = len(first.text())
+    again = federation.local.start_site(site, federation.node_prefix)
+    try:
+        text = _rejoined(again, since, 150)
+        assert ACTIVATION_REFUSED in text, text[-3000:]  # it was refused first, then joined
+    finally:
+        again.kill()
