@@ -5,7 +5,7 @@ Flower's, parsed by Flower), the same TLS connection to the SuperLink with the s
 signatures and heartbeats, the same Runtime API for the executor behind the same SuperExec
 secret, the same message handling (Flower's ``_pull_and_store_message`` and
 ``_push_messages``). What differs is when it asks: Flower 1.42 sleeps a hard-coded 3 s after
-every empty pull, this loop waits as :class:`~fedllm.deploy.polling.Backoff` says (25 ms in
+every empty pull, this loop waits as :class:`~fedllm.deploy.polling.Backoff` says (0.1 s in
 the middle of a round, growing to Flower's 3 s when idle), waits for the ClientApp's reply
 in 5 ms steps instead of Flower's 0.5 s, and asks again for a message's object not uploaded
 yet after 10 ms instead of 1 s (:func:`~fedllm.deploy.polling.quick_object_retries`). When
