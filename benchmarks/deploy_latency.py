@@ -1,23 +1,28 @@
 """Per-round wall time in deployment mode vs simulation, same task, same sites, one run.
 
 Three runs of the same federation (UCI heart disease, one site per hospital file: cleveland,
-hungarian, va; DP-SGD at epsilon 1, RDP accountant, federated evaluation every round):
+hungarian, va; DP-SGD at epsilon 1, RDP accountant, secure aggregation; the server's central
+evaluation every round and, under DP by default, no site evaluation: `site-evaluations = 0`):
 
 1. simulation: ``fedllm simulate`` (Flower's simulation engine, Ray, one process);
 2. deployment, cold: a TLS SuperLink with node authentication and three SuperNodes as
-   separate processes, whose executors preload nothing (``--cold``: every task imports torch,
-   as Flower's default isolation, a fresh ``flwr-clientapp`` process per message, did before
-   app pinning ruled it out): the "before";
-3. deployment, warm: the same with ``--isolation process`` and fedllm's warm executor (ClientApp
-   tasks forked from a process that has torch imported): the "after".
+   separate processes (``fedllm supernode start --cold``: a fresh process per message that
+   imports torch and the app itself, as Flower's default isolation, a ``flwr-clientapp`` per
+   message, did before app pinning ruled it out);
+3. deployment, warm: ``fedllm supernode start`` (fedllm's SuperNode with its prompt pull
+   loop, the warm executor, one worker process per run keeping the app, the site's data and
+   its verified ledger loaded).
 
 The ServerApp writes each round's elapsed time into metrics.json; a round's wall time is the
 difference between consecutive rounds (round 1 also pays one-off costs: noise calibration,
-first imports, so the steady state is the mean over rounds 2..R). Results:
-benchmarks/results/deploy_latency.{md,json}. The machine's load is recorded with the numbers:
-on a shared machine they move between runs.
+first imports, secure aggregation's setup, so the steady state is the mean over rounds 2..R).
+From the warm run's site logs it also reports where a steady round's time goes (per message:
+the site's wait for it, its pull, the task, the reply), and after the run a probe app measures
+how long a message waits before each site's executor has it. The previous results file is read
+first and shown beside the new numbers. Results: benchmarks/results/deploy_latency.{md,json};
+the machine's load is recorded with them (on a shared machine they move between runs).
 
-    .venv/bin/python benchmarks/deploy_latency.py [--rounds 4]
+    .venv/bin/python benchmarks/deploy_latency.py [--rounds 4] [--data DIR] [--modes ...]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +47,40 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support: the one-machine deployment the tests also use
 
 from fedllm import deploy  # noqa: E402
-from fedllm.crypto import create_deployment  # noqa: E402
+from fedllm.crypto import SiteKey, create_deployment  # noqa: E402
+from fedllm.secagg import ROSTER_FILE, Roster  # noqa: E402
 from tests.support.local_federation import LocalFederation, free_port  # noqa: E402
+from tests.support.probe_app import (  # noqa: E402
+    handed_over,
+    node_id,
+    sent_times,
+    write_probe_app,
+)
 
-HEART = ROOT.parent / "shared" / "data" / "heart_disease"
 CENTERS = ("cleveland", "hungarian", "va")
 RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("simulation", "deployment-cold", "deployment-warm")
+GOAL_S = 1.5  # issue 18: deployment steady round <= simulation + 1.5 s
+
+
+def write_rosters(sites: dict[str, deploy.SiteFiles]) -> None:
+    """Each site's secagg-roster.toml: every member's identity key (exchanged out of band)."""
+    roster = Roster({n: SiteKey.load(f.site_key).public for n, f in sites.items()})
+    for files in sites.values():
+        (files.folder / ROSTER_FILE).write_text(roster.to_toml())
+
+
+def heart_data(given: Path | None) -> Path:
+    """The UCI files: ``--data``, else the shared data folder beside the checkout (a worktree
+    sits one level deeper than the main checkout)."""
+    candidates = [given] if given else [
+        ROOT.parent / "shared" / "data" / "heart_disease",
+        ROOT.parents[1] / "shared" / "data" / "heart_disease",
+    ]  # fmt: skip
+    for folder in candidates:
+        if folder is not None and all((folder / f"processed.{c}.data").is_file() for c in CENTERS):
+            return folder
+    raise SystemExit(f"deploy_latency: needs the UCI heart disease files ({', '.join(CENTERS)})")
 
 
 def config(data: Path, out: Path, name: str, rounds: int) -> dict[str, Any]:
@@ -102,7 +137,7 @@ def simulate(work: Path, data: Path, rounds: int) -> list[float]:
     raise RuntimeError("simulation failed twice")
 
 
-def deployed(work: Path, data: Path, rounds: int, warm: bool) -> list[float]:
+def deployed(work: Path, data: Path, rounds: int, warm: bool) -> dict[str, Any]:
     name = "warm" if warm else "cold"
     root = work / name
     root.mkdir()
@@ -111,6 +146,7 @@ def deployed(work: Path, data: Path, rounds: int, warm: bool) -> list[float]:
     pinned = deploy.FabInfo.of(deploy.build_fab(ROOT))  # the app every site trusts
     try:
         sites = {c: local.add_site(c, [pinned]) for c in CENTERS}  # keys made at the sites
+        write_rosters(sites)  # SecAgg+ checks every member's signed keys
         local.start_superlink([root / "pki" / "nodes" / f"{c}.pub" for c in CENTERS], free_port())
         for center, files in sites.items():
             local.start_node(
@@ -126,9 +162,82 @@ def deployed(work: Path, data: Path, rounds: int, warm: bool) -> list[float]:
         done = local.run(ROOT, text, timeout=1800)
         if done.returncode != 0:
             raise RuntimeError(f"{name} deployment failed:\n{done.stdout[-3000:]}")
+        run_id = _run_id(done.stdout + done.stderr)
+        logs = {p.name: p.text() for p in local.processes if p.name in CENTERS}
+        measured: dict[str, Any] = {"times": round_times(root / "runs" / name / "metrics.json")}
+        if warm:
+            measured["where"] = where_time_goes(logs, run_id)
+            measured["pickup"] = pickup_delays(local, root)
+        link = next(p for p in local.processes if p.name == "superlink")
+        measured["superlink-database-locked"] = link.text().count("database is locked")
     finally:
         local.close()
-    return round_times(root / "runs" / name / "metrics.json")
+    return measured
+
+
+def _run_id(output: str) -> str:
+    found = re.search(r"Successfully started run (\d+)", output)
+    return found.group(1) if found else ""
+
+
+SUPERNODE_LINE = re.compile(
+    r"fedllm: run (\d+): a message ([0-9.]+) s after the last reply, pulled and stored in "
+    r"([0-9.]+) s, answered and sent in ([0-9.]+) s"
+)
+WORKER_LINE = re.compile(r"fedllm\.deploy\.worker: run (\d+): task done in ([0-9.]+) s \((.*)\)")
+
+
+def where_time_goes(logs: dict[str, str], run_id: str) -> dict[str, dict[str, float]]:
+    """Per message type, means over the sites and the steady rounds (each type's first message
+    at a site, round 1's, left out): the site's wait since its last reply (the other sites and
+    the server), its pull of the message, the task (of it the ClientApp's handler) and the
+    reply's way back to the SuperLink."""
+    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for log in logs.values():
+        pulls = [m for m in SUPERNODE_LINE.findall(log) if m[0] == run_id]
+        tasks = [m for m in WORKER_LINE.findall(log) if m[0] == run_id]
+        seen: set[str] = set()
+        for (_, gap, pulled, answered), (_, total, laps) in zip(pulls, tasks, strict=False):
+            parts = dict(
+                (name, float(value))
+                for name, value in (lap.rsplit(" ", 1) for lap in laps.split(", "))
+            )
+            stage = next((k for k in parts if k not in ("pull", "app", "reply")), "refused")
+            if stage not in seen:  # round 1's
+                seen.add(stage)
+                continue
+            rows[stage].append(
+                {
+                    "wait-s": float(gap),
+                    "pull-s": float(pulled),
+                    "task-s": float(total),
+                    "handler-s": parts[stage],
+                    "reply-s": float(answered) - float(total),
+                }
+            )
+    return {
+        stage: {k: round(statistics.mean(r[k] for r in found), 3) for k in found[0]}
+        | {"messages": len(found)}
+        for stage, found in rows.items()
+    }
+
+
+def pickup_delays(local: LocalFederation, root: Path) -> dict[str, list[float]]:
+    """Seconds from a message's push until each site's executor has it (a probe app that no
+    site runs: its tasks are refused at once), five messages a second apart."""
+    app = write_probe_app(root / "probe")
+    done = local.run(app, f"probes=5 gap=1.0 nodes={len(CENTERS)}", timeout=300)
+    output = done.stdout + done.stderr
+    run_id, sent = _run_id(output), sent_times(output)
+    delays = {}
+    for process in local.processes:
+        if process.name in CENTERS:
+            log = process.text()
+            pushed, taken = sent.get(node_id(log), []), handed_over(log, run_id)
+            delays[process.name] = [
+                round(b - a, 3) for a, b in zip(pushed[1:], taken[1:], strict=False)
+            ]
+    return delays
 
 
 def _wait_for(log: Path, text: str, timeout: float) -> None:
@@ -151,32 +260,38 @@ def summary(times: list[float]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--data", type=Path, help="the UCI heart disease folder")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--note", default="", help="what else ran on the machine")
     args = parser.parse_args()
-    if not all((HEART / f"processed.{c}.data").is_file() for c in CENTERS):
-        print(f"deploy_latency: needs the UCI heart disease files in {HEART}", file=sys.stderr)
-        return 2
+    source = heart_data(args.data)
+    previous_file = RESULTS / "deploy_latency.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.exists() else None
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedllm-deploy-latency-") as tmp:
         work = Path(tmp)
         data = work / "heart"
         data.mkdir()
         for center in CENTERS:  # one file per site; the server's held-out rows are the same
-            shutil.copy(HEART / f"processed.{center}.data", data)
-        results = {}
-        for label, measure in (
-            ("simulation", lambda: simulate(work, data, args.rounds)),
-            ("deployment-cold", lambda: deployed(work, data, args.rounds, warm=False)),
-            ("deployment-warm", lambda: deployed(work, data, args.rounds, warm=True)),
-        ):
+            shutil.copy(source / f"processed.{center}.data", data)
+        results: dict[str, dict[str, Any]] = {}
+        measures = {
+            "simulation": lambda: {"times": simulate(work, data, args.rounds)},
+            "deployment-cold": lambda: deployed(work, data, args.rounds, warm=False),
+            "deployment-warm": lambda: deployed(work, data, args.rounds, warm=True),
+        }
+        for label in args.modes:
             started = time.monotonic()
-            results[label] = summary(measure())
+            measured = measures[label]()
+            results[label] = summary(measured.pop("times")) | measured
             print(f"{label}: {results[label]} ({time.monotonic() - started:.0f} s)", flush=True)
     load_after = os.getloadavg()
-    sim = results["simulation"]["steady-mean-s"]
-    for label in ("deployment-cold", "deployment-warm"):
-        steady = results[label]["steady-mean-s"]
-        results[label]["ratio-to-simulation"] = round(steady / sim, 2)
-        results[label]["overhead-per-round-s"] = round(steady - sim, 2)
+    sim = results.get("simulation", {}).get("steady-mean-s")
+    for label in results:
+        if sim and label != "simulation":
+            steady = results[label]["steady-mean-s"]
+            results[label]["ratio-to-simulation"] = round(steady / sim, 2)
+            results[label]["overhead-per-round-s"] = round(steady - sim, 2)
     record = {
         "task": "heart-disease (UCI: cleveland, hungarian, va; one SuperNode per file)",
         "rounds": args.rounds,
@@ -184,6 +299,8 @@ def main() -> int:
         "load-average-before": [round(x, 2) for x in load_before],
         "load-average-after": [round(x, 2) for x in load_after],
         "results": results,
+        "note": args.note,
+        "previous": previous,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "deploy_latency.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -193,27 +310,65 @@ def main() -> int:
 
 
 def _markdown(record: dict[str, Any]) -> str:
+    before = (record.get("previous") or {}).get("results", {})
     rows = [
-        "| mode | round 1 | steady round (mean of 2..R) | / simulation | overhead per round |",
-        "|---|---|---|---|---|",
+        "| mode | round 1 | steady round (mean of 2..R) | / simulation | overhead per round | "
+        "steady round before (previous results file) |",
+        "|---|---|---|---|---|---|",
     ]
     for label, r in record["results"].items():
         ratio = r.get("ratio-to-simulation", 1.0)
         overhead = r.get("overhead-per-round-s", 0.0)
+        old = before.get(label, {}).get("steady-mean-s")
         rows.append(
             f"| {label} | {r['round-1-s']:.1f} s | {r['steady-mean-s']:.1f} s | "
-            f"{ratio:.2f}x | {overhead:+.1f} s |"
+            f"{ratio:.2f}x | {overhead:+.1f} s | {f'{old:.1f} s' if old else '-'} |"
         )
-    return (
+    text = (
         "# Deployment round latency\n\n"
-        f"{record['task']}, {record['rounds']} rounds, DP at epsilon 1 (RDP), federated "
-        f"evaluation every round; {record['cpus']} CPUs, load average before "
+        f"{record['task']}, {record['rounds']} rounds, DP at epsilon 1 (RDP), secure "
+        "aggregation, the server's central evaluation every round (no site evaluation: "
+        "`site-evaluations = 0` under DP); "
+        f"{record['cpus']} CPUs, load average before "
         f"{record['load-average-before']}, after {record['load-average-after']} (a shared "
-        "machine: other jobs ran too).\n\n" + "\n".join(rows) + "\n\n"
+        f"machine: other jobs ran too). {record.get('note', '')}\n\n" + "\n".join(rows) + "\n\n"
         "Per-round rounds (s): "
         + "; ".join(f"{k} {v['rounds-s']}" for k, v in record["results"].items())
-        + "\n\nMade by `.venv/bin/python benchmarks/deploy_latency.py`.\n"
+        + "\n"
     )
+    warm = record["results"].get("deployment-warm", {})
+    if "overhead-per-round-s" in warm:
+        met = "met" if warm["overhead-per-round-s"] <= GOAL_S else "not met"
+        text += (
+            f"\nGoal (a steady deployment round at most the simulation round + {GOAL_S} s): "
+            f"{met}, {warm['overhead-per-round-s']:+.2f} s.\n"
+        )
+    if warm.get("where"):
+        text += (
+            "\nWhere a steady warm round's time goes, per message (means over the sites and "
+            "rounds 2..R, seconds): the site's wait since its last reply (the other sites, the "
+            "server's aggregation and evaluation), the pull of the message and its objects, the "
+            "task in the site's worker (of it the ClientApp's handler), the reply's way back.\n\n"
+            "| message | wait | pull | task | handler | reply |\n|---|---|---|---|---|---|\n"
+        )
+        for stage, t in warm["where"].items():
+            text += (
+                f"| {stage} | {t['wait-s']:.3f} | {t['pull-s']:.3f} | {t['task-s']:.3f} | "
+                f"{t['handler-s']:.3f} | {t['reply-s']:.3f} |\n"
+            )
+    if "superlink-database-locked" in warm:
+        text += (
+            "\n'database is locked' in the SuperLink's log (warm run): "
+            f"{warm['superlink-database-locked']} times.\n"
+        )
+    if warm.get("pickup"):
+        text += (
+            "\nA message's wait until the site's executor has it (push to hand-over, a probe "
+            "app, 1 s apart, seconds): "
+            + "; ".join(f"{k} {v}" for k, v in warm["pickup"].items())
+            + "\n"
+        )
+    return text + "\nMade by `.venv/bin/python benchmarks/deploy_latency.py`.\n"
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def train(msg: Message, context: Context) -> Message:
         return _refuse(msg, node_site_name(context), server_round, err)
     arrays = msg.content.array_records[proto.ARRAYS]
     secure = proto.SECAGG in msg.content.config_records
-    run_id = str(context.run_id)
+    run_id = _run_id(config, context)
     try:
         guard = _guard(context, site, config)
         if not secure and guard.policy.require_secure_aggregation:
@@ -97,6 +97,12 @@ def train(msg: Message, context: Context) -> Message:
             reply.content[key] = record
         return _released(reply, mode)
     return _released(_reply(msg, site.data.name, update, metrics, result.evaluation), mode)
+
+
+def _run_id(config: ConfigRecord, context: Context) -> str:
+    """The run the ledger records this message's release under: the server's run id (a
+    resumed run keeps its first run's), else Flower's."""
+    return str(config.get(proto.RUN_ID, context.run_id))
 
 
 def _rounds_done(guard: SiteGuard, run_id: str) -> int:
@@ -171,7 +177,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         return _refuse(msg, node_site_name(context), server_round, err)
     try:
         guard = _guard(context, site, config)
-        metrics = evaluate_round(site, guard, model, server_round, str(context.run_id))
+        metrics = evaluate_round(site, guard, model, server_round, _run_id(config, context))
     except (PrivacyError, DataError, UpdateError) as err:
         return _refuse(msg, site.data.name, server_round, err)
     mode = proto.Mode(site.cfg.dp, False, site.cfg.client_dp)
@@ -189,7 +195,7 @@ def feature_moments(msg: Message, context: Context) -> Message:
         return _refuse(msg, node_site_name(context), 0, err)
     try:
         guard = _guard(context, site, config)
-        metrics = release_statistics(site, guard, str(context.run_id))
+        metrics = release_statistics(site, guard, _run_id(config, context))
     except (PrivacyError, DataError, UpdateError) as err:
         return _refuse(msg, site.data.name, 0, err)
     mode = proto.Mode(site.cfg.dp, False, site.cfg.client_dp)

@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from clients.evaluate import clear_scores, evaluation_event, evaluations_done, release_noised
 from clients.site import SiteGuard, calibrated_once
 from fedllm import protocol as proto
+from fedllm import warm
 from fedllm.audit.canaries import GradientCanaries, planted_at
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyBudgetExceededError
@@ -40,7 +41,7 @@ from fedllm.privacy.accounting import calibrate_plan
 from fedllm.privacy.chain import COUNT
 from fedllm.privacy.randomness import public_training_seed, release_generator
 from fedllm.privacy.releases import COUNT_SENSITIVITY, ReleasePlan, gaussian_event, release_count
-from fedllm.scaling import scale_site, scaler_from_config
+from fedllm.scaling import scaler_from_config
 from fedllm.tasks import SiteData, Task, get_task, load_federation
 from fedllm.training import LocalTraining, train_local
 from fedllm.weights import exchanged_state, load_arrays, state_bytes, to_arrays
@@ -64,9 +65,11 @@ class SiteRuntime:
         cfg = RunConfig.from_flower(context.run_config)
         task = get_task(cfg.task)
         node = context.node_config
-        if proto.NODE_DATA_PATH in node:
+        if proto.NODE_DATA_PATH in node:  # read once per run while the file is unchanged
             planted_at(cfg.audit_canaries, 0, deployed=True)  # refused when set
-            site = task.site(cfg, str(node[proto.NODE_DATA_PATH]), node_site_name(context))
+            site = warm.site_data(
+                task, cfg, str(node[proto.NODE_DATA_PATH]), node_site_name(context)
+            )
             return cls(cfg, task, site, 0, deployed=True)
         index = int(node[proto.NODE_PARTITION_ID])  # type: ignore[arg-type]
         nodes = int(node.get(proto.NODE_NUM_PARTITIONS, cfg.num_sites))  # type: ignore[arg-type]
@@ -87,7 +90,7 @@ class SiteRuntime:
         if self.cfg.feature_scaling != "federated":
             return self
         scaler = scaler_from_config(config, int(self.data.train.x.shape[1]))
-        return replace(self, data=scale_site(self.data, scaler))
+        return replace(self, data=warm.scaled(self.data, scaler))
 
     def model(self, arrays: ArrayRecord) -> torch.nn.Module:
         model = self.task.build_model(self.cfg, tuple(self.data.train.x.shape[1:]))

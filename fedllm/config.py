@@ -142,6 +142,9 @@ class RunConfig:
     strategy: str = "fedavg"
     server_learning_rate: float = 0.1
     proximal_mu: float = 0.0
+    # A run folder to continue from its last checkpoint (global model, round, strategy state,
+    # metrics, the run's identity at the sites); empty: a new run.
+    resume_from: str = ""
     # Releases besides DP-SGD, each a Gaussian mechanism in the sites' epsilon: the example
     # count once per run (noise std in records), and under DP the global models of the last
     # `site-evaluations` rounds evaluated at the sites (noise multiplier `evaluation-noise`).

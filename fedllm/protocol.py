@@ -37,6 +37,7 @@ SECAGG_VECTOR = "vector"  # in SECAGG_MASKED
 # CONFIG, server -> site (train and evaluate)
 SERVER_ROUND = "server-round"  # set by Flower's strategies
 RUN_DIR = "run-dir"  # simulation only: where virtual sites keep their files by default
+RUN_ID = "run-id"  # the run a site's ledger records the round under (the same after resume)
 CLIENT_DP_SAMPLED = "client-dp-sampled"  # sites sharing this round's client-level noise
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx; sites take mu from the run config
 EVALUATE_INCOMING = "evaluate-incoming"  # train: evaluate the arrays sent before training them

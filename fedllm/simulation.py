@@ -48,7 +48,14 @@ def prepare(overrides: dict[str, Any], directory: Path | None = None) -> RunConf
     if not fused.get("run-name"):
         fused["run-name"] = default_run_name(str(fused.get("task", "run")))
     cfg = RunConfig.from_flower(fused)
-    if (Path(cfg.out_dir) / cfg.run_name).exists():
+    if cfg.resume_from:  # the run goes on in its own folder (the ServerApp checks the rest)
+        if not (Path(cfg.resume_from) / "checkpoints").is_dir():
+            from fedllm.errors import ConfigError
+
+            raise ConfigError(
+                f"`resume-from` {cfg.resume_from} is not a run folder with checkpoints"
+            )
+    elif (Path(cfg.out_dir) / cfg.run_name).exists():
         from fedllm.errors import ConfigError
 
         raise ConfigError(
@@ -96,4 +103,9 @@ def run(cfg: RunConfig, settings: SimulationSettings, directory: Path | None = N
         is_app=True,
         verbose_logging=settings.verbose,
     )
-    return Path(cfg.out_dir) / cfg.run_name
+    return run_folder(cfg)
+
+
+def run_folder(cfg: RunConfig) -> Path:
+    """Where the run writes: its own new folder, or the folder of the run it resumes."""
+    return Path(cfg.resume_from) if cfg.resume_from else Path(cfg.out_dir) / cfg.run_name

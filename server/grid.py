@@ -18,15 +18,20 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-POLL_INTERVAL = 0.2  # seconds between reply checks (Flower: 3)
+POLL_INTERVAL = 0.1  # seconds between reply checks (Flower: 3)
 SIMULATION_POLL_INTERVAL = 0.01  # in-memory checks (Flower: 0.1): no network call each
 
 
 def polling(grid: Grid) -> Grid:
-    """Deployment's Grid wrapped to poll every 0.2 s, the simulation's every 0.01 s."""
+    """Deployment's Grid wrapped to poll every 0.1 s, the simulation's every 0.01 s."""
     from flwr.superlink.grid import HttpGrid, InMemoryGrid
 
     if isinstance(grid, HttpGrid):
+        from flwr.superlink.grid import http_grid
+
+        from fedllm.deploy.polling import quick_object_retries
+
+        quick_object_retries(http_grid)  # a reply's objects may still be on their way
         return PollingGrid(grid)
     if isinstance(grid, InMemoryGrid):
         return PollingGrid(grid, SIMULATION_POLL_INTERVAL)

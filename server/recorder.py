@@ -3,16 +3,26 @@ after every round), one checkpoint a round, the progress line, and at the end th
 (``model.pt`` + ``model.json``), ``plot.png``, ``report.md`` and the final table.
 
 The strategy reports each round through one :class:`~server.round_log.RoundLog`
-(:class:`server.site_records.SiteRecords` hands it over after the central evaluation).
+(:class:`server.site_records.SiteRecords` hands it over after the central evaluation). Each
+round's checkpoint also holds what resuming the run needs (:mod:`server.resume`): the run's
+identity, metrics.json's rounds so far and the strategy's state; a resumed run's recorder
+(:meth:`RunRecorder.resume`) goes on in the same folder from the checkpoint's metrics, so
+metrics.json holds every round once.
+
+``FEDLLM_CRASH_AFTER_ROUND = "<run-name>:<round>"`` (tests, ``benchmarks/soak.py``) makes the
+ServerApp SIGKILL itself once that round is checkpointed and recorded: a crash at a known point.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
-from logging import INFO
+from collections.abc import Callable
+from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord
@@ -20,7 +30,7 @@ from flwr.common.logger import log
 
 from fedllm import metrics as m
 from fedllm import protocol as proto
-from fedllm.checkpoint import Checkpointer
+from fedllm.checkpoint import RUN_ID, RUN_NAME, Checkpointer
 from fedllm.config import RunConfig
 from fedllm.metrics import RunMetrics, clean
 from fedllm.report import final_table, plot_run, write_report
@@ -29,6 +39,11 @@ from fedllm.tasks import Federation
 from fedllm.weights import exchanged_state, load_arrays, state_bytes
 from server.progress import progress_line
 from server.round_log import Refusal, RoundLog
+
+if TYPE_CHECKING:
+    from server.resume import Resumed
+
+CRASH_AFTER_ROUND = "FEDLLM_CRASH_AFTER_ROUND"  # "<run-name>:<round>": SIGKILL after it
 
 
 def model_card(
@@ -69,13 +84,17 @@ class RunRecorder:
         self.metrics.traffic = {k: int(card[k]) for k in (proto.UPDATE_BYTES, m.MODEL_BYTES)}
         self.metrics.config_sources = cfg.config_sources()  # user, task or global default
         self._started = time.monotonic()
+        # The strategy's state for each checkpoint (build_strategy connects it).
+        self.strategy_state: Callable[[], ArrayRecord] = ArrayRecord
+        self._resumed: dict[str, Any] | None = None  # noted in the first round after resume
 
     @classmethod
     def create(
-        cls, cfg: RunConfig, card: dict[str, Any], run_dir: Path | None = None
+        cls, cfg: RunConfig, card: dict[str, Any], run_id: str = "", run_dir: Path | None = None
     ) -> RunRecorder:
         """A fresh run folder (never an earlier run's; ``run_dir``: one just made with
-        :func:`~fedllm.rundir.create_run_dir`) and the run's checkpoint writer."""
+        :func:`~fedllm.rundir.create_run_dir`) and the run's checkpoint writer; ``run_id``:
+        what the sites' ledgers record the run under."""
         run_dir = run_dir or create_run_dir(cfg)
         log(
             INFO,
@@ -95,12 +114,38 @@ class RunRecorder:
             card[proto.UPDATE_BYTES],
             card[m.MODEL_BYTES],
         )
+        return cls._open(cfg, run_dir, card, run_id)
+
+    @classmethod
+    def _open(cls, cfg: RunConfig, run_dir: Path, card: dict[str, Any], run_id: str) -> RunRecorder:
+        run = {RUN_ID: run_id, RUN_NAME: run_dir.name}
         checkpoints = Checkpointer.for_run(
-            cfg.checkpoint, cfg.checkpoint_key, run_dir, cfg.to_flower(), card
+            cfg.checkpoint, cfg.checkpoint_key, run_dir, cfg.to_flower(), card, run
         )
         if checkpoints is not None:
             log(INFO, "fedllm: %s", checkpoints.describe())
         return cls(cfg, run_dir, card, checkpoints)
+
+    @classmethod
+    def resume(cls, cfg: RunConfig, card: dict[str, Any], resumed: Resumed) -> RunRecorder:
+        """The recorder of a resumed run: its folder, metrics.json rewritten from the
+        checkpoint's (so a round recorded after the checkpoint is not kept twice), its clock
+        where the checkpoint left it."""
+        recorder = cls._open(cfg, resumed.run_dir, card, resumed.run_id)
+        history = resumed.checkpoint.history
+        metrics = recorder.metrics
+        metrics.initial = dict(history.get("initial", {}))
+        metrics.rounds = [dict(entry) for entry in history.get("rounds", [])]
+        metrics.config_sources = dict(history.get("config-sources", metrics.config_sources))
+        if metrics.rounds:
+            metrics.epsilon = dict(metrics.rounds[-1].get(proto.EPSILON, {}))
+            elapsed = float(metrics.rounds[-1].get("elapsed-s", 0.0))
+            recorder._started = time.monotonic() - elapsed
+        metrics.write()
+        recorder._resumed = {"after-round": resumed.checkpoint.server_round}
+        if resumed.changed:
+            recorder._resumed["changed"] = resumed.changed
+        return recorder
 
     def initial(self, scores: dict[str, float]) -> None:
         """The central scores of the initial model; the run's clock starts here."""
@@ -112,6 +157,8 @@ class RunRecorder:
         entry = self.entry(record, scores)
         elapsed = time.monotonic() - self._started
         entry["elapsed-s"] = round(elapsed, 3)  # since the first round began
+        if self._resumed is not None:
+            entry["resumed"], self._resumed = self._resumed, None
         self.metrics.add_round(entry)  # entry's epsilon becomes every site's cumulative one
         if self.checkpoints is not None:
             spend: dict[str, object] = {
@@ -121,8 +168,16 @@ class RunRecorder:
             if m.CLIENT_EPSILON in entry:
                 spend[m.CLIENT_EPSILON] = entry[m.CLIENT_EPSILON]
                 spend[m.CLIENT_DELTA] = self.cfg.client_delta
-            self.checkpoints.save(record.server_round, arrays, spend)
+            history = {
+                "initial": self.metrics.initial,
+                "rounds": self.metrics.rounds,
+                "config-sources": self.metrics.config_sources,
+            }
+            self.checkpoints.save(
+                record.server_round, arrays, spend, history, self.strategy_state()
+            )
         log(INFO, "%s", progress_line(entry, self.cfg, elapsed))
+        _crash_if_asked(self.run_dir.name, record.server_round)
 
     def entry(self, record: RoundLog, scores: dict[str, float]) -> dict[str, Any]:
         """The round as metrics.json holds it (epsilon: the sites that trained this round)."""
@@ -178,3 +233,15 @@ class RunRecorder:
         for line in final_table(summary).splitlines():
             log(INFO, "%s", line)
         log(INFO, "fedllm: results in %s", self.run_dir)
+
+
+def _crash_if_asked(run_name: str, server_round: int) -> None:
+    """SIGKILL this process when ``FEDLLM_CRASH_AFTER_ROUND`` names this run and round."""
+    if os.environ.get(CRASH_AFTER_ROUND) == f"{run_name}:{server_round}":
+        log(
+            WARNING,
+            "fedllm: %s: killing the ServerApp after round %d",
+            CRASH_AFTER_ROUND,
+            server_round,
+        )
+        os.kill(os.getpid(), signal.SIGKILL)

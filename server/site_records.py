@@ -263,10 +263,15 @@ class SiteRecords(Strategy):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
+        first_round: int = 1,
     ) -> Result:
         """Flower's round loop; after each round's central evaluation (``evaluate_fn``, which
         only evaluates) the round goes to the recorder. ``Result.arrays``: the last global
-        model, also when the sites' budgets ended the run early."""
+        model, also when the sites' budgets ended the run early. ``first_round`` > 1: a
+        resumed run, whose rounds before it are done (``initial_arrays``: the model after
+        them)."""
+        from server.strategies.from_round import FromRound  # the package imports this module
+
         self._latest = initial_arrays
 
         def evaluated(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -275,8 +280,9 @@ class SiteRecords(Strategy):
             self._close(server_round, scores, arrays)
             return scores
 
+        loop = super().start if first_round == 1 else FromRound(self, first_round).start
         try:
-            result = super().start(
+            result = loop(
                 grid=grid,
                 initial_arrays=initial_arrays,
                 num_rounds=num_rounds,

@@ -71,8 +71,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     start = node.add_parser(
         "start",
-        help="start flower-supernode and the executor that runs only the apps this site "
-        "pinned, with the site's key, data and privacy files",
+        help="start the SuperNode (flower-supernode with fedllm's prompt pull loop) and the "
+        "executor that runs only the apps this site pinned, with the site's key, data and "
+        "privacy files",
     )
     start.add_argument("--superlink", required=True, metavar="HOST:PORT")
     start.add_argument("--ca", type=Path, required=True, help="the CA certificate (ca.crt)")
@@ -148,10 +149,15 @@ def _supernode_start(args: argparse.Namespace) -> int:
         flush=True,
     )
     env = deploy.flower_env()
-    node = subprocess.Popen(settings.command(deploy.executable("flower-supernode")), env=env)
+    # The SuperNode wakes the executor through this pipe when it has stored a task.
+    wake_read, wake_write = os.pipe()
+    node = subprocess.Popen(settings.command(wakeup_fd=wake_write), env=env, pass_fds=(wake_write,))
     procs = [node]
     with _stopping(procs):
-        procs.append(subprocess.Popen(settings.executor_command(node.pid), env=env))
+        executor = settings.executor_command(node.pid, wakeup_fd=wake_read)
+        procs.append(subprocess.Popen(executor, env=env, pass_fds=(wake_read,)))
+        os.close(wake_read)
+        os.close(wake_write)
         return _wait(procs)
 
 

@@ -47,7 +47,7 @@ def _simulate(args: argparse.Namespace) -> int:
     logging.getLogger("flwr").propagate = False
     print(
         f"fedllm: simulating {cfg.num_sites} sites of `{cfg.task}` for "
-        f"{cfg.num_server_rounds} rounds; run folder {cfg.out_dir}/{cfg.run_name}",
+        f"{cfg.num_server_rounds} rounds; run folder {simulation.run_folder(cfg)}",
         flush=True,
     )
     run_dir = simulation.run(

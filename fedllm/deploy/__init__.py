@@ -11,8 +11,12 @@
 - :mod:`~fedllm.deploy.pinning`: the app digests a site runs, and the FAB digest itself;
 - :mod:`~fedllm.deploy.gate`: the SuperLink's public address, which serves the Fleet API
   only (``python -m fedllm.deploy.gate``);
+- :mod:`~fedllm.deploy.supernode`: Flower's SuperNode with a prompt, backed-off pull loop
+  (``python -m fedllm.deploy.supernode``; :mod:`~fedllm.deploy.polling`: the schedule and
+  the wake-up pipe to the executor);
 - :mod:`~fedllm.deploy.executor`: the ClientApp executor beside a SuperNode, which runs only
-  pinned apps (``python -m fedllm.deploy.executor``).
+  pinned apps (``python -m fedllm.deploy.executor``), each run's tasks in one warm worker
+  process (:mod:`~fedllm.deploy.worker`).
 
 The commands that use them are ``fedllm superlink start``, ``fedllm supernode start``
 (:mod:`fedllm.cli.deploy`), ``fedllm site init|trust|...`` (:mod:`fedllm.cli.site`) and
@@ -30,6 +34,7 @@ from fedllm.deploy.settings import (
     LOOPBACK,
     STATE_DB,
     SUPERLINK_PORT,
+    SUPERNODE_MODULE,
     SUPERNODE_PORT,
     SiteSettings,
     SuperLinkSettings,
@@ -48,6 +53,7 @@ __all__ = [
     "LOOPBACK",
     "STATE_DB",
     "SUPERLINK_PORT",
+    "SUPERNODE_MODULE",
     "SUPERNODE_PORT",
     "TRUSTED_APPS",
     "DeployError",

@@ -1,26 +1,33 @@
-"""A warm SuperExec for a SuperNode: each ClientApp task runs in a process forked from one that
-has already imported the heavy libraries (torch, opacus, numpy, scipy, flwr).
+"""A warm SuperExec for a SuperNode: ClientApp tasks run in processes forked from one that has
+already imported the heavy libraries (torch, opacus, numpy, scipy, flwr), one process per run.
 
 With Flower's default ``--isolation subprocess`` every message (train, evaluate) starts a fresh
 ``flwr-clientapp`` process that imports torch and the app again: seconds per message on a busy
-CPU. Started beside ``flower-supernode --isolation process``, this executor polls the
-SuperNode's Runtime API for tasks, exactly as ``flower-superexec`` does, and runs each one with
-Flower's own ``run_clientapp`` in a forked child: same token, same FAB installation, same
-ClientApp loading, same reply path. Only the import work is shared.
+CPU. Started beside the SuperNode (``--isolation process``), this executor asks the
+SuperNode's Runtime API for tasks, as ``flower-superexec`` does, and hands each one to its
+run's worker (:mod:`fedllm.deploy.worker`): a child forked on the run's first task that runs
+Flower's own ClientApp task body (same token, same FAB installation, same ClientApp loading,
+same reply path) for every task of that run, so the app, the site's data and its verified
+ledger stay loaded between the messages of a round and between rounds.
 
 The app's own packages (``--fresh``, default ``fedllm``, ``clients``, ``server``) are imported to
-warm their dependencies, then dropped from ``sys.modules`` before any fork, so every task
-imports the app from the FAB the run shipped, as Flower intends, not from the warm process.
-``--cold`` preloads nothing: each task imports everything itself, as ``flwr-clientapp`` does.
+warm their dependencies, then dropped from ``sys.modules`` before any fork, so each run's
+worker imports the app from the FAB the run shipped, as Flower intends, not from the warm
+process. ``--cold`` preloads nothing and forks a fresh process per task: each task imports
+everything itself, as ``flwr-clientapp`` does.
+
+When the SuperNode is fedllm's (:mod:`fedllm.deploy.supernode`, started by ``fedllm supernode
+start``) it wakes the executor through an inherited pipe (``--wakeup-fd``) as soon as it has
+stored a task; otherwise the executor polls with :class:`~fedllm.deploy.polling.Backoff`.
 
 Two guards, both before any code of the run's app exists on disk or in memory:
 
-- **App pinning**: the child checks the FAB's SHA-256 against the site's
+- **App pinning**: the worker checks the FAB's SHA-256 against the site's
   ``trusted-apps.toml`` (:mod:`fedllm.deploy.pinning`, re-read for every task) before
-  Flower installs it. An app the site does not trust is refused: an ERROR line at the site
-  names the run, the app and its digest, and the run gets an error reply, never data. A
-  trusted FAB is installed into a Flower home that holds only that FAB, so what Flower then
-  loads is what was checked.
+  Flower installs it (:func:`~fedllm.deploy.worker.pinned_install`). An app the site does
+  not trust is refused: an ERROR line at the site names the run, the app and its digest, and
+  the run gets an error reply, never data. A trusted FAB is installed into a Flower home
+  that holds only that FAB, so what Flower then loads is what was checked.
 - **SuperExec authentication**: ``AcquireTask`` is signed with the shared secret the
   SuperNode was started with (``--superexec-auth-secret-file`` on both), so no other local
   process can take the site's ClientApp tasks.
@@ -32,25 +39,27 @@ Run: ``python -m fedllm.deploy.executor --runtime-api-address 127.0.0.1:9094
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from fedllm.deploy.pinning import FabInfo, TrustedApps, pinned_home
-from fedllm.errors import AppNotTrustedError, FedLLMError
+from fedllm.deploy.pinning import TrustedApps
+from fedllm.deploy.polling import Backoff, Wakeup
+from fedllm.deploy.worker import IDLE_TIMEOUT, RunWorkers, pinned_install
 
-logger = logging.getLogger(__name__)
+__all__ = ["main", "pinned_install", "preload", "read_secret", "serve"]
+from fedllm.errors import FedLLMError
+
+logger = logging.getLogger("fedllm.deploy.executor")  # its name also when run as __main__
 
 DEFAULT_PRELOAD = ("torch", "opacus", "numpy", "scipy.stats", "clients.client_app")
 DEFAULT_FRESH = ("fedllm", "clients", "server")
-POLL_INTERVAL = 0.1  # seconds between AcquireTask calls (flower-superexec: 1 s)
+SAFETY_POLL = 5.0  # seconds between AcquireTask calls while a wake-up pipe is watched
 ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"  # the call the SuperExec secret signs
 
 
@@ -63,91 +72,18 @@ def preload(modules: Sequence[str], fresh: Sequence[str]) -> None:
             del sys.modules[name]
 
 
-def run_task(runtime_api_address: str, token: str, trusted_apps: Path) -> None:
-    """In a forked child: Flower's own ClientApp process body, with the FAB checked against
-    ``trusted_apps`` before Flower installs it; then exit without returning to the parent's
-    loop."""
-    code = 1
-    try:
-        from flwr.supernode.runtime import run_clientapp as flower
-
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        # The one name Flower's task body installs the FAB with (flwr 1.42): behind the pin.
-        install = flower.install_from_fab  # type: ignore[attr-defined]
-        flower.install_from_fab = pinned_install(install, trusted_apps)  # type: ignore[attr-defined]
-        flower.run_clientapp(
-            runtime_api_address=runtime_api_address,
-            token=token,
-            insecure=True,  # the Runtime API listens on loopback, as flower-superexec uses it
-            certificates=None,
-            parent_pid=None,
-            runtime_dependency_install=False,
-        )
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    except BaseException:
-        logger.exception("ClientApp task failed")
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def pinned_install(install: Callable[..., Any], trusted_apps: Path) -> Callable[..., Any]:
-    """Flower's ``install_from_fab`` behind the site's pin: the first thing Flower does with a
-    task's FAB, before any of its files are written or imported. An untrusted FAB raises
-    AppNotTrustedError, which Flower's task body turns into an error reply to the run."""
-
-    def install_pinned(fab_file: bytes, *args: Any, **kwargs: Any) -> Any:
-        from flwr.supercore.utils import get_flwr_home
-
-        fab = FabInfo.of(fab_file)
-        run = _run_id()
-        try:
-            trusted = TrustedApps.load(trusted_apps)
-        except FedLLMError as err:  # fail closed: no list, no app
-            logger.error("refused run %s: %s; %s cannot be checked", run, err, fab.describe())
-            raise AppNotTrustedError(
-                f"this site does not run {fab.describe()}: its list of trusted apps is unreadable"
-            ) from None
-        try:
-            app = trusted.check(fab)
-        except AppNotTrustedError as err:
-            logger.error(
-                "refused run %s: %s (pinned in %s: %s); nothing of it was installed or run",
-                *(run, err, trusted_apps, trusted.summary()),
-            )
-            raise
-        logger.info("run %s: %s is pinned (%s)", run, fab.describe(), app.basis)
-        # Flower loads the app by the run's (fab_id, version, hash) from its home: one that
-        # holds only this FAB cannot lead it to any other installed app.
-        os.environ["FLWR_HOME"] = str(pinned_home(get_flwr_home(), fab.sha256))
-        return install(fab_file, *args, **kwargs)
-
-    return install_pinned
-
-
-def _run_id() -> str:
-    """The run of the task being set up (Flower sets it before installing the FAB)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    try:
-        return str(TaskIdentity.run_id)
-    except RuntimeError:
-        return "?"
-
-
 def serve(
     runtime_api_address: str,
     parent_pid: int | None,
-    trusted_apps: Path,
     secret: bytes,
-    poll: float = POLL_INTERVAL,
+    workers: RunWorkers,
+    wakeup: Wakeup | None = None,
+    backoff: Backoff | None = None,
 ) -> None:
     """Acquire ClientApp tasks from the SuperNode's Runtime API (signed with the SuperExec
-    ``secret``) and fork one child per task; returns when ``parent_pid`` (the SuperNode) is
-    gone."""
+    ``secret``) and hand each to its run's worker; returns when ``parent_pid`` (the SuperNode)
+    is gone. Between tasks it waits for ``wakeup`` (checking every few seconds anyway) or,
+    without one, as ``backoff`` says."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import (
@@ -157,6 +93,7 @@ def serve(
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    backoff = backoff or Backoff(slowest=1.0)
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address,
         insecure=True,
@@ -167,26 +104,26 @@ def serve(
         ],
         retry_invoker=make_simple_http_retry_invoker(),
     )
-    children: set[int] = set()
+    last = time.monotonic()
     try:
         while parent_pid is None or _alive(parent_pid):
-            _reap(children)
+            workers.reap()
             response = client.AcquireTask(
                 AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
             )
             if response.HasField("task") and response.token:
-                pid = os.fork()
-                if pid == 0:
-                    client.close()
-                    run_task(runtime_api_address, response.token, trusted_apps)
-                children.add(pid)
-                logger.info("task %d: ClientApp in process %d", response.task.task_id, pid)
+                task = response.task
+                pid = workers.dispatch(task.run_id, task.fab_hash, response.token, client.close)
+                logger.info("task %d of run %d: worker %d", task.task_id, task.run_id, pid)
+                last = time.monotonic()
                 continue
-            time.sleep(poll)
+            if wakeup is not None:
+                wakeup.wait(SAFETY_POLL)
+            else:
+                time.sleep(backoff.wait(time.monotonic() - last))
     finally:
         client.close()
-        for pid in children:
-            _signal(pid, signal.SIGTERM)
+        workers.close()
 
 
 def _alive(pid: int) -> bool:
@@ -197,18 +134,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _reap(children: set[int]) -> None:
-    for pid in list(children):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            children.discard(pid)
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,7 +161,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cold",
         action="store_true",
-        help="preload nothing: each task imports torch and the app itself (less memory)",
+        help="preload nothing and fork a fresh process per task: each task imports torch and "
+        "the app itself (less memory, as flwr-clientapp)",
+    )
+    parser.add_argument(
+        "--wakeup-fd",
+        type=int,
+        help="a pipe fedllm's SuperNode writes to when it has a task (fedllm supernode start)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        help=f"seconds a run's worker waits for its next task (default {IDLE_TIMEOUT:.0f})",
     )
     parser.add_argument(
         "--preload",
@@ -251,16 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()  # this command's own lines only, not every library's
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s fedllm.deploy.executor: %(message)s")
-    )
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    deploy_logger = logging.getLogger("fedllm.deploy")  # the executor's and its workers'
+    deploy_logger.addHandler(handler)
+    deploy_logger.setLevel(logging.INFO)
+    deploy_logger.propagate = False
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         secret = read_secret(args.superexec_auth_secret_file)
         trusted = TrustedApps.load(args.trusted_apps)
+        wakeup = Wakeup(args.wakeup_fd) if args.wakeup_fd is not None else None
     except FedLLMError as err:
         logger.error("%s", err)
         return 2
@@ -271,14 +208,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     preload([] if args.cold else args.preload or DEFAULT_PRELOAD, args.fresh or DEFAULT_FRESH)
     logger.info(
-        "%s in %.1f s; serving ClientApp tasks of %s, apps pinned in %s (%d trusted)",
+        "%s in %.1f s; serving ClientApp tasks of %s (%s), apps pinned in %s (%d trusted)",
         "cold start" if args.cold else "warm",
         time.monotonic() - started,
         args.runtime_api_address,
+        "woken by the SuperNode" if wakeup else "polling",
         args.trusted_apps,
         len(trusted.apps),
     )
-    serve(args.runtime_api_address, args.parent_pid, args.trusted_apps, secret)
+    workers = RunWorkers(
+        args.runtime_api_address, args.trusted_apps, args.idle_timeout, per_task=args.cold
+    )
+    serve(args.runtime_api_address, args.parent_pid, secret, workers, wakeup)
     return 0
 
 

@@ -1,5 +1,5 @@
 """The SuperLink's and a SuperNode's settings, checked before anything starts, and the exact
-``flower-superlink`` / ``flower-supernode`` command lines they give.
+``flower-superlink`` / SuperNode command lines they give.
 
 One source for every flag: ``fedllm superlink start`` / ``fedllm supernode start``, the
 integration tests, the benchmark and the compose/Kubernetes files (whose flags a test checks
@@ -9,12 +9,14 @@ Security by default: the SuperLink always serves TLS (``--ssl-*``) and accepts o
 SuperNodes whose public key was registered (``--enable-supernode-auth``); it never installs
 an app's dependencies at run time (``--disable-runtime-dependency-installation``). It listens
 on loopback only; the public address is fedllm's gate (:mod:`fedllm.deploy.gate`), which
-passes the Fleet API and refuses the Control and Runtime APIs to the network. A SuperNode
-always verifies the SuperLink's certificate against the CA (``--root-certificates``), signs
-its requests with the node key made at the site (``--auth-supernode-private-key``), leaves
-its ClientApps to fedllm's executor (``--isolation process``: the executor runs only the apps
-the site pinned) and lets only the holder of the site's SuperExec secret take its tasks
-(``--superexec-auth-secret-file``, given to the executor too).
+passes the Fleet API and refuses the Control and Runtime APIs to the network. A SuperNode is
+Flower's with fedllm's prompt pull loop (:mod:`fedllm.deploy.supernode`, every other flag
+Flower's own); it always verifies the SuperLink's certificate against the CA
+(``--root-certificates``), signs its requests with the node key made at the site
+(``--auth-supernode-private-key``), leaves its ClientApps to fedllm's executor
+(``--isolation process``: the executor runs only the apps the site pinned) and lets only the
+holder of the site's SuperExec secret take its tasks (``--superexec-auth-secret-file``, given
+to the executor too).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ SUPERNODE_PORT = 9094  # flower-supernode's default --port (its ClientApp Runtim
 STATE_DB = "state.db"  # the SuperLink's state database inside its state folder
 CONNECTION = "fedllm"  # the [superlink.<name>] entry in $FLWR_HOME/config.toml
 EXECUTOR_MODULE = "fedllm.deploy.executor"  # `python -m` this: the warm ClientApp executor
+SUPERNODE_MODULE = "fedllm.deploy.supernode"  # `python -m` this: flower-supernode, prompt pulls
 GATE_MODULE = "fedllm.deploy.gate"  # `python -m` this: the SuperLink's public Fleet API gate
 LOOPBACK = "127.0.0.1"
 
@@ -184,9 +187,13 @@ class SiteSettings:
             )
         return TrustedApps.load(files.trusted_apps)
 
-    def command(self, exe: str = "flower-supernode") -> list[str]:
+    def command(self, python: str | None = None, wakeup_fd: int | None = None) -> list[str]:
+        """Flower's SuperNode with fedllm's pull loop (:mod:`fedllm.deploy.supernode`); every
+        flag after the module is flower-supernode's own, but ``--wakeup-fd`` (the pipe to the
+        executor, when both are started together)."""
         return [
-            exe,
+            *(python or sys.executable, "-m", SUPERNODE_MODULE),
+            *(() if wakeup_fd is None else ("--wakeup-fd", str(wakeup_fd))),
             *("--superlink", self.superlink),
             *("--root-certificates", str(self.ca)),
             *("--auth-supernode-private-key", str(self.node_key)),
@@ -196,13 +203,20 @@ class SiteSettings:
             *("--superexec-auth-secret-file", str(self.files.superexec_secret)),
         ]
 
-    def executor_command(self, supernode_pid: int | None, python: str | None = None) -> list[str]:
-        """The executor beside the SuperNode (same machine: loopback)."""
+    def executor_command(
+        self,
+        supernode_pid: int | None,
+        python: str | None = None,
+        wakeup_fd: int | None = None,
+    ) -> list[str]:
+        """The executor beside the SuperNode (same machine: loopback); ``wakeup_fd``: the
+        read end of the pipe the SuperNode writes to when it has a task."""
         command = [python or sys.executable, "-m", EXECUTOR_MODULE]
         command += ["--runtime-api-address", host_port(LOOPBACK, self.port)]
         command += ["--trusted-apps", str(self.files.trusted_apps)]
         command += ["--superexec-auth-secret-file", str(self.files.superexec_secret)]
         command += [] if self.warm else ["--cold"]
+        command += [] if wakeup_fd is None else ["--wakeup-fd", str(wakeup_fd)]
         return command + (["--parent-pid", str(supernode_pid)] if supernode_pid else [])
 
 

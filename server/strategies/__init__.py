@@ -28,6 +28,7 @@ from server.strategies.averaged import Averaged
 from server.strategies.fedadam import FedAdam
 from server.strategies.fedavg import FedAvg
 from server.strategies.fedprox import FedProx
+from server.strategies.from_round import FromRound
 
 STRATEGIES: dict[str, type[Averaged]] = {
     "fedavg": FedAvg,
@@ -69,6 +70,8 @@ def build_strategy(cfg: RunConfig, recorder: RunRecorder | None = None) -> SiteR
         "min_available_nodes": cfg.min_available_nodes,
     }
     strategy = cls.from_config(cfg, averaging, sampling)
+    if recorder is not None:  # each round's checkpoint holds the strategy's state
+        recorder.strategy_state = strategy.state
     log(
         INFO,
         "fedllm: strategy %s, secure aggregation %s",
@@ -78,4 +81,12 @@ def build_strategy(cfg: RunConfig, recorder: RunRecorder | None = None) -> SiteR
     return SiteRecords(strategy, averaging, recorder, client_dp, SiteEvaluation.for_run(cfg))
 
 
-__all__ = ["STRATEGIES", "Averaged", "FedAdam", "FedAvg", "FedProx", "build_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "Averaged",
+    "FedAdam",
+    "FedAvg",
+    "FedProx",
+    "FromRound",
+    "build_strategy",
+]

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedllm.config import RunConfig
+from fedllm.errors import CheckpointError
 from server.aggregation import Averaging
 
 
@@ -47,3 +48,17 @@ class Averaged(FedAvg):
         if self._global is None:
             raise RuntimeError("aggregate_train before configure_train")
         return self.averaging.mean(server_round, list(replies), self._global)
+
+    def state(self) -> ArrayRecord:
+        """What the strategy carries from one round to the next besides the global model, for
+        the run's checkpoint (none: FedAvg's and FedProx's rounds depend on it alone)."""
+        return ArrayRecord()
+
+    def restore(self, state: ArrayRecord, model: ArrayRecord) -> None:
+        """Take back :meth:`state` from a checkpoint of a run being resumed (``model``: its
+        global model); raises CheckpointError for state this strategy did not write."""
+        if len(state):
+            raise CheckpointError(
+                f"the checkpoint holds strategy state ({', '.join(list(state)[:3])}, ...) that "
+                f"{type(self).__name__} does not keep: was it written by another strategy?"
+            )

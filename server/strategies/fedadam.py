@@ -18,8 +18,11 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import strategy as flwr_strategy
 
 from fedllm.config import RunConfig
+from fedllm.errors import CheckpointError
 from server.aggregation import Averaging
 from server.strategies.averaged import Averaged
+
+MOMENT_M, MOMENT_V = "m", "v"  # names of Adam's moments in the run's checkpoint
 
 
 class FedAdam(flwr_strategy.FedAdam, Averaged):
@@ -47,3 +50,33 @@ class FedAdam(flwr_strategy.FedAdam, Averaged):
             ArrayRecord({k: Array(np.asarray(a.numpy(), dtypes[k])) for k, a in arrays.items()}),
             metrics,
         )
+
+    def state(self) -> ArrayRecord:
+        """Adam's moments ``m`` and ``v`` (none before the first aggregated round)."""
+        moments = {MOMENT_M: self.m_t or {}, MOMENT_V: self.v_t or {}}
+        return ArrayRecord(
+            {
+                f"{m}.{k}": Array(np.asarray(v))
+                for m, values in moments.items()
+                for k, v in values.items()
+            }
+        )
+
+    def restore(self, state: ArrayRecord, model: ArrayRecord) -> None:
+        """Both moments, each with exactly the model's arrays and shapes, or neither."""
+        moments: dict[str, dict[str, np.ndarray]] = {MOMENT_M: {}, MOMENT_V: {}}
+        for name, array in state.items():
+            moment, _, key = name.partition(".")
+            if moment not in moments:
+                raise CheckpointError(f"FedAdam's state has an unknown array {name!r}")
+            moments[moment][key] = array.numpy()
+        shapes = {k: a.numpy().shape for k, a in model.items()}
+        for moment, values in moments.items():
+            if values and {k: v.shape for k, v in values.items()} != shapes:
+                raise CheckpointError(
+                    f"FedAdam's moment {moment!r} in the checkpoint does not fit the model's arrays"
+                )
+        if bool(moments[MOMENT_M]) != bool(moments[MOMENT_V]):
+            raise CheckpointError("the checkpoint holds only one of FedAdam's two moments")
+        self.m_t = moments[MOMENT_M] or None
+        self.v_t = moments[MOMENT_V] or None

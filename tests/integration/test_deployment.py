@@ -11,6 +11,13 @@ machine: their app refused at every site, no code of it run, no data back), the 
 shipping a modified copy of fedllm (refused), another local process taking a site's tasks
 without the SuperExec secret (refused).
 
+Issue 18 against the same federation: a 4-round run whose ServerApp is killed with SIGKILL
+after round 2 (``FEDLLM_CRASH_AFTER_ROUND`` in the SuperLink's environment) is resumed with
+`resume-from`, first asking a larger target-epsilon (every site's policy refuses it), then as it
+was: it ends with 4 rounds, each once in metrics.json, and each site's ledger verifies with the
+run's epsilon within its target; every message of a run goes to one warm worker at each site.
+(Prompt delivery itself: tests/unit/deploy/test_supernode.py.)
+
 Where `ip netns` works (root), the SuperNodes (and the outsider on the network) run in their
 own network namespace and reach the SuperLink across a veth link, so every byte crosses a real
 interface; elsewhere (or with FEDLLM_DEPLOY_NETNS=0) everything runs on loopback. One
@@ -37,13 +44,16 @@ from typing import Any
 import pytest
 
 from fedllm import deploy
+from fedllm.checkpoint import RUN_ID, load_checkpoint
 from fedllm.cli import main
 from fedllm.crypto import SiteKey, create_deployment, create_node_keys
-from fedllm.privacy import PrivacyLedger
+from fedllm.crypto.seal import SealKey
+from fedllm.privacy import PrivacyLedger, spent
 from fedllm.privacy.chain import COUNT, TRAIN
 from fedllm.secagg import ROSTER_FILE, Roster
+from server.recorder import CRASH_AFTER_ROUND
 from tests.conftest import ROOT, write_heart_center
-from tests.support.local_federation import LocalFederation, free_port
+from tests.support.local_federation import LocalFederation, Process, commands, free_port
 from tests.support.netns import Netns
 from tests.support.outsider_app import GOT_DATA, GOT_ERROR, outsider_home, write_outsider_app
 
@@ -58,6 +68,7 @@ DOOMED = "hospital-d"  # a fourth site, killed once round 1 is recorded
 MEMBERS = (*SITES, DOOMED)
 INTRUDER = "intruder"  # has a node key pair, never registered
 ROUND_TIMEOUT = 30.0  # longer than a normal round here; what a dead site costs the run
+CRASHED = "crashed"  # the run whose ServerApp kills itself (SIGKILL) after round 2
 
 
 @dataclass
@@ -118,7 +129,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     made = create_deployment(root / "pki", ["localhost", "127.0.0.1", host])
     (root / "held-out").mkdir()
     write_heart_center(root / "held-out" / "processed.cleveland.data", 45, 99)
-    local = LocalFederation(root)
+    # The ServerApps this SuperLink starts inherit its environment: run CRASHED's dies after
+    # round 2, as a crash would (server/recorder.py); no other run is affected.
+    local = LocalFederation(root, extra_env={CRASH_AFTER_ROUND: f"{CRASHED}:2"})
     try:
         # Each site makes its own folder and keys; the operator files only node.pub.
         files = {name: local.add_site(name, pinned=[]) for name in MEMBERS}
@@ -418,6 +431,116 @@ for node in client.ListNodes(ListNodesRequest()).nodes_info:
 """
 
 
+# Issue 18: a coordinator that survives a crash. Defined before the tests of the normal run,
+# which kill hospital-d: every member answers these.
+
+
+@dataclass
+class Resumed:
+    crash: dict[str, Any]  # metrics.json when the ServerApp died
+    ledgers_at_crash: dict[str, int]
+    refused: Attempt  # resumed asking target-epsilon above every site's max-epsilon
+    ledgers_after_refusal: dict[str, int]
+    done: Attempt  # resumed as it was
+    metrics: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def resumed(federation: Federation) -> Resumed:
+    """Run CRASHED: 4 rounds, its ServerApp killed with SIGKILL once round 2 is checkpointed;
+    resumed with a larger target-epsilon (refused), then resumed as it was."""
+    config = federation.run_config(CRASHED, 4, **{"round-timeout": ROUND_TIMEOUT})
+    folder = federation.root / "runs" / CRASHED
+    process = subprocess.Popen(
+        [
+            *(deploy.executable("flwr"), "run", str(ROOT), deploy.CONNECTION, "--stream"),
+            *("--run-config", config),
+        ],
+        env=federation.local.env, cwd=federation.root, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    superlink = next(p for p in federation.local.processes if p.name == "superlink")
+    try:  # the stream client waits for a run that no longer progresses: stop it
+        deadline = time.monotonic() + 300
+        while not (folder / "checkpoints" / "round-0002.ckpt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no round 2"
+            time.sleep(0.2)
+        while "flwr-serverapp" in commands(superlink).values():  # it kills itself
+            assert time.monotonic() < deadline, "the ServerApp is still running"
+            time.sleep(0.2)
+    finally:
+        process.kill()
+        output = process.communicate()[0]
+    (federation.root / "logs" / "crashed.log").write_text(output)
+    assert not (folder / "checkpoints" / "round-0003.ckpt").exists()
+    crash = federation.metrics(CRASHED)
+    at_crash = _ledger_lines(federation)
+    again = f"{config} resume-from={json.dumps(str(folder))}"
+    refused = federation.local.run(ROOT, f"{again} target-epsilon=20.0", timeout=300)
+    after_refusal = _ledger_lines(federation)
+    done = federation.local.run(ROOT, again, timeout=400)
+    return Resumed(
+        crash,
+        at_crash,
+        Attempt(refused.stdout + refused.stderr, refused.returncode),
+        after_refusal,
+        Attempt(done.stdout + done.stderr, done.returncode),
+        federation.metrics(CRASHED),
+    )
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_round_2_resumes_and_ends_with_4_rounds(
+    federation: Federation, resumed: Resumed
+) -> None:
+    assert [r["round"] for r in resumed.crash["rounds"]] == [1, 2]
+    assert resumed.done.returncode == 0, resumed.done.output[-3000:]
+    rounds = resumed.metrics["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]  # each round once
+    assert rounds[:2] == resumed.crash["rounds"]  # the history came back from the checkpoint
+    assert rounds[2]["resumed"] == {"after-round": 2} and "resumed" not in rounds[3]
+    assert resumed.metrics["final"]["stopped"] is None
+    for entry in rounds:
+        assert set(MEMBERS) <= set(entry["sites"]) and entry["refused"] == {}
+    checkpoints = federation.root / "runs" / CRASHED / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        f"round-000{r}.ckpt" for r in (1, 2, 3, 4)
+    ]
+
+
+@pytest.mark.slow
+def test_each_sites_ledger_verifies_with_one_run_within_its_target(
+    federation: Federation, resumed: Resumed
+) -> None:
+    """The resumed rounds are the same run at every site: 4 rounds under one run id, nothing
+    charged twice, the run's epsilon within its target."""
+    key = SealKey.resolve(create=False)
+    last = load_checkpoint(
+        federation.root / "runs" / CRASHED / "checkpoints" / "round-0004.ckpt", key
+    )
+    run_id = last.run[RUN_ID]
+    for name in MEMBERS:
+        site = federation.sites[name]
+        entries = PrivacyLedger(site.files.ledger).replay()  # chain, signatures, epsilons
+        ours = [e for e in entries if e.run_id == run_id]
+        assert sorted(e.round for e in ours if e.kind == TRAIN) == [1, 2, 3, 4], name
+        assert [e.kind for e in ours].count(COUNT) == 1, name  # the count reused on resume
+        epsilon = spent(entries, 1e-5, "rdp", run_id).epsilon()
+        assert 0 < epsilon <= 1.0, (name, epsilon)
+        assert resumed.metrics["rounds"][-1]["epsilon"][name] == pytest.approx(epsilon)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_asking_a_larger_target_is_refused_by_the_sites_policies(
+    resumed: Resumed,
+) -> None:
+    refused = resumed.refused
+    assert refused.returncode == 0, refused.output[-3000:]  # the run stops, it does not fail
+    reason = "target-epsilon 20.0 is above the site's max-epsilon 10.0"
+    assert refused.output.count(reason) >= len(MEMBERS), refused.output[-3000:]
+    assert resumed.ledgers_after_refusal == resumed.ledgers_at_crash  # nothing spent
+
+
 @pytest.fixture(scope="module")
 def run(federation: Federation) -> tuple[dict[str, Any], str]:
     """Two rounds over TLS; hospital-d's SuperNode is killed (SIGKILL, with its executor)
@@ -460,7 +583,7 @@ def run(federation: Federation) -> tuple[dict[str, Any], str]:
 def test_three_sites_train_two_rounds_over_tls(
     federation: Federation, run: tuple[dict[str, Any], str]
 ) -> None:
-    metrics, _ = run
+    metrics, output = run
     rounds = metrics["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     for entry in rounds:
@@ -468,9 +591,16 @@ def test_three_sites_train_two_rounds_over_tls(
         assert all(0 < entry["epsilon"][s] <= 1.0 for s in SITES)
         assert entry["refused"] == {}
     assert 0.0 <= metrics["final"]["accuracy"] <= 1.0
+    run_id = Attempt(output, 0).run_id
     for name in SITES:  # each site recorded its own spend in its own signed ledger
-        entries = PrivacyLedger(federation.sites[name].site_dir / "ledger.jsonl").replay()
-        assert [e.kind for e in entries] == [COUNT, TRAIN, TRAIN]  # the count released once
+        entries = PrivacyLedger(federation.sites[name].files.ledger).entries()
+        ours = [e for e in entries if e.run_id == run_id]
+        assert [e.round for e in ours if e.kind == TRAIN] == [1, 2]
+        assert [e.kind for e in ours].count(COUNT) == 1
+    # Every message of the run at a site went to one warm worker process (issue 18).
+    for name in SITES:
+        workers = set(re.findall(rf"task \d+ of run {run_id}: worker (\d+)", federation.log(name)))
+        assert len(workers) == 1, (name, workers)
     # The pinned app ran, from a Flower home holding only it.
     pinned = deploy.FabInfo.of(federation.pinned).sha256
     assert [p.name for p in (federation.root / "flwr" / "pinned").iterdir()] == [pinned]
@@ -562,3 +692,38 @@ def test_sites_reach_the_superlink_across_a_veth_link(
     fleet = [line for line in gate if "/v1/fleet/" in line]
     assert any(f"{net.ns_ip}:" in line for line in fleet)  # the sites' veth address
     assert not any("127.0.0.1:" in line for line in fleet)  # no fleet call came over loopback
+
+
+ACTIVATION_REFUSED = "the SuperLink does not activate this node yet"
+
+
+def _rejoined(process: Process, since: int, timeout: float) -> str:
+    """The log ``process`` wrote after byte ``since``, once its SuperNode is activated."""
+    deadline = time.monotonic() + timeout
+    while "SuperNode ID" not in (text := process.text()[since:]):
+        assert process.popen.poll() is None, text[-3000:]
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.5)
+    return text
+
+
+@pytest.mark.slow
+def test_a_site_killed_and_started_again_at_once_rejoins(
+    federation: Federation, run: tuple[dict[str, Any], str]
+) -> None:
+    """Issue 18: a SuperNode killed with SIGKILL stays online at the SuperLink until its
+    heartbeats lapse (up to 60 s), and Flower's SuperLink refuses to activate an online node:
+    fedllm's SuperNode started again at once asks again until it is activated, where Flower's
+    exits (code 305)."""
+    site = federation.sites[DOOMED]  # killed by the run fixture
+    since = len(federation.log(DOOMED))  # every start of the site writes its one log file
+    first = federation.local.start_site(site, federation.node_prefix)
+    _rejoined(first, since, 150)
+    first.kill()
+    since = len(first.text())
+    again = federation.local.start_site(site, federation.node_prefix)
+    try:
+        text = _rejoined(again, since, 150)
+        assert ACTIVATION_REFUSED in text, text[-3000:]  # it was refused first, then joined
+    finally:
+        again.kill()

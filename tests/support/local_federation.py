@@ -68,12 +68,13 @@ class LocalFederation:
     prefix: Sequence[str] = ()  # e.g. ("ip", "netns", "exec", NAME) for the SuperLink side
     processes: list[Process] = field(default_factory=list)
     superlink: deploy.SuperLinkSettings | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # for every process it starts
 
     @property
     def env(self) -> dict[str, str]:
         env = deploy.flower_env()
         env["FLWR_HOME"] = str(self.root / "flwr")
-        return env
+        return env | self.extra_env
 
     def start(
         self, name: str, command: Sequence[str], prefix: Sequence[str] | None = None
@@ -215,3 +216,26 @@ def wait_for(process: Process, text: str, timeout: float) -> None:
                 f"{process.name}: no {text!r} after {timeout:.0f} s:\n" + process.text()[-3000:]
             )
         time.sleep(0.2)
+
+
+def commands(process: Process) -> dict[int, str]:
+    """The live processes of ``process``'s group (it and everything it started): pid ->
+    command (the module for ``python -m``, else the program's name)."""
+    group = os.getpgid(process.popen.pid) if process.popen.poll() is None else process.popen.pid
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.getpgid(int(entry.name)) != group:
+                continue
+            words = [
+                w.decode(errors="replace")
+                for w in (entry / "cmdline").read_bytes().split(b"\0")
+                if w
+            ]
+            if words:
+                found[int(entry.name)] = (
+                    words[words.index("-m") + 1] if "-m" in words[:-1] else Path(words[0]).name
+                )
+    return found

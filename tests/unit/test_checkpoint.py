@@ -1,15 +1,26 @@
-"""Encrypted checkpoints: the round trip, and refusals for a wrong key or a modified file."""
+"""Encrypted checkpoints: the round trip, and refusals for a wrong key or a modified file;
+what a checkpoint carries for resuming a run, and the checkpoints a resume refuses."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord
 
-from fedllm.checkpoint import Checkpoint, Checkpointer, load_checkpoint, save_checkpoint
+from fedllm.checkpoint import (
+    RUN_ID,
+    RUN_NAME,
+    Checkpoint,
+    Checkpointer,
+    load_checkpoint,
+    load_for_resume,
+    save_checkpoint,
+)
 from fedllm.crypto.seal import KEY_ENV, SealKey
 from fedllm.errors import CheckpointError
 from fedllm.tasks.tabular import TabularModel
@@ -125,3 +136,76 @@ def test_the_cli_shows_and_exports_a_run_folders_latest_checkpoint(tmp_path: Pat
     state = torch.load(out, weights_only=True)
     assert set(state) == set(_checkpoint().arrays)
     assert main(["checkpoint", "show", str(run), "--key", _key(tmp_path, "x.key").source]) == 2
+
+
+# Resume (issue 18): what a checkpoint carries for it, and the checkpoints it refuses.
+
+
+def _run_folder(tmp_path: Path, key: SealKey | None, name: str = "run") -> Path:
+    """A run folder with checkpoints of rounds 1 and 2 as a run writes them."""
+    run = tmp_path / "runs" / name
+    identity = {RUN_ID: "77", RUN_NAME: name}
+    writer = Checkpointer(run, key, {"task": "breast-cancer"}, {"input-shape": [6]}, identity)
+    saved = _checkpoint()
+    for server_round in (1, 2):
+        moments = ArrayRecord({"m.w": Array(np.full(3, server_round, dtype=np.float64))})
+        history = {"rounds": [{"round": r} for r in range(1, server_round + 1)]}
+        writer.save(server_round, saved.arrays, saved.privacy, history, moments)
+    return run
+
+
+def test_a_checkpoint_carries_the_run_its_history_and_the_strategys_arrays(
+    tmp_path: Path,
+) -> None:
+    key = _key(tmp_path)
+    run = _run_folder(tmp_path, key)
+    loaded = load_for_resume(run, "encrypted", key)
+    assert loaded.server_round == 2 and loaded.run == {RUN_ID: "77", RUN_NAME: "run"}
+    assert loaded.history == {"rounds": [{"round": 1}, {"round": 2}]}
+    assert list(loaded.strategy) == ["m.w"] and loaded.strategy["m.w"].numpy().tolist() == [2] * 3
+    assert set(loaded.arrays) == set(_checkpoint().arrays)  # the model's arrays stay apart
+
+
+def test_resume_refuses_what_cannot_continue_the_run(tmp_path: Path) -> None:
+    key = _key(tmp_path)
+    run = _run_folder(tmp_path, key)
+    with pytest.raises(CheckpointError, match='not "off"'):
+        load_for_resume(run, "off", None)
+    with pytest.raises(CheckpointError, match="is not a run folder"):
+        load_for_resume(tmp_path / "runs" / "nope", "encrypted", key)
+    with pytest.raises(CheckpointError, match="wrong key for checkpoint"):
+        load_for_resume(run, "encrypted", _key(tmp_path, "other.key"))
+    (run / "checkpoints" / "round-0002.ckpt").rename(run / "checkpoints" / "round-0003.ckpt")
+    with pytest.raises(CheckpointError, match="holds round 2: it was renamed"):
+        load_for_resume(run, "encrypted", key)
+
+
+def test_resume_refuses_another_runs_checkpoint(tmp_path: Path) -> None:
+    key = _key(tmp_path)
+    run, other = _run_folder(tmp_path, key), _run_folder(tmp_path, key, "other")
+    copied = run / "checkpoints" / "round-0003.ckpt"
+    copied.write_bytes((other / "checkpoints" / "round-0002.ckpt").read_bytes())
+    copied.rename(run / "checkpoints" / "round-0002.ckpt")  # the last one: it names round 2
+    with pytest.raises(CheckpointError, match="belongs to another run: run 'other'"):
+        load_for_resume(run, "encrypted", key)
+
+
+def test_resume_refuses_a_plain_checkpoint_where_checkpoints_are_encrypted(
+    tmp_path: Path,
+) -> None:
+    """A plain file is not authenticated: anyone who can write the folder could have made it."""
+    run = _run_folder(tmp_path, None)
+    with pytest.raises(CheckpointError, match="is plain, not encrypted"):
+        load_for_resume(run, "encrypted", _key(tmp_path))
+    assert load_for_resume(run, "plain", None).server_round == 2  # research runs resume
+
+
+def test_resume_refuses_a_checkpoint_written_before_runs_could_be_resumed(
+    tmp_path: Path,
+) -> None:
+    key, run = _key(tmp_path), tmp_path / "old"
+    save_checkpoint(
+        run / "checkpoints" / "round-0001.ckpt", replace(_checkpoint(), server_round=1), key
+    )
+    with pytest.raises(CheckpointError, match="before runs could be resumed"):
+        load_for_resume(run, "encrypted", key)

@@ -25,6 +25,8 @@ DEPLOY = ROOT / "deploy"
 FILES = [DEPLOY / "compose.yaml", *sorted((DEPLOY / "k8s").glob("*.yaml"))]
 EXECUTOR = ("python", "-m", deploy.EXECUTOR_MODULE)
 GATE = ("python", "-m", deploy.GATE_MODULE)
+SUPERNODE = ("python", "-m", deploy.SUPERNODE_MODULE)  # flower-supernode's flags, fedllm's loop
+FEDLLM = (EXECUTOR, GATE, SUPERNODE)
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -52,9 +54,12 @@ def _commands(path: Path) -> list[list[str]]:
 @functools.cache
 def _accepted(exe: tuple[str, ...]) -> frozenset[str]:
     """The long options ``exe --help`` lists."""
-    argv = (
-        [sys.executable, "-m", exe[2]] if exe in (EXECUTOR, GATE) else [deploy.executable(exe[0])]
-    )
+    if exe == SUPERNODE:  # its own options, then everything flower-supernode takes
+        from fedllm.deploy.supernode import parse
+
+        own = frozenset(f"--{dest.replace('_', '-')}" for dest in vars(parse([])[0]))
+        return own | _accepted(("flower-supernode",))
+    argv = [sys.executable, "-m", exe[2]] if exe in FEDLLM else [deploy.executable(exe[0])]
     done = subprocess.run(
         [*argv, "--help"], capture_output=True, text=True, env=deploy.flower_env(), check=True
     )
@@ -66,7 +71,7 @@ def _flags(command: list[str]) -> list[str]:
 
 
 def _program(command: list[str]) -> tuple[str, ...]:
-    return tuple(command[:3]) if tuple(command[:3]) in (EXECUTOR, GATE) else (command[0],)
+    return tuple(command[:3]) if tuple(command[:3]) in FEDLLM else (command[0],)
 
 
 def _value(command: list[str], flag: str) -> str:
@@ -91,7 +96,7 @@ def _settings() -> dict[tuple[str, ...], list[str]]:
     return {
         ("flower-superlink",): link.command(),
         GATE: link.gate_command(),
-        ("flower-supernode",): node.command(),
+        SUPERNODE: node.command(),
         EXECUTOR: node.executor_command(None),
     }
 
@@ -105,7 +110,7 @@ def test_the_same_flags_as_the_tested_commands(path: Path) -> None:
         program = _program(command)
         assert program in tested, command
         assert sorted(_flags(command)) == sorted(_flags(tested[program])), program
-        if program == ("flower-supernode",):
+        if program == SUPERNODE:
             node_config = next(c for c in command if c.startswith("--node-config="))
             parsed = parse_config_args([node_config.split("=", 1)[1]])
             assert set(parsed) == set(deploy.SiteSettings(
@@ -130,7 +135,7 @@ def test_the_gate_fronts_the_superlink_and_executors_share_their_supernodes_secr
         (link,) = links
         assert _value(gate, "--upstream") == f"127.0.0.1:{_value(link, '--port')}"
         assert _value(gate, "--listen").startswith("0.0.0.0:")
-    nodes = [c for c in commands if c[0] == "flower-supernode"]
+    nodes = [c for c in commands if _program(c) == SUPERNODE]
     executors = [c for c in commands if _program(c) == EXECUTOR]
     assert len(nodes) == len(executors)
     secret = "--superexec-auth-secret-file"
@@ -142,7 +147,7 @@ def test_compose_has_a_superlink_behind_its_gate_and_a_supernode_with_an_executo
 ):
     (compose,) = _documents(DEPLOY / "compose.yaml")
     services = compose["services"]
-    sites = [n for n, s in services.items() if s.get("command", [""])[0] == "flower-supernode"]
+    sites = [n for n, s in services.items() if _program(s.get("command", [""])) == SUPERNODE]
     assert sorted(sites) == ["hospital-a", "hospital-b", "hospital-c"]
     for site in sites:
         assert services[f"{site}-executor"]["network_mode"] == f"service:{site}"

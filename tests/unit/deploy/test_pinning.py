@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fedllm import deploy
-from fedllm.deploy.executor import pinned_install
 from fedllm.deploy.pinning import pinned_home, trusted_app
+from fedllm.deploy.worker import pinned_install
 from fedllm.errors import AppNotTrustedError, ConfigError
 from tests.support.outsider_app import write_outsider_app
 
@@ -128,7 +128,7 @@ def test_the_executor_refuses_an_unpinned_fab_before_flower_installs_anything(
     deploy.TrustedApps().trust(trusted_app(deploy.FabInfo("ab" * 32, "?", "?", 0), "x")).write(path)
     install = pinned_install(install_from_fab, path)
     with (
-        caplog.at_level(logging.ERROR, logger="fedllm.deploy.executor"),
+        caplog.at_level(logging.ERROR, logger="fedllm.deploy.worker"),
         pytest.raises(AppNotTrustedError, match="@outsider/otherapp 1.0.0"),
     ):
         install(fab, skip_prompt=True)

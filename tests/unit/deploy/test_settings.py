@@ -108,6 +108,20 @@ def test_the_supernode_leaves_clientapps_to_the_executor_and_shares_its_secret(
     assert "--cold" in replace(node, warm=False).executor_command(None)
 
 
+def test_the_supernode_is_flowers_with_fedllms_loop_and_a_pipe_to_its_executor(
+    tmp_path: Path,
+) -> None:
+    files = deploy.SiteFiles(tmp_path / "site")
+    node = deploy.SiteSettings(
+        "h:8000", tmp_path / "ca.crt", files.node_key, tmp_path / "d", files.folder, "s", 9100
+    )
+    command = node.command(python="py", wakeup_fd=7)
+    assert command[:5] == ["py", "-m", deploy.SUPERNODE_MODULE, "--wakeup-fd", "7"]
+    executor = node.executor_command(123, wakeup_fd=6)
+    assert executor[executor.index("--wakeup-fd") + 1] == "6"
+    assert "--wakeup-fd" not in node.command() + node.executor_command(None)
+
+
 def test_the_superlink_listens_on_loopback_behind_the_gate(tmp_path: Path) -> None:
     link = deploy.SuperLinkSettings(tmp_path, tmp_path, "0.0.0.0", 8000, 9093)
     command, gate = link.command(), link.gate_command()

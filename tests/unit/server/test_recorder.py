@@ -83,3 +83,27 @@ def test_epsilon_stays_cumulative_and_an_early_stop_is_recorded(
         "reason": "round 3: no sampled site can train",
         "refused": {"site-0": {"kind": "budget", "reason": "spent"}},
     }
+
+
+def test_a_resumed_run_keeps_each_round_once(config: Any, tmp_path: Path) -> None:
+    """metrics.json comes back from the last checkpoint: a round recorded after it (the crash
+    came between metrics.json and the checkpoint) is dropped, then recorded once when run
+    again."""
+    from server.resume import Resumed
+
+    cfg = config(checkpoint="plain", out_dir=str(tmp_path), run_name="r")
+    card = {proto.UPDATE_BYTES: 10, m.MODEL_BYTES: 20}
+    first = RunRecorder.create(cfg, card, "1234")
+    for server_round in (1, 2, 3):
+        first.record_round(RoundLog(server_round), {proto.ACCURACY: 0.5}, ARRAYS)
+    (tmp_path / "r" / "checkpoints" / "round-0003.ckpt").unlink()
+    resumed = Resumed.load(config(checkpoint="plain", resume_from=str(tmp_path / "r")))
+    assert resumed.run_id == "1234" and resumed.first_round == 3 and resumed.changed == {}
+    second = RunRecorder.resume(cfg, card, resumed)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    second.record_round(RoundLog(3), {proto.ACCURACY: 0.6}, ARRAYS)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    assert metrics["rounds"][2]["resumed"] == {"after-round": 2}
+    assert metrics["rounds"][2]["elapsed-s"] >= metrics["rounds"][1]["elapsed-s"]

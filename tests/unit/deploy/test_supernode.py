@@ -1,0 +1,119 @@
+"""fedllm's SuperNode entry point: Flower's own flags passed through, fedllm's options taken
+out, only process isolation (fedllm's executor) served, and Flower's loop internals present in
+the installed Flower."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+import pytest
+
+from fedllm.deploy import supernode
+from fedllm.deploy.polling import Backoff
+
+
+def test_fedllms_options_are_taken_out_and_flowers_flags_passed_through() -> None:
+    args, flower = supernode.parse(
+        ["--wakeup-fd", "7", "--superlink", "h:8000", "--poll-fastest", "0.02", "--isolation",
+         "process", "--node-config", 'a="b"'],
+    )  # fmt: skip
+    assert args.wakeup_fd == 7 and args.poll_fastest == 0.02 and args.poll_slowest == 3.0
+    assert flower == ["--superlink", "h:8000", "--isolation", "process", "--node-config", 'a="b"']
+
+
+@pytest.mark.parametrize("isolation", [[], ["--isolation", "subprocess"]], ids=["default", "sub"])
+def test_only_process_isolation_is_served(isolation: list[str]) -> None:
+    """Flower's default (subprocess) starts flower-superexec, which runs any app."""
+    with pytest.raises(SystemExit, match="only through fedllm's executor"):
+        supernode.main(["--superlink", "h:8000", "--insecure", *isolation])
+
+
+def test_the_installed_flower_has_the_loop_this_one_replaces() -> None:
+    """The internals the loop calls, and the 3 s sleep after an empty pull it replaces."""
+    from flwr.supernode import start_client_internal as flower
+
+    supernode.check_flower()
+    source = inspect.getsource(flower.start_client_internal)
+    assert "time.sleep(3)" in source and "_pull_and_store_message(" in source
+    assert "_push_messages(" in source
+    assert "time.sleep(0.5)" in inspect.getsource(flower._push_messages)
+
+
+def test_short_waits_cut_flowers_local_waits_only() -> None:
+    waits = supernode.ShortWaits(0.005)
+    started = time.monotonic()
+    waits.sleep(0.5)
+    assert time.monotonic() - started < 0.25
+    assert waits.monotonic is time.monotonic  # the rest of `time` is unchanged
+
+
+class SuperLinkQueue:
+    """The SuperLink's side of the Fleet connection, in memory: a message becomes available
+    at a chosen moment; the time of the pull that got it is kept. The message's run is not
+    running, so Flower's message handling drops it after the pull: only the pull is timed."""
+
+    def __init__(self) -> None:
+        from flwr.app import Message, RecordDict
+        from flwr.supercore.inflatable.inflatable_object import get_object_tree
+
+        from tests.messages import instruction
+
+        self.message: Message = instruction(7, RecordDict(), "query")
+        self.tree = get_object_tree(self.message)
+        self.available_at: float | None = None
+        self.pulled_at: float | None = None
+        self.pulls = 0
+
+    def receive(self) -> Any:
+        self.pulls += 1
+        now = time.monotonic()
+        if self.available_at is None or now < self.available_at or self.pulled_at is not None:
+            return None
+        self.pulled_at = now
+        return self.message, self.tree
+
+    def conn(self) -> tuple[Any, ...]:
+        from flwr.supercore.run import RunNotRunningException
+
+        def get_run(run_id: int) -> Any:
+            raise RunNotRunningException(run_id)
+
+        def unused(*args: Any) -> Any:
+            raise AssertionError("not reached")
+
+        return (7, self.receive, unused, get_run, unused, unused, unused, unused)
+
+
+@pytest.mark.parametrize("idle", [0.3, 1.0, 2.5])
+def test_a_message_is_picked_up_within_tens_of_milliseconds_of_being_available(
+    idle: float,
+) -> None:
+    """The loop itself, Flower's state and message handling: a message available ``idle``
+    seconds after the last one is pulled within max(0.1 s, 10 % of idle), not after Flower's
+    3 s sleep."""
+    import threading
+
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    factory = NodeStateFactory(objectstore_factory=ObjectStoreFactory())
+    link, stop = SuperLinkQueue(), threading.Event()
+    loop = threading.Thread(
+        target=supernode.pull_loop,
+        args=(link.conn(), factory.state(), factory.objectstore_factory.store(), {}, None),
+        kwargs={"backoff": Backoff(), "wakeup": None, "stop": stop.is_set},
+    )
+    loop.start()
+    try:
+        link.available_at = time.monotonic() + idle
+        deadline = link.available_at + 5.0
+        while link.pulled_at is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+    assert link.pulled_at is not None
+    delay = link.pulled_at - link.available_at
+    assert delay < Backoff().wait(idle) + 0.1, delay  # scheduling slack on a busy machine
