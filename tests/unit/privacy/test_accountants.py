@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
@@ -86,13 +86,15 @@ def test_composing_one_event_at_a_time_equals_a_fresh_evaluation_of_the_whole_hi
     for event in events:  # a round at a time, each round's figure asked for as a site does
         spent = spent.then(event)
         spent.bound() if accountant == "prv" else spent.epsilon()  # PRV: exact on demand only
-    assert spent.epsilon() == pytest.approx(reference(events, DELTA, accountant), rel=1e-3)
+    figure = spent.figure()  # by pld where prv's exact figure is out of reach
+    assert figure.epsilon == pytest.approx(reference(events, DELTA, figure.accountant), rel=1e-3)
 
 
 @settings(max_examples=12, deadline=None)
 @given(events=histories, delta=st.sampled_from([1e-5, 1e-6, 1e-3]))
 def test_the_prv_bound_is_above_the_exact_prv_figure(events: list[DPEvent], delta: float) -> None:
     spent = get_accountant("prv").compose(events, delta)
+    assume(spent.counted() is spent)  # in reach (out of reach, PLD counts: no bound is used)
     assert spent.bound() >= spent.epsilon()
     assert spent.within(spent.bound()) and not spent.within(spent.epsilon() - 1e-9)
 
