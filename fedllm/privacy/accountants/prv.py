@@ -53,9 +53,9 @@ from fedllm.privacy.memo import Memo
 EPS_ERROR = 0.01  # PRVAccountant.get_epsilon's defaults: eps_error, and delta_error = delta/1000
 DELTA_ERROR_SHARE = 1e-3
 SQRT2 = np.sqrt(2)  # as Opacus's prvs module computes it
-# Grid points x merged events past which the exact figure is not attempted: about 1 s and
-# 50 MB on a shared 2-core machine (time grows faster than the product beyond it: 3.6 million
-# took 1.4 s, 13 million 12 s and 300 MB).
+# Grid points x merged events past which the exact figure is not attempted: 1-2 s and under
+# 100 MB on a shared 2-core machine (1.6 million took 1.2 s and 64 MB; time grows faster than
+# the product beyond: 13 million took 12 s and 300 MB, 76 million did not finish in 60 s).
 MAX_PRV_SIZE = 2_000_000
 _CLOSED: Memo[Any] = Memo(16)  # (merged history, delta) -> its PLD, for histories out of reach
 
