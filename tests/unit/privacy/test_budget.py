@@ -16,10 +16,11 @@ from fedllm.crypto import SiteKey
 from fedllm.errors import LedgerError, PrivacyBudgetExceededError
 from fedllm.privacy import DPEvent, PrivacyLedger, check_budget, history_epsilon, spent
 from fedllm.privacy import budget as budget_module
+from fedllm.privacy.accountants import get_accountant
 from fedllm.privacy.accountants import pld as pld_module
 from fedllm.privacy.accountants import prv as prv_module
 from fedllm.privacy.accountants.prv import MAX_PRV_SIZE, prv_epsilon, prv_size
-from fedllm.privacy.budget import replay
+from fedllm.privacy.budget import recorded, replay
 from fedllm.privacy.events import merge
 from tests.histories import histories, many_runs, reference
 from tests.ledgers import spend
@@ -181,3 +182,16 @@ def test_an_entry_naming_prv_where_prv_is_out_of_reach_is_refused_without_attemp
     with pytest.raises(LedgerError, match=f"entry {RUNS} records a prv figure, out of reach"):
         replay(claimed, "test")
     assert len(attempted) == 7 and max(attempted) <= MAX_PRV_SIZE  # the entries in reach
+
+
+def test_an_entry_recorded_by_pld_for_a_prv_run_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    prv = get_accountant("prv")
+    with caplog.at_level("INFO", logger="fedllm.privacy.budget"):
+        within = recorded(prv.compose(many_runs(7), DELTA), "prv")  # just within the limit
+        assert within.accountant == "prv" and not caplog.text
+        past = recorded(prv.compose(many_runs(8), DELTA), "prv")  # just past it
+    assert past.accountant == "pld"
+    assert "exact prv figure of this site's ledger (8 events after merging) is out of reach" in (
+        caplog.text
+    )
+    assert f"the new entry records pld's figure, epsilon {past.epsilon:.4f}" in caplog.text
