@@ -12,13 +12,14 @@ ledger lock, read and verify the ledger (from the bytes verified last time), the
 run's target and the policy's max-epsilon for the planned round (far from both: decided by the
 accountant's bound where it has one). Timed after each of the last rounds (the composition
 kept per ledger head, as from one round to the next) and cold (a new process: every entry
-verified and composed); the exact figure of the history plus the planned round (what the new
-entry records) is timed beside it, in a child process with a time and memory limit.
+verified and composed); the figure of the history plus the planned round that the new entry
+records (the accountant's own, or PLD's where PRV's exact figure is out of reach) is timed
+beside it, not memoized, in a child process with a time and memory limit.
 
     .venv/bin/python benchmarks/round_overhead.py --data /work/shared/data    # ~10 min, 2 cores
     .venv/bin/python benchmarks/round_overhead.py --quick                     # pre-check only
 
-Writes results/round_overhead.{json,md}.
+Writes results/round_overhead.{json,md} (--quick: results/round_overhead-precheck.{json,md}).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from fedllm.privacy import (  # noqa: E402
 from fedllm.privacy import budget as budget_memo  # noqa: E402
 from fedllm.privacy import ledger as ledger_memo  # noqa: E402
 from fedllm.privacy.accountants.pld import _FIGURES as pld_figures  # noqa: E402
+from fedllm.privacy.accountants.prv import _CLOSED as pld_fallbacks  # noqa: E402
 from fedllm.privacy.accountants.prv import prv_epsilon  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -191,12 +193,14 @@ def precheck(
         "cold-ms": 1e3 * cold,
         "exact-figure-ms": None if exact is None else 1e3 * exact[0],
         "epsilon-after": None if exact is None else exact[1],
+        "figure-accountant": None if exact is None else exact[2],
     }
 
 
-def _exact_figure(after: Composition, limit_s: float) -> tuple[float, float] | None:
-    """(seconds, epsilon) of the exact figure, in a child process (no memo, at most
-    ``limit_s`` seconds and EXACT_MEMORY bytes); None when it did not finish within them."""
+def _exact_figure(after: Composition, limit_s: float) -> tuple[float, float, str] | None:
+    """(seconds, epsilon, accountant) of the figure the new entry records, in a child process
+    (no memo, at most ``limit_s`` seconds and EXACT_MEMORY bytes); None when it did not finish
+    within them."""
     with multiprocessing.get_context("fork").Pool(1, _limit_memory) as pool:
         job = pool.apply_async(_timed_epsilon, (after,))
         try:
@@ -209,12 +213,13 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (EXACT_MEMORY, EXACT_MEMORY))
 
 
-def _timed_epsilon(after: Composition) -> tuple[float, float]:
+def _timed_epsilon(after: Composition) -> tuple[float, float, str]:
     prv_epsilon.cache_clear()
     pld_figures.clear()
+    pld_fallbacks.clear()
     start = time.perf_counter()
-    figure = after.epsilon()
-    return time.perf_counter() - start, figure
+    figure = after.figure()
+    return time.perf_counter() - start, figure.epsilon, figure.accountant
 
 
 def machine() -> dict[str, Any]:
@@ -250,13 +255,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"of {RUN_ROUNDS} rounds at epsilon 1, {len(PLANS)} schedules in turn): lock, read and "
         "verify, run-target and max-epsilon "
         "checks; warm = after each of the last rounds, with the composition kept from the round "
-        "before (median, and the slowest), cold = a new process; exact figure = the "
-        "accountant's epsilon after the planned round, not memoized (what the new entry "
-        "records):",
+        "before (median, and the slowest), cold = a new process; figure = the epsilon after the "
+        "planned round that the new entry records (the accountant's, or pld's where prv's "
+        "exact figure is out of reach), not memoized:",
         "",
-        "| accountant | warm pre-check | goal | cold pre-check | exact figure | epsilon after |"
+        "| accountant | warm pre-check | goal | cold pre-check | figure | epsilon after | by |"
         " merged events |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for acct, p in results["precheck"].items():
         met = "met" if p["warm-ms"] <= GOAL_PRECHECK_MS else "not met"
@@ -266,10 +271,11 @@ def markdown(results: dict[str, Any]) -> str:
             else f"not within {EXACT_LIMIT_S:g} s and {EXACT_MEMORY >> 30} GB"
         )
         figure = "-" if p["epsilon-after"] is None else f"{p['epsilon-after']:.3f}"
+        by = p.get("figure-accountant") or "-"
         lines.append(
             f"| {acct} | {p['warm-ms']:.2f} ms (max {p['warm-max-ms']:.1f}) | "
             f"<= {GOAL_PRECHECK_MS:g} ms: {met} | {p['cold-ms']:.0f} ms | {exact} | "
-            f"{figure} | {p['merged-events']} |"
+            f"{figure} | {by} | {p['merged-events']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -303,8 +309,9 @@ def main() -> int:
             print(f"pre-check {acct}: warm {p['warm-ms']:.2f} ms, cold {p['cold-ms']:.0f} ms")
     results["machine-after"] = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "round_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "round_overhead.md").write_text(markdown(results))
+    name = "round_overhead-precheck" if args.quick else "round_overhead"
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
     return 0
 

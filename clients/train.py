@@ -289,7 +289,7 @@ def train_round(
                 f"{guard.policy.max_epsilon}; the spend is recorded and the update withheld"
             )
         run = spent(ledger.entries, cfg.target_delta, cfg.accountant, run_id)
-        metrics[proto.EPSILON] = run.epsilon()
+        metrics[proto.EPSILON] = run.figure().epsilon
         metrics[proto.SITE_EPSILON] = site_epsilon
     else:  # no DP: the training loss is no more private than the update (allow-non-dp)
         metrics[proto.TRAIN_LOSS] = result.loss
@@ -339,6 +339,6 @@ def _check_run_target(
     after = spent(ledger.entries, cfg.target_delta, cfg.accountant, run_id).then_all(planned)
     if not after.within(cfg.target_epsilon):
         raise PrivacyBudgetExceededError(
-            f"this round would bring the run's epsilon to {after.epsilon():.4f}, above its "
+            f"this round would bring the run's epsilon to {after.figure().epsilon:.4f}, above its "
             f"target-epsilon {cfg.target_epsilon}"
         )

@@ -7,16 +7,23 @@ optionally one run's entries). Asked for a ledger's composition, the memo takes 
 prefix of the ledger it holds one for, composes the entries after it and stores the result
 under the new head. The ledger stays the only source of truth: a ledger changed in any other
 way, or a new process, composes from its first entry again.
+
+An entry records the figure that counts its history (:meth:`Composition.figure`): the run's
+accountant's, or where that is out of reach (exact PRV on a long ledger of many schedules),
+PLD's, with the accountant that gave it. The choice depends on the entries alone, so a replay
+recomputes each entry with the accountant it names and refuses one that names an accountant
+whose figure is out of reach on its history.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedllm.errors import LedgerError, PrivacyBudgetExceededError
-from fedllm.privacy.accountants import Composition, get_accountant
+from fedllm.privacy.accountants import Composition, Figure, get_accountant
 from fedllm.privacy.chain import GENESIS, LedgerEntry, LedgerState
 from fedllm.privacy.events import DPEvent
 from fedllm.privacy.memo import Memo
@@ -33,6 +40,8 @@ class Scope:
     def counts(self, entry: LedgerEntry) -> bool:
         return self.run_id is None or entry.run_id == self.run_id
 
+
+log = logging.getLogger(__name__)
 
 _COMPOSED: Memo[Composition] = Memo(256)  # (scope, entry count, last hash) -> composition
 
@@ -63,9 +72,26 @@ def remember(entries: Sequence[LedgerEntry], composition: Composition, scope: Sc
         _COMPOSED.put((scope, len(entries), entries[-1].hash), composition)
 
 
+def recorded(composition: Composition, accountant: str) -> Figure:
+    """The figure a new entry records for ``composition`` (the site's whole ledger and the new
+    event, composed by the run's ``accountant``), saying so when another accountant gives it."""
+    figure = composition.figure()
+    if figure.accountant != accountant:
+        log.info(
+            "the exact %s figure of this site's ledger (%d events after merging) is out of reach; "
+            "the new entry records %s's figure, epsilon %.4f",
+            accountant,
+            len(composition.history),
+            figure.accountant,
+            figure.epsilon,
+        )
+    return figure
+
+
 def history_epsilon(entries: Sequence[LedgerEntry], delta: float, accountant: str) -> float:
     """Cumulative epsilon of ``entries`` (any selection of a ledger's entries, oldest first) at
-    ``delta``, evaluated afresh: infinite once any was not private."""
+    ``delta``, evaluated afresh: infinite once any was not private; PLD's where the exact
+    figure of ``accountant`` is out of reach (see :meth:`Composition.figure`)."""
     return get_accountant(accountant).epsilon((e.event for e in entries), delta)
 
 
@@ -77,22 +103,24 @@ def check_budget(
     max_epsilon: float,
 ) -> None:
     """Refuses ``events`` (one, or several in order) if they would take the site's cumulative
-    epsilon past ``max_epsilon``; decides by the accountant's bound when that suffices (see
-    :meth:`Composition.within`)."""
+    epsilon (the figure its next entry would record) past ``max_epsilon``; decides by the
+    accountant's bound when that suffices (see :meth:`Composition.within`)."""
     before = spent(state.entries, delta, accountant)
     after = before.then_all([events] if isinstance(events, DPEvent) else events)
     if not after.within(max_epsilon):
+        now, then = before.figure().epsilon, after.figure().epsilon
         raise PrivacyBudgetExceededError(
-            f"the site's budget is spent: epsilon is {before.epsilon():.4f} over "
-            f"{len(state.entries)} ledger entries and this round would bring it to "
-            f"{after.epsilon():.4f}, above the site's max-epsilon {max_epsilon} (delta {delta})"
+            f"the site's budget is spent: epsilon is {now:.4f} over {len(state.entries)} ledger "
+            f"entries and this round would bring it to {then:.4f}, above the site's max-epsilon "
+            f"{max_epsilon} (delta {delta})"
         )
 
 
 def replay(entries: Sequence[LedgerEntry], source: str) -> None:
     """Recompute every entry's cumulative epsilon from the entries alone, with fresh
     compositions (one per accountant and delta the entries use, each fed every entry);
-    raises LedgerError at the first whose recorded epsilon does not match."""
+    raises LedgerError at the first whose recorded epsilon does not match, or that names an
+    accountant whose figure is out of reach on its history (never attempting it)."""
     running: dict[tuple[str, float], Composition] = {}
     for i, entry in enumerate(entries):
         scope = (entry.accountant, entry.delta)
@@ -100,7 +128,14 @@ def replay(entries: Sequence[LedgerEntry], source: str) -> None:
             earlier = (e.event for e in entries[:i])
             running[scope] = get_accountant(entry.accountant).compose(earlier, entry.delta)
         running = {s: composition.then(entry.event) for s, composition in running.items()}
-        again = running[scope].epsilon()
+        figure = running[scope].figure()
+        if figure.accountant != entry.accountant:
+            raise LedgerError(
+                f"{source}: entry {entry.seq} records a {entry.accountant} figure, out of reach "
+                f"on its history ({len(running[scope].history)} events after merging), where "
+                f"the site records {figure.accountant}'s"
+            )
+        again = figure.epsilon
         recorded = math.inf if entry.epsilon is None else entry.epsilon
         if not math.isclose(again, recorded, rel_tol=1e-9, abs_tol=1e-12):
             raise LedgerError(

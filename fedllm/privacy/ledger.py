@@ -36,7 +36,7 @@ from typing import Any
 
 from fedllm.crypto.signing import PublicKey, SiteKey
 from fedllm.errors import LedgerError
-from fedllm.privacy.budget import Scope, remember, replay, spent
+from fedllm.privacy.budget import Scope, recorded, remember, replay, spent
 from fedllm.privacy.chain import (
     GENESIS,
     TRAIN,
@@ -132,7 +132,7 @@ class PrivacyLedger:
             raise LedgerError(f"ledger {self.path}: appending needs the site's signing key")
         previous = state.entries
         composition = spent(previous, delta, accountant).then(event)
-        spent_after = composition.epsilon()
+        figure = recorded(composition, accountant)  # the run's accountant's, or PLD's
         entry = LedgerEntry(
             seq=len(previous) + 1,
             time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -144,8 +144,8 @@ class PrivacyLedger:
             noise_multiplier=event.noise_multiplier,
             clip_norm=clip_norm,
             delta=delta,
-            accountant=accountant,
-            epsilon=spent_after if math.isfinite(spent_after) else None,
+            accountant=figure.accountant,
+            epsilon=figure.epsilon if math.isfinite(figure.epsilon) else None,
             prev=previous[-1].hash if previous else GENESIS,
             kind=kind,
             value=value,

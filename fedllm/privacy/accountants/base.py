@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import ClassVar
 
 from fedllm.errors import PrivacyError
@@ -21,8 +22,18 @@ from fedllm.privacy.calibration import smallest_noise
 from fedllm.privacy.events import DPEvent, DPSchedule
 
 
+@dataclass(frozen=True)
+class Figure:
+    """A cumulative epsilon and the accountant that computed it."""
+
+    accountant: str
+    epsilon: float
+
+
 class Composition(ABC):
     """The privacy loss of ``history`` (merged, oldest first) at ``delta``."""
+
+    accountant: str  # the registered name of the accountant that composed it
 
     def __init__(self, delta: float, history: tuple[DPEvent, ...]) -> None:
         self.delta = delta
@@ -34,7 +45,7 @@ class Composition(ABC):
         if event.steps == 0:
             return self
         if event.noise_multiplier == 0:
-            return NotPrivate(self.delta, (*self.history, event))
+            return NotPrivate(self.delta, (*self.history, event), self.accountant)
         if self.history and self.history[-1].joins(event):
             last = self.history[-1]
             steps = last.steps + event.steps
@@ -64,23 +75,44 @@ class Composition(ABC):
         figure is already cheap return the figure itself."""
         return self.epsilon()
 
+    def counted(self) -> Composition:
+        """The composition whose figure counts this history: this one, unless this
+        accountant's figure is out of reach on it (then another tight accountant's composition
+        of the same history). Deterministic in the merged history and delta."""
+        return self
+
+    def figure(self) -> Figure:
+        """The cumulative epsilon that counts this history, and the accountant that gave it:
+        what a ledger entry records."""
+        counted = self.counted()
+        return Figure(counted.accountant, counted.epsilon())
+
     def within(self, limit: float) -> bool:
-        """``epsilon() <= limit``, deciding by :meth:`bound` alone whenever it suffices."""
-        return self.bound() <= limit or self.epsilon() <= limit
+        """``figure().epsilon <= limit``, deciding by :meth:`bound` alone whenever it
+        suffices."""
+        counted = self.counted()
+        return counted.bound() <= limit or counted.epsilon() <= limit
 
 
 class NotPrivate(Composition):
-    """A history holding a step without noise: no finite epsilon, whatever follows."""
+    """A history holding a step without noise: no finite epsilon, whatever follows, by any
+    ``accountant`` (the one whose composition it continues)."""
+
+    def __init__(self, delta: float, history: tuple[DPEvent, ...], accountant: str) -> None:
+        super().__init__(delta, history)
+        self.accountant = accountant
 
     def _joined(self, last: DPEvent) -> Composition:
-        return NotPrivate(self.delta, (*self.history[:-1], last))
+        return NotPrivate(self.delta, (*self.history[:-1], last), self.accountant)
 
     def _appended(self, event: DPEvent) -> Composition:
-        return NotPrivate(self.delta, (*self.history, event))
+        return NotPrivate(self.delta, (*self.history, event), self.accountant)
 
     def then(self, event: DPEvent) -> Composition:
         _check(event)
-        return self if event.steps == 0 else NotPrivate(self.delta, (*self.history, event))
+        if event.steps == 0:
+            return self
+        return NotPrivate(self.delta, (*self.history, event), self.accountant)
 
     def epsilon(self) -> float:
         return math.inf
@@ -107,8 +139,10 @@ class Accountant(ABC):
         return self.start(delta).then_all(events)
 
     def epsilon(self, events: Iterable[DPEvent], delta: float) -> float:
-        """Cumulative epsilon of every event at ``delta``, evaluated afresh."""
-        return self.compose(events, delta).epsilon()
+        """Cumulative epsilon of every event at ``delta``, evaluated afresh: this accountant's
+        figure, or where it is out of reach the one that counts instead (see
+        :meth:`Composition.figure`)."""
+        return self.compose(events, delta).figure().epsilon
 
     def calibrate(
         self, target_epsilon: float, delta: float, schedule: DPSchedule, rel_tol: float = 0.01

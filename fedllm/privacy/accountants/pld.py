@@ -45,6 +45,8 @@ def _event(event: DPEvent) -> Any:
 class PLDComposition(Composition):
     """``closed``: the PLD of every event but the last (None: no earlier event)."""
 
+    accountant = "pld"
+
     def __init__(self, delta: float, history: tuple[DPEvent, ...] = (), closed: Any = None):
         super().__init__(delta, history)
         self.closed = closed

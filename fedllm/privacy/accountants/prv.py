@@ -8,13 +8,24 @@ A composition therefore keeps the merged history and its RDP curve; the exact fi
 computed on demand and cached per history, and :meth:`PRVComposition.bound` bounds it from the
 RDP curve alone, in microseconds, so a budget check needs the exact figure only where the
 bound does not already decide.
+
+The exact figure's cost grows with the history: Opacus discretizes every merged event on one
+grid whose mesh shrinks as one over the square root of the total steps, then transforms and
+convolves them all, so its time and memory go with the grid's points times the events (a
+ledger of 50 runs on 5 schedules: 1.5 million points x 50 events, not done within 60 s and
+4 GB). :func:`prv_size` predicts that product from the same domain sizing, in well under a
+millisecond, before anything is discretized. Past :data:`MAX_PRV_SIZE` the exact figure is out
+of reach and :meth:`PRVComposition.counted` counts the history by Google's PLD (the `pld`
+accountant: pessimistic, so an upper bound; below PRV by about PRV's ``eps_error`` on our
+schedules), composed from the memoized PLD of the history but its last event, so a further
+round costs one convolution. The choice depends on the merged history and delta alone.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from opacus.accountants.analysis.prv import (
@@ -26,7 +37,9 @@ from opacus.accountants.analysis.prv import (
 )
 from scipy.special import erfc
 
+from fedllm.errors import PrivacyError
 from fedllm.privacy.accountants.base import Accountant, Composition
+from fedllm.privacy.accountants.pld import PLD, PLDComposition
 from fedllm.privacy.accountants.rdp import (
     Curve,
     RDPComposition,
@@ -35,30 +48,52 @@ from fedllm.privacy.accountants.rdp import (
     unit_curve,
 )
 from fedllm.privacy.events import DPEvent
+from fedllm.privacy.memo import Memo
 
 EPS_ERROR = 0.01  # PRVAccountant.get_epsilon's defaults: eps_error, and delta_error = delta/1000
 DELTA_ERROR_SHARE = 1e-3
 SQRT2 = np.sqrt(2)  # as Opacus's prvs module computes it
+# Grid points x merged events past which the exact figure is not attempted: 1-2 s and under
+# 100 MB on a shared 2-core machine (1.6 million took 1.2 s and 64 MB; time grows faster than
+# the product beyond: 13 million took 12 s and 300 MB, 76 million did not finish in 60 s).
+MAX_PRV_SIZE = 2_000_000
+_CLOSED: Memo[Any] = Memo(16)  # (merged history, delta) -> its PLD, for histories out of reach
+
+
+@functools.lru_cache(maxsize=512)
+def _domain(history: tuple[DPEvent, ...], delta: float) -> Domain:
+    """The grid Opacus's ``PRVAccountant`` discretizes a (non-empty) merged history on: its
+    ``compute_safe_domain_size`` (Gopi et al., remark 5.6, as Opacus implements it) and its
+    mesh, which shrinks as one over the square root of the total steps."""
+    delta_error = delta * DELTA_ERROR_SHARE
+    total = sum(e.steps for e in history)
+    curve: Curve = sum(event_curve(e) for e in history)  # summed as RDPAccountant sums
+    size = curve_epsilon(curve, delta_error / 4)
+    # Opacus takes the maximum over every event's one-step curve; each mechanism once gives
+    # the same maximum, without a conversion per run of a recurring schedule.
+    for rate, noise in dict.fromkeys((e.sample_rate, e.noise_multiplier) for e in history):
+        size = max(size, curve_epsilon(unit_curve(rate, noise), delta_error / (8 * total)))
+    size = max(size, EPS_ERROR) + 3
+    mesh = EPS_ERROR / np.sqrt(total * np.log(12 / delta_error) / 2)
+    return Domain.create_aligned(-size, size, mesh)
+
+
+def prv_size(history: tuple[DPEvent, ...], delta: float) -> int:
+    """The exact figure's work: grid points times merged events, each discretized,
+    transformed and convolved on the whole grid (0 for an empty history)."""
+    return _domain(history, delta).size * len(history) if history else 0
 
 
 @functools.lru_cache(maxsize=512)
 def prv_epsilon(history: tuple[DPEvent, ...], delta: float) -> float:
     """``PRVAccountant().get_epsilon(delta)`` on the merged ``history``: the same domain, mesh,
-    discretization, composition and upper estimate (``eps_upper``), step for step."""
+    discretization, composition and upper estimate (``eps_upper``), step for step. Its cost
+    is :func:`prv_size`; callers check that first (:meth:`PRVComposition.counted`)."""
     if not history:
         return 0.0
     delta_error = delta * DELTA_ERROR_SHARE
     steps = [e.steps for e in history]
-    total = sum(steps)
-    # compute_safe_domain_size (Gopi et al., remark 5.6, as Opacus implements it)
-    curve: Curve = sum(event_curve(e) for e in history)  # summed as RDPAccountant sums
-    size = curve_epsilon(curve, delta_error / 4)
-    for e in history:
-        one_step = unit_curve(e.sample_rate, e.noise_multiplier)
-        size = max(size, curve_epsilon(one_step, delta_error / (8 * total)))
-    size = max(size, EPS_ERROR) + 3
-    mesh = EPS_ERROR / np.sqrt(total * np.log(12 / delta_error) / 2)
-    domain = Domain.create_aligned(-size, size, mesh)
+    domain = _domain(history, delta)
     with warnings.catch_warnings(), np.errstate(divide="ignore"):
         truncated = [
             _Truncated(
@@ -114,6 +149,8 @@ class _Truncated(TruncatedPrivacyRandomVariable):
 class PRVComposition(Composition):
     """The merged history and its RDP curve; the exact PRV figure on demand."""
 
+    accountant = "prv"
+
     def __init__(self, rdp: RDPComposition) -> None:
         super().__init__(rdp.delta, rdp.history)
         self.rdp = rdp
@@ -124,7 +161,26 @@ class PRVComposition(Composition):
     def _appended(self, event: DPEvent) -> PRVComposition:
         return PRVComposition(self.rdp._appended(event))
 
+    @functools.cached_property
+    def size(self) -> int:
+        """:func:`prv_size` of the history: the exact figure's work."""
+        return prv_size(self.history, self.delta)
+
+    def in_reach(self) -> bool:
+        return self.size <= MAX_PRV_SIZE
+
+    def counted(self) -> Composition:
+        """This composition where the exact figure is in reach, else PLD's of the history."""
+        return self if self.in_reach() else pld_composition(self.history, self.delta)
+
     def epsilon(self) -> float:
+        """The exact PRV figure; refused (never attempted) where it is out of reach."""
+        if not self.in_reach():
+            raise PrivacyError(
+                f"the exact PRV figure of this history is out of reach: {self.size:,} grid "
+                f"points x events ({len(self.history)} events) is past {MAX_PRV_SIZE:,}; "
+                "the history counts by PLD (figure())"
+            )
         return prv_epsilon(self.history, self.delta)
 
     def bound(self) -> float:
@@ -136,6 +192,27 @@ class PRVComposition(Composition):
         if not self.history:
             return 0.0
         return self.rdp.epsilon_at(self.delta * (1 - 2 * DELTA_ERROR_SHARE)) + 2 * EPS_ERROR
+
+
+def pld_composition(history: tuple[DPEvent, ...], delta: float) -> PLDComposition:
+    """PLD's composition of a merged history (what the `pld` accountant composes from the same
+    entries, operation for operation), built on the memoized PLD of the history but its last
+    event: a further round of the last schedule, or a new schedule, costs one convolution."""
+    return PLDComposition(delta, history, _closed(history[:-1], delta))
+
+
+def _closed(prefix: tuple[DPEvent, ...], delta: float) -> Any:
+    """The PLD of ``prefix`` (None when empty): from that of ``prefix`` but its last event
+    where the memo holds it, else composed afresh."""
+    if not prefix:
+        return None
+    known = _CLOSED.get((prefix, delta))
+    if known is None:
+        earlier = _CLOSED.get((prefix[:-1], delta)) if len(prefix) > 1 else None
+        if earlier is None and len(prefix) > 1:
+            earlier = cast(PLDComposition, PLD().compose(prefix[:-1], delta)).pld()
+        known = _CLOSED.put((prefix, delta), PLDComposition(delta, prefix, earlier).pld())
+    return known
 
 
 class PRV(Accountant):

@@ -50,6 +50,8 @@ class RDPComposition(Composition):
     """The curve of every event but the last (``closed``), the last kept apart so that more
     steps of it join it as Opacus joins them: the sum is Opacus's, term for term."""
 
+    accountant = "rdp"
+
     def __init__(self, delta: float, history: tuple[DPEvent, ...] = (), closed: Curve = 0.0):
         super().__init__(delta, history)
         self.closed = closed

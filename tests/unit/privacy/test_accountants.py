@@ -7,14 +7,18 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from opacus.accountants import PRVAccountant
+from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
 
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PolicyError, PrivacyError
-from fedllm.privacy import ACCOUNTANTS, DPEvent, DPSchedule, SitePolicy, get_accountant
-from fedllm.privacy.accountants.prv import prv_epsilon
-from tests.histories import histories, reference
+from fedllm.privacy import ACCOUNTANTS, DPEvent, DPSchedule, SitePolicy, get_accountant, merge
+from fedllm.privacy.accountants import Figure
+from fedllm.privacy.accountants import pld as pld_module
+from fedllm.privacy.accountants.prv import MAX_PRV_SIZE, prv_epsilon, prv_size
+from tests.histories import histories, many_runs, reference
 from tests.unit.privacy.test_client_dp import exact_epsilon
 
 DELTA = 1e-5
@@ -82,13 +86,15 @@ def test_composing_one_event_at_a_time_equals_a_fresh_evaluation_of_the_whole_hi
     for event in events:  # a round at a time, each round's figure asked for as a site does
         spent = spent.then(event)
         spent.bound() if accountant == "prv" else spent.epsilon()  # PRV: exact on demand only
-    assert spent.epsilon() == pytest.approx(reference(events, DELTA, accountant), rel=1e-3)
+    figure = spent.figure()  # by pld where prv's exact figure is out of reach
+    assert figure.epsilon == pytest.approx(reference(events, DELTA, figure.accountant), rel=1e-3)
 
 
 @settings(max_examples=12, deadline=None)
 @given(events=histories, delta=st.sampled_from([1e-5, 1e-6, 1e-3]))
 def test_the_prv_bound_is_above_the_exact_prv_figure(events: list[DPEvent], delta: float) -> None:
     spent = get_accountant("prv").compose(events, delta)
+    assume(spent.counted() is spent)  # in reach (out of reach, PLD counts: no bound is used)
     assert spent.bound() >= spent.epsilon()
     assert spent.within(spent.bound()) and not spent.within(spent.epsilon() - 1e-9)
 
@@ -121,3 +127,50 @@ def test_pld_is_below_prv_by_about_prv_s_margin_and_above_the_exact_gaussian_cur
     pld = get_accountant("pld").epsilon(gaussian, 1e-3)
     exact = exact_epsilon([3.0] * 5, 1e-3)
     assert exact <= pld <= exact * 1.002
+
+
+@pytest.mark.parametrize("events", [[DPEvent(1.1, 0.05, 400)], many_runs(7)])  # 2 recurring
+def test_the_prv_size_is_opacus_s_grid_times_the_events(events: list[DPEvent]) -> None:
+    history = tuple(merge(events))
+    prvs = [PoissonSubsampledGaussianPRV(e.sample_rate, e.noise_multiplier) for e in history]
+    steps = [e.steps for e in history]
+    grid = PRVAccountant()._get_domain(prvs, steps, eps_error=0.01, delta_error=DELTA / 1000)
+    assert prv_size(history, DELTA) == grid.size * len(history)
+
+
+def _fresh_pld(events: list[DPEvent]) -> float:
+    """The `pld` accountant's figure, computed anew (not read from the figures' memo)."""
+    pld_module._FIGURES.clear()
+    return get_accountant("pld").epsilon(events, DELTA)
+
+
+def test_past_the_size_limit_prv_is_never_attempted_and_the_history_counts_by_pld() -> None:
+    events = many_runs(50)  # round_overhead's ledger: 1.5 million grid points x 50 events
+    spent = get_accountant("prv").compose(events, DELTA)
+    assert prv_size(spent.history, DELTA) > MAX_PRV_SIZE
+    before = prv_epsilon.cache_info()
+    figure = spent.figure()
+    assert figure == Figure("pld", _fresh_pld(events))
+    assert figure.epsilon == pytest.approx(reference(events, DELTA, "pld"), rel=1e-3)
+    assert spent.within(figure.epsilon) and not spent.within(figure.epsilon - 1e-9)
+    with pytest.raises(PrivacyError, match="exact PRV figure of this history is out of reach"):
+        spent.epsilon()
+    assert prv_epsilon.cache_info() == before  # not attempted, not even by the checks
+
+
+def test_within_the_size_limit_prv_counts_as_before() -> None:
+    events = many_runs(5)  # five runs: about 1 million grid points x events
+    spent = get_accountant("prv").compose(events, DELTA)
+    assert prv_size(spent.history, DELTA) <= MAX_PRV_SIZE
+    assert spent.figure() == Figure("prv", reference(events, DELTA, "prv"))
+
+
+def test_past_the_size_limit_the_figure_equals_a_fresh_pld_round_by_round() -> None:
+    history = many_runs(8)  # already out of reach
+    spent = get_accountant("prv").compose(history, DELTA)
+    spent.figure()
+    for run in many_runs(11)[8:]:  # three more runs, of four rounds each
+        for _ in range(4):
+            spent = spent.then(DPEvent(run.noise_multiplier, run.sample_rate, run.steps // 4))
+            history.append(DPEvent(run.noise_multiplier, run.sample_rate, run.steps // 4))
+            assert spent.figure() == Figure("pld", _fresh_pld(history))
