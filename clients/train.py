@@ -151,6 +151,32 @@ def release_seed(cfg: RunConfig, server_round: int, site_index: int, kind: int) 
     return ((cfg.seed * 1_000_003 + server_round * 1_009 + site_index) * 31 + kind) & (2**62 - 1)
 
 
+def _noised_evaluation(
+    site: SiteRuntime,
+    model: torch.nn.Module,
+    guard: SiteGuard,
+    ledger: LedgerState,
+    run_id: str,
+    server_round: int,
+    kind: int,
+) -> MetricRecord:
+    """The site's noised scores of ``model`` (recorded in the ledger before they leave)."""
+    cfg = site.cfg
+    return release_noised(
+        site.task,
+        model,
+        site.data,
+        guard,
+        ledger,
+        run_id=run_id,
+        server_round=server_round,
+        noise_multiplier=cfg.evaluation_noise,
+        delta=cfg.target_delta,
+        accountant=cfg.accountant,
+        seed=release_seed(cfg, server_round, site.site_index, kind=kind),
+    )
+
+
 def released_count(
     site: SiteRuntime, guard: SiteGuard, ledger: LedgerState, run_id: str, server_round: int
 ) -> int:
@@ -237,19 +263,7 @@ def train_round(
         evaluation = None
         if evaluate_first:
             evaluation = (
-                release_noised(
-                    site.task,
-                    model,
-                    site.data,
-                    guard,
-                    ledger,
-                    run_id=run_id,
-                    server_round=server_round,
-                    noise_multiplier=cfg.evaluation_noise,
-                    delta=cfg.target_delta,
-                    accountant=cfg.accountant,
-                    seed=release_seed(cfg, server_round, site.site_index, kind=2),
-                )
+                _noised_evaluation(site, model, guard, ledger, run_id, server_round, kind=2)
                 if cfg.dp
                 else clear_scores(site.task, model, site.data)
             )
@@ -316,19 +330,7 @@ def evaluate_round(
         planned = [evaluation_event(cfg.evaluation_noise)]
         _check_run_target(ledger, run_id, planned, cfg)
         check_budget(ledger, planned, cfg.target_delta, cfg.accountant, guard.policy.max_epsilon)
-        return release_noised(
-            site.task,
-            model,
-            site.data,
-            guard,
-            ledger,
-            run_id=run_id,
-            server_round=server_round,
-            noise_multiplier=cfg.evaluation_noise,
-            delta=cfg.target_delta,
-            accountant=cfg.accountant,
-            seed=release_seed(cfg, server_round, site.site_index, kind=3),
-        )
+        return _noised_evaluation(site, model, guard, ledger, run_id, server_round, kind=3)
 
 
 def _check_run_target(
