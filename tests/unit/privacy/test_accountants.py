@@ -99,6 +99,25 @@ def test_the_prv_bound_is_above_the_exact_prv_figure(events: list[DPEvent], delt
     assert spent.within(spent.bound()) and not spent.within(spent.epsilon() - 1e-9)
 
 
+@settings(max_examples=12, deadline=None)
+@given(events=histories, delta=st.sampled_from([1e-5, 1e-6, 1e-3]))
+def test_the_prv_bound_is_above_the_pld_figure(events: list[DPEvent], delta: float) -> None:
+    """What lets the bound decide a check on a history that counts by PLD."""
+    spent = get_accountant("prv").compose(events, delta)
+    pld_figure = get_accountant("pld").compose(events, delta).epsilon()
+    assert spent.bound() >= pld_figure
+
+
+def test_a_check_within_the_bound_of_a_history_past_prvs_reach_computes_no_figure() -> None:
+    events = many_runs(50)  # round_overhead's ledger
+    spent = get_accountant("prv").compose(events, DELTA)
+    assert spent.counted() is not spent  # past PRV's reach: counts by PLD
+    pld_module._FIGURES.clear()
+    assert spent.within(spent.bound() + 0.5)
+    assert pld_module._FIGURES.get((spent.history, DELTA)) is None  # decided by the bound
+    assert not spent.within(spent.figure().epsilon * 0.99)  # near it: PLD's figure decides
+
+
 def test_a_check_within_the_prv_bound_does_not_evaluate_prv() -> None:
     spent = get_accountant("prv").compose([DPEvent(3.0, 0.01, 500)], DELTA)
     before = prv_epsilon.cache_info()
