@@ -175,8 +175,11 @@ class PRVComposition(Composition):
 
     def within(self, limit: float) -> bool:
         """As :meth:`Composition.within`, with :meth:`bound` deciding first also where the
-        history counts by PLD: the bound is above PLD's figure as it is above PRV's (tested
-        on random histories), so a check far from the limit computes neither figure."""
+        history counts by PLD, so a check far from the limit computes neither figure. Sound
+        for the guarantee: the bound is RDP's conversion (a proven upper bound on the true
+        epsilon) plus a margin. Consistent with the figure recorded: the bound is above PLD's
+        pessimistic figure on every random history tested (no proof; where it were not, the
+        recorded figure could exceed the limit a bound let through by that gap)."""
         return self.bound() <= limit or super().within(limit)
 
     def epsilon(self) -> float:
