@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +45,10 @@ def simulate(
     and whether it stalled: no checkpoint ``first`` within START_WITHIN seconds (on a loaded
     machine Ray's processes sometimes die at start-up and the driver then waits forever)."""
     args = [arg for o in overrides for arg in ("-c", o)]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_TMPDIR": str(out / "ray")}
+    # Ray's own folder, short: its socket paths must stay within AF_UNIX's 107 bytes, which a
+    # folder under pytest's numbered base temp (pytest-191/resume1/...) does not.
+    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_TMPDIR": ray_dir}
     if crash:
         env[CRASH_AFTER_ROUND] = crash
     log = out / f"simulate-{time.monotonic_ns()}.log"
@@ -66,6 +71,7 @@ def simulate(
             with contextlib.suppress(ProcessLookupError):  # Ray's processes outlive the driver
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            shutil.rmtree(ray_dir, ignore_errors=True)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), "")
     return done, stalled
 
