@@ -129,23 +129,6 @@ def rounds_done(metrics: Path) -> list[dict[str, Any]]:
         return []
 
 
-def serverapp_pids(local: LocalFederation) -> list[int]:
-    """The ServerApps of this federation's SuperLink: ``flwr-serverapp`` processes dialling
-    its Runtime API (Flower starts them outside the SuperLink's process group)."""
-    assert local.superlink is not None
-    runtime = f"127.0.0.1:{local.superlink.control_port}"
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                words = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if any(w.endswith("flwr-serverapp") for w in words[:2]) and runtime in words:
-                found.append(int(entry.name))
-    return found
-
-
 def start_run(local: LocalFederation, config: dict[str, Any]) -> subprocess.Popen[str]:
     text = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
     command = [deploy.executable("flwr"), "run", str(ROOT), deploy.CONNECTION, "--stream"]
@@ -207,7 +190,7 @@ def soak(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
                 typical = statistics.median(round_times(done)[1:] or [2.0])
                 time.sleep(typical / 2)  # into the next round: one is in flight
                 in_flight = (rounds_done(metrics)[-1]["round"] if rounds_done(metrics) else 0) + 1
-                pids = serverapp_pids(local)
+                pids = local.serverapp_pids()
                 if not pids:
                     raise RuntimeError("no ServerApp of this SuperLink to kill")
                 for pid in pids:

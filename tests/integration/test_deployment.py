@@ -53,7 +53,7 @@ from fedllm.privacy.chain import COUNT, TRAIN
 from fedllm.secagg import ROSTER_FILE, Roster
 from server.recorder import CRASH_AFTER_ROUND
 from tests.conftest import ROOT, write_heart_center
-from tests.support.local_federation import LocalFederation, Process, commands, free_port
+from tests.support.local_federation import LocalFederation, Process, free_port
 from tests.support.netns import Netns
 from tests.support.outsider_app import GOT_DATA, GOT_ERROR, outsider_home, write_outsider_app
 
@@ -459,13 +459,15 @@ def resumed(federation: Federation) -> Resumed:
         env=federation.local.env, cwd=federation.root, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    superlink = next(p for p in federation.local.processes if p.name == "superlink")
+    seen: set[int] = set()  # the run's ServerApp, found by the Runtime API it dials
     try:  # the stream client waits for a run that no longer progresses: stop it
         deadline = time.monotonic() + 300
         while not (folder / "checkpoints" / "round-0002.ckpt").exists():
             assert process.poll() is None and time.monotonic() < deadline, "no round 2"
+            seen.update(federation.local.serverapp_pids())
             time.sleep(0.2)
-        while "flwr-serverapp" in commands(superlink).values():  # it kills itself
+        assert seen, "the run's ServerApp was never found"
+        while seen & set(federation.local.serverapp_pids()):  # it kills itself
             assert time.monotonic() < deadline, "the ServerApp is still running"
             time.sleep(0.2)
     finally:

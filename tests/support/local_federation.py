@@ -191,6 +191,22 @@ class LocalFederation:
         (self.root / "logs" / f"run-{runs + 1}.log").write_text(result.stdout + result.stderr)
         return result
 
+    def serverapp_pids(self) -> list[int]:
+        """The ServerApps of this federation's SuperLink: ``flwr-serverapp`` processes dialling
+        its Runtime API (Flower starts them outside the SuperLink's process group)."""
+        assert self.superlink is not None
+        runtime = f"127.0.0.1:{self.superlink.control_port}"
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    words = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                except OSError:
+                    continue
+                if any(w.endswith("flwr-serverapp") for w in words[:2]) and runtime in words:
+                    found.append(int(entry.name))
+        return found
+
     def close(self, grace: float = 8.0) -> None:
         """SIGTERM to every process group at once, SIGKILL to what is left after ``grace``."""
         for process in self.processes:
