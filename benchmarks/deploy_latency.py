@@ -47,9 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support: the one-machine deployment the tests also use
 
 from fedllm import deploy  # noqa: E402
-from fedllm.crypto import SiteKey, create_deployment  # noqa: E402
-from fedllm.secagg import ROSTER_FILE, Roster  # noqa: E402
-from tests.support.local_federation import LocalFederation, free_port  # noqa: E402
+from fedllm.crypto import create_deployment  # noqa: E402
+from tests.support.local_federation import (  # noqa: E402
+    LocalFederation,
+    free_port,
+    write_rosters,
+)
 from tests.support.probe_app import (  # noqa: E402
     handed_over,
     node_id,
@@ -61,13 +64,6 @@ CENTERS = ("cleveland", "hungarian", "va")
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("simulation", "deployment-cold", "deployment-warm")
 GOAL_S = 1.5  # issue 18: deployment steady round <= simulation + 1.5 s
-
-
-def write_rosters(sites: dict[str, deploy.SiteFiles]) -> None:
-    """Each site's secagg-roster.toml: every member's identity key (exchanged out of band)."""
-    roster = Roster({n: SiteKey.load(f.site_key).public for n, f in sites.items()})
-    for files in sites.values():
-        (files.folder / ROSTER_FILE).write_text(roster.to_toml())
 
 
 def heart_data(given: Path | None) -> Path:

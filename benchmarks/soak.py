@@ -39,29 +39,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support: the one-machine deployment the tests also use
 
 from fedllm import deploy  # noqa: E402
-from fedllm.crypto import SiteKey, create_deployment  # noqa: E402
+from fedllm.crypto import create_deployment  # noqa: E402
 from fedllm.errors import FedLLMError  # noqa: E402
 from fedllm.privacy import PrivacyLedger, spent  # noqa: E402
 from fedllm.privacy.chain import COUNT, TRAIN  # noqa: E402
-from fedllm.secagg import ROSTER_FILE, Roster  # noqa: E402
 from tests.support.local_federation import (  # noqa: E402
     LocalFederation,
     Process,
     commands,
     free_port,
+    write_rosters,
 )
 
 CENTERS = ("cleveland", "hungarian", "va")
 DOOMED = "va"
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 1.0
-
-
-def write_rosters(sites: dict[str, deploy.SiteFiles]) -> None:
-    """Each site's secagg-roster.toml: every member's identity key (exchanged out of band)."""
-    roster = Roster({n: SiteKey.load(f.site_key).public for n, f in sites.items()})
-    for files in sites.values():
-        (files.folder / ROSTER_FILE).write_text(roster.to_toml())
 
 
 def heart_data(given: Path | None) -> Path:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedllm import deploy
-from fedllm.crypto import add_node_public_key
+from fedllm.crypto import SiteKey, add_node_public_key
 from fedllm.deploy.pinning import trusted_app
+from fedllm.secagg import ROSTER_FILE, Roster
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -255,3 +256,10 @@ def commands(process: Process) -> dict[int, str]:
                     words[words.index("-m") + 1] if "-m" in words[:-1] else Path(words[0]).name
                 )
     return found
+
+
+def write_rosters(sites: dict[str, deploy.SiteFiles]) -> None:
+    """Each site's secagg-roster.toml: every member's identity key (exchanged out of band)."""
+    roster = Roster({n: SiteKey.load(f.site_key).public for n, f in sites.items()})
+    for files in sites.values():
+        (files.folder / ROSTER_FILE).write_text(roster.to_toml())
