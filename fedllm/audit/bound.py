@@ -23,7 +23,7 @@ from fedllm.errors import ConfigError
 BISECTION_STEPS = 40  # the paper uses 30; 40 resolves epsilon to ~1e-12 of the bracket
 
 
-def _check_counts(m: int, r: int, v: int) -> None:
+def check_counts(m: int, r: int, v: int) -> None:
     if not 0 <= v <= r <= m:
         raise ConfigError(
             f"audit counts must satisfy 0 <= correct <= guesses <= canaries, got "
@@ -31,7 +31,7 @@ def _check_counts(m: int, r: int, v: int) -> None:
         )
 
 
-def _check_delta(delta: float) -> None:
+def check_delta(delta: float) -> None:
     if not 0.0 <= delta <= 1.0:
         raise ConfigError(f"audit delta must be in [0, 1], got {delta}")
 
@@ -59,8 +59,8 @@ def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     Appendix D), where ``beta = P[Binomial(r, q) >= v]`` with ``q = e^eps / (1 + e^eps)`` (the
     accuracy of eps-DP randomized response) and ``alpha = max_i P[v > Binomial(r, q) >= v -
     i] / i``. Capped at 1."""
-    _check_counts(m, r, v)
-    _check_delta(delta)
+    check_counts(m, r, v)
+    check_delta(delta)
     if epsilon < 0 or math.isnan(epsilon):
         raise ConfigError(f"audit epsilon must be >= 0, got {epsilon}")
     q_log = -float(np.logaddexp(0.0, -epsilon))  # log(e^eps / (1 + e^eps))
@@ -79,8 +79,8 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, confidence: float 
     p-value below ``1 - confidence`` under (epsilon, delta)-DP: with that confidence the
     algorithm audited is not (epsilon', delta)-DP for any epsilon' below it. 0 when even
     epsilon 0 is not rejected. Bisection as in the paper's ``get_eps_audit``."""
-    _check_counts(m, r, v)
-    _check_delta(delta)
+    check_counts(m, r, v)
+    check_delta(delta)
     if not 0.0 < confidence < 1.0:
         raise ConfigError(f"audit confidence must be in (0, 1), got {confidence}")
     level = 1.0 - confidence

@@ -6,7 +6,9 @@ whose file the audited site plants (:mod:`fedllm.audit.canaries`). The auditor d
 gradient canaries and ``m`` input canaries, includes each with probability 1/2 from fresh OS
 entropy, and keeps the masks to itself; the attackers (:mod:`fedllm.audit.attacks`) see the
 candidates, the run config and what the server saw, never the masks. Each attacker's scores
-become an epsilon lower bound (:mod:`fedllm.audit.guesses`), reported beside the epsilon the
+become an epsilon lower bound (:mod:`fedllm.audit.guesses`): Steinke et al.'s analysis always,
+and the f-DP analysis (mu-GDP family) too where the audited site's ledger shows only Gaussian
+releases without subsampling; the stronger is the headline, reported beside the epsilon the
 accountant reports for that site. A bound above the reported epsilon (secret noise) means the
 code does not implement its guarantee: the audit says so and fails.
 """
@@ -32,10 +34,13 @@ from fedllm.audit.attacks import (
     site_rounds,
 )
 from fedllm.audit.canaries import GradientCanaries, InputCanaries, PlantedCanaries
-from fedllm.audit.guesses import AuditOutcome, audit
+from fedllm.audit.fdp import gaussian_family_covers, gdp_epsilon, schedule_mu
+from fedllm.audit.guesses import ANALYSES, AuditOutcome, audit
 from fedllm.audit.observed import load_observed
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError
+from fedllm.privacy.events import DPEvent
+from fedllm.privacy.ledger import PrivacyLedger
 from fedllm.rundir import default_run_name
 from fedllm.tasks import get_task, load_federation
 from fedllm.weights import exchanged_state
@@ -162,8 +167,17 @@ def reported_epsilon(run_dir: Path, site: str) -> float | None:
     raise ConfigError(f"metrics.json reports no epsilon for the audited site {site}")
 
 
-def attack(prepared: AuditRun, obs: Observation) -> dict[str, AuditOutcome]:
-    """Every attacker's scores turned into a bound against the secret masks."""
+def site_releases(run_dir: Path, site: str) -> list[DPEvent]:
+    """Every release the audited site's ledger records (none without DP: no ledger)."""
+    path = run_dir / "sites" / site / "ledger.jsonl"
+    if not path.is_file():
+        return []
+    return [entry.event for entry in PrivacyLedger(path).entries()]
+
+
+def attack(prepared: AuditRun, obs: Observation, gaussian: bool = False) -> dict[str, AuditOutcome]:
+    """Every attacker's scores turned into a bound against the secret masks. ``gaussian``: the
+    audited site's releases are all Gaussian without subsampling, so the f-DP analysis runs."""
     plan, cfg = prepared.plan, prepared.cfg
     outcomes = {}
     for name in plan.attackers:
@@ -175,20 +189,48 @@ def attack(prepared: AuditRun, obs: Observation) -> dict[str, AuditOutcome]:
             mask = prepared.masks["gradient"]
         else:
             raise ConfigError(f"attacker {name!r} has no canaries drawn for it in this audit")
-        outcomes[name] = audit(scores, mask, cfg.target_delta, plan.confidence)
+        outcomes[name] = audit(scores, mask, cfg.target_delta, plan.confidence, gaussian=gaussian)
     return outcomes
 
 
+def analysis_row(outcome: AuditOutcome) -> dict[str, Any]:
+    """Each analysis's bound, its family and level, and every guess count it tried."""
+    return {
+        a.name: {
+            "paper": a.kind.paper,
+            "family": a.kind.family,
+            "level": a.level,
+            "epsilon-lower-bound": a.epsilon,
+            "guesses": a.best.guesses,
+            "correct": a.best.correct,
+            "guesses-per-side": a.best.per_side,
+            "ceiling": a.ceiling,
+            "tried": [
+                {"per-side": t.per_side, "guesses": t.guesses, "correct": t.correct,
+                 "epsilon": t.epsilon}
+                for t in a.tried
+            ],
+        }
+        for a in outcome.analyses
+    }  # fmt: skip
+
+
 def report(
-    prepared: AuditRun, outcomes: dict[str, AuditOutcome], site_updates: bool = False
+    prepared: AuditRun,
+    outcomes: dict[str, AuditOutcome],
+    site_updates: bool = False,
+    releases: list[DPEvent] | None = None,
 ) -> dict[str, Any]:
     """audit.json's content. ``site_updates``: the server kept the audited site's own plain
-    updates, so the gradient attackers scored those rather than the aggregate.
-    ``violations`` lists the attackers whose bound exceeds the reported epsilon where the
-    guarantee claims to hold (DP with secret noise)."""
+    updates, so the gradient attackers scored those rather than the aggregate. ``releases``:
+    the audited site's ledger (whether the f-DP analysis covers it, and its exact mu).
+    ``violations`` lists the attackers whose headline bound exceeds the reported epsilon where
+    the guarantee claims to hold (DP with secret noise)."""
     cfg, plan = prepared.cfg, prepared.plan
     site = load_federation(cfg).sites[plan.site_index].name
     reported = reported_epsilon(prepared.run_dir, site)
+    releases = releases or []
+    gaussian = gaussian_family_covers(releases)
     attackers: dict[str, Any] = {}
     violations = []
     for name, outcome in outcomes.items():
@@ -196,6 +238,7 @@ def report(
         expected = name == SEED_KNOWING and cfg.reproducible_noise
         if exceeds and not expected:
             violations.append(name)
+        head = outcome.headline
         attackers[name] = {
             "observes": OBSERVES[name],
             "secure-aggregation": cfg.secagg,
@@ -208,34 +251,50 @@ def report(
             ),
             "canaries": outcome.canaries,
             "included": outcome.included,
-            "guesses": outcome.best.guesses,
-            "correct": outcome.best.correct,
-            "guesses-per-side": outcome.best.per_side,
             "epsilon-lower-bound": outcome.epsilon,
-            "ceiling": outcome.ceiling,
+            "analysis": head.name,
+            "guesses": head.best.guesses,
+            "correct": head.best.correct,
+            "guesses-per-side": head.best.per_side,
+            "ceiling": max(a.ceiling for a in outcome.analyses),
             "exceeds-reported": exceeds,
-            "tried": [
-                {
-                    "per-side": t.per_side,
-                    "guesses": t.guesses,
-                    "correct": t.correct,
-                    "epsilon": t.epsilon,
-                }
-                for t in outcome.tried
-            ],
+            "analyses": analysis_row(outcome),
         }
     strongest = max(outcomes, key=lambda n: outcomes[n].epsilon)
+    mu = schedule_mu(r for r in releases if r.steps > 0) if gaussian else None
     return {
         "site": site,
         "site-index": plan.site_index,
         "reported-epsilon": reported,
         "delta": cfg.target_delta,
         "confidence": plan.confidence,
-        "method": "one-run auditing (Steinke, Nasr, Jagielski 2023), Bonferroni over guess counts",
+        "method": (
+            "one-run auditing: Steinke, Nasr, Jagielski 2023 ((epsilon, delta)-DP)"
+            + (" and Mahloujifar, Melis, Chaudhuri 2024 (f-DP, mu-GDP family)" if gaussian else "")
+            + "; 1 - confidence split in advance between the analyses and their guess counts "
+            "(Bonferroni); the headline is the strongest"
+        ),
+        "f-dp": {
+            "applies": gaussian,
+            "why": (
+                "every release of the audited site is a Gaussian mechanism without "
+                "subsampling, so its mechanism is exactly mu-GDP in each canary"
+                if gaussian
+                else "not every release of the audited site is Gaussian without subsampling "
+                "(or it ran without DP): a mu-GDP hypothesis would not cover its mechanism, so "
+                "only Steinke et al.'s analysis runs"
+            ),
+            "schedule-mu": mu,
+            "schedule-gdp-epsilon": None if mu is None else gdp_epsilon(mu, cfg.target_delta),
+        },
         "dp": cfg.dp,
         "reproducible-noise": cfg.reproducible_noise,
         "attackers": attackers,
-        "strongest": {"attacker": strongest, "epsilon-lower-bound": outcomes[strongest].epsilon},
+        "strongest": {
+            "attacker": strongest,
+            "epsilon-lower-bound": outcomes[strongest].epsilon,
+            "analysis": outcomes[strongest].headline.name,
+        },
         "violations": violations,
         "run": str(prepared.run_dir),
         "config": cfg.to_flower(),
@@ -243,16 +302,28 @@ def report(
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Each attacker's lower bound as a bar, the reported epsilon as a line."""
+    """Each attacker's bound under each analysis as bars (the headline labelled), the
+    reported epsilon as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(result["attackers"])
-    bounds = [result["attackers"][n]["epsilon-lower-bound"] for n in names]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, bounds, color="tab:blue", label=f"lower bound ({result['confidence']:.0%})")
+    kinds = [k for k in ANALYSES if any(k in result["attackers"][n]["analyses"] for n in names)]
+    width = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for j, kind in enumerate(kinds):
+        xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(names))]
+        rows = [result["attackers"][n]["analyses"].get(kind, {}) for n in names]
+        ys = [row.get("epsilon-lower-bound", 0.0) for row in rows]
+        ax.bar(xs, ys, width, label=f"{kind} ({result['confidence']:.0%} overall)")
+    for i, n in enumerate(names):
+        row = result["attackers"][n]
+        label = f"{row['epsilon-lower-bound']:.2f}\n{row['analysis']}"
+        top = row["epsilon-lower-bound"]
+        ax.annotate(label, (i, top), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
     if result["reported-epsilon"] is not None:
         ax.axhline(
             result["reported-epsilon"],
@@ -260,9 +331,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
             linestyle="--",
             label=f"reported epsilon {result['reported-epsilon']:.3g}",
         )
-    ax.set_ylabel("epsilon")
-    ax.set_title(f"privacy audit of {result['site']}")
-    ax.legend()
+    ax.set_ylabel("epsilon lower bound")
+    best = result["strongest"]
+    ax.set_title(
+        f"privacy audit of {result['site']}: at least {best['epsilon-lower-bound']:.2f} "
+        f"({best['attacker']}, {best['analysis']})",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -271,7 +347,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def finish(prepared: AuditRun) -> dict[str, Any]:
     """Attack the finished run and write audit.json and audit.png into the audit folder."""
     obs = observe(prepared)
-    result = report(prepared, attack(prepared, obs), site_updates=obs.own is not None)
+    site = load_federation(prepared.cfg).sites[prepared.plan.site_index].name
+    releases = site_releases(prepared.run_dir, site)
+    outcomes = attack(prepared, obs, gaussian=gaussian_family_covers(releases))
+    result = report(prepared, outcomes, site_updates=obs.own is not None, releases=releases)
     (prepared.folder / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, prepared.folder / "audit.png")
     return result

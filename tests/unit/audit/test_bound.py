@@ -126,14 +126,15 @@ def test_guesses_take_the_top_and_bottom_scores() -> None:
 def test_perfect_scores_give_the_all_correct_bound_at_the_corrected_level() -> None:
     included = np.arange(100) % 2 == 0
     outcome = audit(included.astype(float), included, delta=0.0)
+    (steinke,) = outcome.analyses
     counts = guess_counts(100)
-    assert outcome.best.per_side == 50 and outcome.best.correct == outcome.best.guesses == 100
+    assert steinke.best.per_side == 50 and steinke.best.correct == steinke.best.guesses == 100
     level = 0.05 / len(counts)
     q = level ** (1 / 100)
     assert outcome.epsilon == pytest.approx(math.log(q / (1 - q)), abs=1e-6)
-    assert outcome.ceiling == outcome.epsilon
+    assert steinke.ceiling == outcome.epsilon
     shuffled = audit(np.random.default_rng(3).random(100), included, delta=0.0)
-    assert shuffled.ceiling == outcome.ceiling and shuffled.epsilon < 0.5
+    assert shuffled.analyses[0].ceiling == steinke.ceiling and shuffled.epsilon < 0.5
 
 
 def test_bad_counts_are_refused_by_name() -> None:

@@ -69,7 +69,7 @@ def test_a_bound_above_the_reported_epsilon_is_a_violation_unless_the_noise_was_
     tmp_path: Path,
 ) -> None:
     """The tool fails loudly on an unsound run; reproducible noise is not private by design."""
-    from fedllm.audit.guesses import AuditOutcome, Guesses
+    from fedllm.audit.guesses import STEINKE, Analysis, AuditOutcome, Guesses
 
     for reproducible in (False, True):
         name = f"r{reproducible}"
@@ -81,10 +81,53 @@ def test_a_bound_above_the_reported_epsilon_is_a_violation_unless_the_noise_was_
         metrics = {"config": {"dp": True}, "final": {"epsilon-per-site": {"site-0": 1.0}}}
         (prepared.run_dir / "metrics.json").write_text(json.dumps(metrics))
         high = Guesses(10, 20, 20, 2.0)
+        analysis = Analysis(STEINKE, 0.05, high, (high,))
         outcomes = {
-            a: AuditOutcome(20, 10, 0.95, 1e-5, high, (high,)) for a in prepared.plan.attackers
+            a: AuditOutcome(20, 10, 0.95, 1e-5, (analysis,)) for a in prepared.plan.attackers
         }
         result = report(prepared, outcomes)
         expected = ["coordinator"] if reproducible else ["coordinator", "seed-knowing"]
         assert result["violations"] == expected
         assert result["reported-epsilon"] == 1.0
+
+
+def test_the_report_carries_both_analyses_and_names_the_headline(tmp_path: Path) -> None:
+    """Full-batch Gaussian releases: f-DP beside Steinke, the stronger as the headline, the
+    schedule's own mu-GDP epsilon beside it; a subsampled release: Steinke alone, and why."""
+    from fedllm.audit.fdp import gdp_epsilon
+    from fedllm.audit.guesses import audit
+    from fedllm.cli.audit import summary
+    from fedllm.privacy.events import DPEvent
+
+    prepared = prepare_audit(
+        {"out-dir": str(tmp_path), "run-name": "a", "hidden-units": 16},
+        AuditPlan(canaries=200, attackers=("coordinator",)),
+    )
+    prepared.run_dir.mkdir()
+    metrics = {"config": {"dp": True}, "final": {"epsilon-per-site": {"site-0": 8.0}}}
+    (prepared.run_dir / "metrics.json").write_text(json.dumps(metrics))
+    rng = np.random.default_rng(0)
+    included = rng.random(200) < 0.5
+    scores = rng.normal(1.7 * included, 1.0)
+    full_batch = [DPEvent(2.5, 1.0, 10), DPEvent(5.0, 1.0, 1)]
+    outcome = audit(scores, included, 1e-5, gaussian=True)
+    result = report(prepared, {"coordinator": outcome}, releases=full_batch)
+    row = result["attackers"]["coordinator"]
+    assert set(row["analyses"]) == {"steinke", "f-dp"}
+    assert row["analysis"] == outcome.headline.name == result["strongest"]["analysis"]
+    assert row["epsilon-lower-bound"] == max(
+        a["epsilon-lower-bound"] for a in row["analyses"].values()
+    )
+    assert sum(a["level"] for a in row["analyses"].values()) == pytest.approx(0.05)
+    assert result["f-dp"]["applies"] is True
+    mu = (10 / 2.5**2 + 1 / 5.0**2) ** 0.5
+    assert result["f-dp"]["schedule-gdp-epsilon"] == pytest.approx(gdp_epsilon(mu, 1e-5))
+    text = summary(result)
+    assert f"{row['analysis']}*" in text and f"({row['analysis']} analysis)" in text
+
+    subsampled = [DPEvent(1.0, 0.1, 100)]
+    alone = audit(scores, included, 1e-5)
+    result = report(prepared, {"coordinator": alone}, releases=subsampled)
+    assert set(result["attackers"]["coordinator"]["analyses"]) == {"steinke"}
+    assert result["f-dp"]["applies"] is False and result["f-dp"]["schedule-mu"] is None
+    assert "f-dp not run" in summary(result)
