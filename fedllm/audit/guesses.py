@@ -7,9 +7,10 @@ for the ``k`` highest and "out" for the ``k`` lowest and abstains on the rest (S
 
 - ``steinke``: (epsilon, delta)-DP, Steinke, Nasr, Jagielski 2023 (:mod:`fedllm.audit.bound`);
   holds for every mechanism.
-- ``f-dp``: the mu-GDP family under Mahloujifar, Melis, Chaudhuri 2024's f-DP analysis
-  (:mod:`fedllm.audit.fdp`); much tighter for Gaussian mechanisms, sound only where the audited
-  mechanism is one (the caller says so: every release Gaussian, no subsampling).
+- ``f-dp``: Mahloujifar, Melis, Chaudhuri 2024's f-DP analysis (:mod:`fedllm.audit.fdp`)
+  against a family of trade-off curves that holds the audited mechanism
+  (:mod:`fedllm.audit.families`, chosen from the site's ledger); much tighter for Gaussian
+  mechanisms. Without such a family (no DP) it does not run.
 
 Which ``k`` works best depends on how strong the attack is, and choosing it (or the analysis)
 after seeing which guesses were right would void the confidence; so the ``1 - confidence`` is
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedllm.audit.bound import epsilon_lower_bound
-from fedllm.audit.fdp import gdp_lower_bound
+from fedllm.audit.families import Family
 from fedllm.errors import ConfigError
 
 # Guesses on each side, as fractions of the canaries (fixed before any score is seen).
@@ -37,7 +38,7 @@ GUESS_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
 FDP_GUESS_FRACTIONS = (0.1,)
 
 STEINKE, FDP = "steinke", "f-dp"
-Bound = Callable[[int, int, int, float, float], float]  # (m, r, v, delta, level) -> epsilon
+Bound = Callable[[int, int, int, float], float]  # (m, r, v, level) -> epsilon
 
 
 @dataclass(frozen=True)
@@ -45,27 +46,15 @@ class AnalysisKind:
     """One way to turn (m, r, v) into an epsilon lower bound at a level."""
 
     paper: str
-    family: str  # the hypotheses it rejects
-    fractions: tuple[float, ...]
-    bound: Bound
-
-
-def _steinke(m: int, r: int, v: int, delta: float, level: float) -> float:
-    return epsilon_lower_bound(m, r, v, delta, 1.0 - level)
+    fractions: tuple[float, ...]  # its guess counts, as fractions of the canaries
 
 
 ANALYSES: dict[str, AnalysisKind] = {
     STEINKE: AnalysisKind(
-        "Steinke, Nasr, Jagielski 2023 (one-run auditing)",
-        "(epsilon, delta)-DP",
-        GUESS_FRACTIONS,
-        _steinke,
+        "Steinke, Nasr, Jagielski 2023 (one-run auditing, (epsilon, delta)-DP)", GUESS_FRACTIONS
     ),
     FDP: AnalysisKind(
-        "Mahloujifar, Melis, Chaudhuri 2024 (f-DP one-run auditing)",
-        "mu-GDP (exact for Gaussian releases without subsampling)",
-        FDP_GUESS_FRACTIONS,
-        gdp_lower_bound,
+        "Mahloujifar, Melis, Chaudhuri 2024 (f-DP one-run auditing)", FDP_GUESS_FRACTIONS
     ),
 }
 ANALYSIS_SHARE = {STEINKE: 0.2, FDP: 0.8}  # of 1 - confidence, when both run
@@ -86,6 +75,7 @@ class Analysis:
     """One analysis's strongest bound over its guess counts, with every count's outcome."""
 
     name: str
+    family: str  # the hypotheses it rejects
     level: float  # its share of 1 - confidence, split equally over ``tried``
     best: Guesses
     tried: tuple[Guesses, ...]
@@ -139,9 +129,10 @@ def guess(scores: np.ndarray, per_side: int) -> np.ndarray:
 
 def analyse(
     name: str,
+    family: str,
+    bound: Bound,
     scores: np.ndarray,
     truth: np.ndarray,
-    delta: float,
     level: float,
     fractions: Sequence[float] | None = None,
 ) -> Analysis:
@@ -155,10 +146,10 @@ def analyse(
         g = guess(scores, k)
         r = int(np.count_nonzero(g))
         v = int(np.count_nonzero(g == truth))
-        tried.append(Guesses(k, r, v, kind.bound(m, r, v, delta, each)))
-        ceiling = max(ceiling, kind.bound(m, r, r, delta, each))
+        tried.append(Guesses(k, r, v, bound(m, r, v, each)))
+        ceiling = max(ceiling, bound(m, r, r, each))
     best = max(tried, key=lambda t: t.epsilon)
-    return Analysis(name, level, best, tuple(tried), ceiling)
+    return Analysis(name, family, level, best, tuple(tried), ceiling)
 
 
 def audit(
@@ -167,14 +158,14 @@ def audit(
     delta: float,
     confidence: float = 0.95,
     fractions: Sequence[float] | None = None,
-    gaussian: bool = False,
+    family: Family | None = None,
 ) -> AuditOutcome:
     """The epsilon lower bound of an attack whose scores (m,) rank the canaries, against the
     auditor's secret inclusion mask (m,), at ``confidence`` over every analysis and guess count
-    tried. ``gaussian``: the caller vouches that the audited mechanism is Gaussian in each
-    canary without subsampling (:func:`fedllm.audit.fdp.gaussian_family_covers`), so the f-DP
-    analysis runs beside Steinke's; otherwise Steinke's alone takes the whole level.
-    ``fractions`` replaces every analysis's guess counts (tests)."""
+    tried. ``family``: trade-off curves that hold the audited mechanism
+    (:func:`fedllm.audit.families.family_for`), so the f-DP analysis runs beside Steinke's;
+    without one Steinke's alone takes the whole level. ``fractions`` replaces every
+    analysis's guess counts (tests)."""
     scores = np.asarray(scores, dtype=np.float64)
     included = np.asarray(included, dtype=bool)
     if scores.shape != included.shape or scores.ndim != 1:
@@ -185,10 +176,18 @@ def audit(
         raise ConfigError("canary scores must be finite")
     if not 0.0 < confidence < 1.0:
         raise ConfigError(f"audit confidence must be in (0, 1), got {confidence}")
-    shares = ANALYSIS_SHARE if gaussian else {STEINKE: 1.0}
     truth = np.where(included, 1, -1)
+    spare = 1.0 - confidence
+
+    def steinke(m: int, r: int, v: int, level: float) -> float:
+        return epsilon_lower_bound(m, r, v, delta, 1.0 - level)
+
+    runs: list[tuple[str, str, Bound]] = [(STEINKE, "(epsilon, delta)-DP", steinke)]
+    if family is not None:
+        runs.append((FDP, family.name, family.lower_bound))
     analyses = tuple(
-        analyse(name, scores, truth, delta, (1.0 - confidence) * share, fractions)
-        for name, share in shares.items()
-    )
+        analyse(name, hypotheses, bound, scores, truth,
+                spare * (ANALYSIS_SHARE[name] if len(runs) > 1 else 1.0), fractions)
+        for name, hypotheses, bound in runs
+    )  # fmt: skip
     return AuditOutcome(len(scores), int(included.sum()), confidence, delta, analyses)

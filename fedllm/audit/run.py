@@ -7,8 +7,9 @@ gradient canaries and ``m`` input canaries, includes each with probability 1/2 f
 entropy, and keeps the masks to itself; the attackers (:mod:`fedllm.audit.attacks`) see the
 candidates, the run config and what the server saw, never the masks. Each attacker's scores
 become an epsilon lower bound (:mod:`fedllm.audit.guesses`): Steinke et al.'s analysis always,
-and the f-DP analysis (mu-GDP family) too where the audited site's ledger shows only Gaussian
-releases without subsampling; the stronger is the headline, reported beside the epsilon the
+and the f-DP analysis too against a family of trade-off curves built from the audited site's
+ledger (mu-GDP where every release is Gaussian without subsampling, else its own schedule with
+scaled noise); the stronger is the headline, reported beside the epsilon the
 accountant reports for that site. A bound above the reported epsilon (secret noise) means the
 code does not implement its guarantee: the audit says so and fails.
 """
@@ -34,7 +35,8 @@ from fedllm.audit.attacks import (
     site_rounds,
 )
 from fedllm.audit.canaries import GradientCanaries, InputCanaries, PlantedCanaries
-from fedllm.audit.fdp import gaussian_family_covers, gdp_epsilon, schedule_mu
+from fedllm.audit.families import Family, family_for, mu_of
+from fedllm.audit.fdp import gdp_epsilon
 from fedllm.audit.guesses import ANALYSES, AuditOutcome, audit
 from fedllm.audit.observed import load_observed
 from fedllm.config import RunConfig
@@ -175,9 +177,11 @@ def site_releases(run_dir: Path, site: str) -> list[DPEvent]:
     return [entry.event for entry in PrivacyLedger(path).entries()]
 
 
-def attack(prepared: AuditRun, obs: Observation, gaussian: bool = False) -> dict[str, AuditOutcome]:
-    """Every attacker's scores turned into a bound against the secret masks. ``gaussian``: the
-    audited site's releases are all Gaussian without subsampling, so the f-DP analysis runs."""
+def attack(
+    prepared: AuditRun, obs: Observation, family: Family | None = None
+) -> dict[str, AuditOutcome]:
+    """Every attacker's scores turned into a bound against the secret masks. ``family``: the
+    trade-off curves holding the audited site's mechanism (the f-DP analysis runs with it)."""
     plan, cfg = prepared.plan, prepared.cfg
     outcomes = {}
     for name in plan.attackers:
@@ -189,7 +193,7 @@ def attack(prepared: AuditRun, obs: Observation, gaussian: bool = False) -> dict
             mask = prepared.masks["gradient"]
         else:
             raise ConfigError(f"attacker {name!r} has no canaries drawn for it in this audit")
-        outcomes[name] = audit(scores, mask, cfg.target_delta, plan.confidence, gaussian=gaussian)
+        outcomes[name] = audit(scores, mask, cfg.target_delta, plan.confidence, family=family)
     return outcomes
 
 
@@ -198,7 +202,7 @@ def analysis_row(outcome: AuditOutcome) -> dict[str, Any]:
     return {
         a.name: {
             "paper": a.kind.paper,
-            "family": a.kind.family,
+            "family": a.family,
             "level": a.level,
             "epsilon-lower-bound": a.epsilon,
             "guesses": a.best.guesses,
@@ -223,14 +227,14 @@ def report(
 ) -> dict[str, Any]:
     """audit.json's content. ``site_updates``: the server kept the audited site's own plain
     updates, so the gradient attackers scored those rather than the aggregate. ``releases``:
-    the audited site's ledger (whether the f-DP analysis covers it, and its exact mu).
+    the audited site's ledger (the f-DP analysis's family, and its exact mu if it has one).
     ``violations`` lists the attackers whose headline bound exceeds the reported epsilon where
     the guarantee claims to hold (DP with secret noise)."""
     cfg, plan = prepared.cfg, prepared.plan
     site = load_federation(cfg).sites[plan.site_index].name
     reported = reported_epsilon(prepared.run_dir, site)
     releases = releases or []
-    gaussian = gaussian_family_covers(releases)
+    family = family_for(releases, cfg.target_delta, cfg.accountant)
     attackers: dict[str, Any] = {}
     violations = []
     for name, outcome in outcomes.items():
@@ -261,7 +265,7 @@ def report(
             "analyses": analysis_row(outcome),
         }
     strongest = max(outcomes, key=lambda n: outcomes[n].epsilon)
-    mu = schedule_mu(r for r in releases if r.steps > 0) if gaussian else None
+    mu = mu_of(releases)
     return {
         "site": site,
         "site-index": plan.site_index,
@@ -270,19 +274,18 @@ def report(
         "confidence": plan.confidence,
         "method": (
             "one-run auditing: Steinke, Nasr, Jagielski 2023 ((epsilon, delta)-DP)"
-            + (" and Mahloujifar, Melis, Chaudhuri 2024 (f-DP, mu-GDP family)" if gaussian else "")
+            + (" and Mahloujifar, Melis, Chaudhuri 2024 (f-DP)" if family else "")
             + "; 1 - confidence split in advance between the analyses and their guess counts "
             "(Bonferroni); the headline is the strongest"
         ),
         "f-dp": {
-            "applies": gaussian,
+            "applies": family is not None,
+            "family": None if family is None else family.name,
             "why": (
-                "every release of the audited site is a Gaussian mechanism without "
-                "subsampling, so its mechanism is exactly mu-GDP in each canary"
-                if gaussian
-                else "not every release of the audited site is Gaussian without subsampling "
-                "(or it ran without DP): a mu-GDP hypothesis would not cover its mechanism, so "
-                "only Steinke et al.'s analysis runs"
+                family.about
+                if family is not None
+                else "the audited site made no private release (no DP): no trade-off curve to "
+                "hypothesise, so only Steinke et al.'s analysis runs"
             ),
             "schedule-mu": mu,
             "schedule-gdp-epsilon": None if mu is None else gdp_epsilon(mu, cfg.target_delta),
@@ -349,7 +352,8 @@ def finish(prepared: AuditRun) -> dict[str, Any]:
     obs = observe(prepared)
     site = load_federation(prepared.cfg).sites[prepared.plan.site_index].name
     releases = site_releases(prepared.run_dir, site)
-    outcomes = attack(prepared, obs, gaussian=gaussian_family_covers(releases))
+    family = family_for(releases, prepared.cfg.target_delta, prepared.cfg.accountant)
+    outcomes = attack(prepared, obs, family)
     result = report(prepared, outcomes, site_updates=obs.own is not None, releases=releases)
     (prepared.folder / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, prepared.folder / "audit.png")

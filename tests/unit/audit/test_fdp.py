@@ -13,6 +13,7 @@ import pytest
 
 from fedllm.audit import audit
 from fedllm.audit.bound import epsilon_lower_bound
+from fedllm.audit.families import GaussianFamily
 from fedllm.audit.fdp import (
     gaussian_family_covers,
     gdp_epsilon,
@@ -146,7 +147,9 @@ def test_the_headline_is_sound_on_an_exact_gaussian_mechanism() -> None:
     exceeded, fdp_best = 0, 0.0
     for _ in range(runs):
         scores, included = gaussian_scores(rng, m, mu)
-        outcome = audit(scores, included, delta, gaussian=True, fractions=(0.05, 0.1, 0.25))
+        outcome = audit(
+            scores, included, delta, fractions=(0.05, 0.1, 0.25), family=GaussianFamily(delta)
+        )
         exceeded += outcome.epsilon > true_eps
         fdp_best = max(fdp_best, outcome.analyses[1].epsilon)
     assert exceeded / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
@@ -160,7 +163,7 @@ def test_on_ideal_scores_at_epsilon_8_the_fdp_bound_is_well_above_steinkes() -> 
         mu += 1e-3
     rng = np.random.default_rng(8)
     scores, included = gaussian_scores(rng, 1000, mu)
-    outcome = audit(scores, included, 1e-5, gaussian=True)
+    outcome = audit(scores, included, 1e-5, family=GaussianFamily(1e-5))
     by_name = {a.name: a for a in outcome.analyses}
     assert outcome.headline.name == FDP
     assert by_name[FDP].epsilon >= 4.0 >= by_name[STEINKE].epsilon + 1.0
@@ -171,13 +174,13 @@ def test_on_ideal_scores_at_epsilon_8_the_fdp_bound_is_well_above_steinkes() -> 
     )
 
 
-def test_without_the_gaussian_condition_only_steinke_runs_at_the_full_level() -> None:
+def test_without_a_family_only_steinke_runs_at_the_full_level() -> None:
     rng = np.random.default_rng(1)
     scores, included = gaussian_scores(rng, 200, 2.0)
     alone = audit(scores, included, 1e-5)
     assert [a.name for a in alone.analyses] == [STEINKE]
     assert alone.analyses[0].level == pytest.approx(0.05)
-    both = audit(scores, included, 1e-5, gaussian=True)
+    both = audit(scores, included, 1e-5, family=GaussianFamily(1e-5))
     assert [a.name for a in both.analyses] == [STEINKE, FDP]
     assert sum(a.level for a in both.analyses) == pytest.approx(0.05)
 

@@ -81,7 +81,7 @@ def test_a_bound_above_the_reported_epsilon_is_a_violation_unless_the_noise_was_
         metrics = {"config": {"dp": True}, "final": {"epsilon-per-site": {"site-0": 1.0}}}
         (prepared.run_dir / "metrics.json").write_text(json.dumps(metrics))
         high = Guesses(10, 20, 20, 2.0)
-        analysis = Analysis(STEINKE, 0.05, high, (high,))
+        analysis = Analysis(STEINKE, "(epsilon, delta)-DP", 0.05, high, (high,))
         outcomes = {
             a: AuditOutcome(20, 10, 0.95, 1e-5, (analysis,)) for a in prepared.plan.attackers
         }
@@ -92,8 +92,10 @@ def test_a_bound_above_the_reported_epsilon_is_a_violation_unless_the_noise_was_
 
 
 def test_the_report_carries_both_analyses_and_names_the_headline(tmp_path: Path) -> None:
-    """Full-batch Gaussian releases: f-DP beside Steinke, the stronger as the headline, the
-    schedule's own mu-GDP epsilon beside it; a subsampled release: Steinke alone, and why."""
+    """Full-batch Gaussian releases: f-DP (mu-GDP) beside Steinke, the stronger as the headline,
+    the schedule's own mu-GDP epsilon beside it; a subsampled release: the scaled-schedule
+    family; no release (no DP): Steinke alone, and why."""
+    from fedllm.audit.families import family_for
     from fedllm.audit.fdp import gdp_epsilon
     from fedllm.audit.guesses import audit
     from fedllm.cli.audit import summary
@@ -110,7 +112,7 @@ def test_the_report_carries_both_analyses_and_names_the_headline(tmp_path: Path)
     included = rng.random(200) < 0.5
     scores = rng.normal(1.7 * included, 1.0)
     full_batch = [DPEvent(2.5, 1.0, 10), DPEvent(5.0, 1.0, 1)]
-    outcome = audit(scores, included, 1e-5, gaussian=True)
+    outcome = audit(scores, included, 1e-5, family=family_for(full_batch, 1e-5, "pld"))
     result = report(prepared, {"coordinator": outcome}, releases=full_batch)
     row = result["attackers"]["coordinator"]
     assert set(row["analyses"]) == {"steinke", "f-dp"}
@@ -122,12 +124,17 @@ def test_the_report_carries_both_analyses_and_names_the_headline(tmp_path: Path)
     assert result["f-dp"]["applies"] is True
     mu = (10 / 2.5**2 + 1 / 5.0**2) ** 0.5
     assert result["f-dp"]["schedule-gdp-epsilon"] == pytest.approx(gdp_epsilon(mu, 1e-5))
+    assert result["f-dp"]["family"] == "mu-GDP"
     text = summary(result)
     assert f"{row['analysis']}*" in text and f"({row['analysis']} analysis)" in text
 
     subsampled = [DPEvent(1.0, 0.1, 100)]
+    result = report(prepared, {"coordinator": outcome}, releases=subsampled)
+    assert result["f-dp"]["family"] == "scaled schedule"
+    assert result["f-dp"]["schedule-mu"] is None
+
     alone = audit(scores, included, 1e-5)
-    result = report(prepared, {"coordinator": alone}, releases=subsampled)
+    result = report(prepared, {"coordinator": alone}, releases=[])
     assert set(result["attackers"]["coordinator"]["analyses"]) == {"steinke"}
-    assert result["f-dp"]["applies"] is False and result["f-dp"]["schedule-mu"] is None
+    assert result["f-dp"]["applies"] is False
     assert "f-dp not run" in summary(result)
