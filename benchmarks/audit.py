@@ -1,6 +1,7 @@
 """Privacy audit benchmark: the empirical epsilon lower bound of each attacker (`fedllm audit`,
-one-run auditing, 95% confidence) beside the epsilon the run reports, at several target
-epsilons, without DP, and with reproducible (public) noise.
+one-run auditing, 95% confidence over both analyses: Steinke et al. 2023 and the f-DP analysis
+of Mahloujifar et al. 2024) beside the epsilon the run reports, at several target epsilons,
+without DP, and with reproducible (public) noise.
 
 Every setting is one `fedllm audit` subprocess (a real simulation: ServerApp, ClientApp,
 DP-SGD with the sites' own noise, canaries planted at site 0), whose audit.json is read back.
@@ -97,23 +98,33 @@ class AuditFailed(RuntimeError):
     """An audit that wrote no audit.json (its output was printed)."""
 
 
+def cell(attacker: dict[str, Any]) -> str:
+    """``steinke / f-dp`` bounds, the headline's (correct/guesses) after them."""
+    analyses = attacker["analyses"]
+    bounds = " / ".join(
+        f"{analyses[k]['epsilon-lower-bound']:.2f}" if k in analyses else "-"
+        for k in ("steinke", "f-dp")
+    )
+    return f"{bounds} ({attacker['correct']}/{attacker['guesses']})"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     names = ATTACKERS.split(",")
     lines = [
-        "| task | setting | reported epsilon | " + " | ".join(names) + " | exit | time |",
-        "|---|---|---|" + "---|" * len(names) + "---|---|",
+        "| task | setting | reported epsilon | f-DP family | "
+        + " | ".join(f"{n}: Steinke / f-DP" for n in names)
+        + " | strongest (analysis) | exit | time |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|---|---|",
     ]
     for row in rows:
         reported = row["reported-epsilon"]
-        cells = [
-            f"{row['attackers'][n]['epsilon-lower-bound']:.2f} "
-            f"({row['attackers'][n]['correct']}/{row['attackers'][n]['guesses']})"
-            for n in names
-        ]
+        best = row["strongest"]
         lines.append(
             f"| {row['task']} | {row['setting']} | "
             f"{'-' if reported is None else f'{reported:.3f}'} | "
-            + " | ".join(cells)
+            f"{row['f-dp']['family'] or '- (no DP)'} | "
+            + " | ".join(cell(row["attackers"][n]) for n in names)
+            + f" | {best['epsilon-lower-bound']:.2f} ({best['attacker']}, {best['analysis']})"
             + f" | {row['exit-code']} | {row['seconds']:.0f} s |"
         )
     return "\n".join(lines)
@@ -132,7 +143,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         for marker, name in zip("os^", ATTACKERS.split(","), strict=True):
             xs = [r["reported-epsilon"] for r in mine]
             ys = [r["attackers"][name]["epsilon-lower-bound"] for r in mine]
-            ax.scatter(xs, ys, marker=marker, label=name)
+            points = ax.scatter(xs, ys, marker=marker, label=f"{name} (headline)")
+            analyses = [r["attackers"][name]["analyses"] for r in mine]
+            steinke = [a["steinke"]["epsilon-lower-bound"] for a in analyses]
+            edge = points.get_facecolor()
+            ax.scatter(
+                xs, steinke, marker=marker, facecolors="none", edgecolors=edge,
+                label=f"{name} (Steinke's analysis)",
+            )  # fmt: skip
         top = max([r["reported-epsilon"] for r in mine] + [1.0])
         ax.plot([0, top], [0, top], "k--", linewidth=0.8, label="bound = reported")
         for r in mine:
@@ -143,7 +161,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                     fontsize=7,
                 )
         ax.set_xlabel("reported epsilon (accountant)")
-        ax.set_ylabel("empirical lower bound (95%)")
+        ax.set_ylabel("empirical lower bound (95%, filled: headline)")
         ax.set_title(task)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -166,7 +184,11 @@ def run_setting(
     result["exit-code"] = max(result["exit-code"], alone["exit-code"])
     bounds = {n: a["epsilon-lower-bound"] for n, a in result["attackers"].items()}
     strongest = max(bounds, key=lambda n: bounds[n])
-    result["strongest"] = {"attacker": strongest, "epsilon-lower-bound": bounds[strongest]}
+    result["strongest"] = {
+        "attacker": strongest,
+        "epsilon-lower-bound": bounds[strongest],
+        "analysis": result["attackers"][strongest]["analysis"],
+    }
     return result
 
 
@@ -176,8 +198,9 @@ def write(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     meta = {**meta, "load-after": os.getloadavg()}
     (out / "audit.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (out / "audit.md").write_text(
-        f"Lower bounds at 95% (correct/guesses), {meta['canaries']} canaries of each kind at "
-        f"site 0; load average before {meta['load-before'][0]:.1f}, after "
+        f"Lower bounds at 95% over both analyses (Steinke et al. 2023 / f-DP of Mahloujifar "
+        f"et al. 2024; the headline's correct/guesses), {meta['canaries']} canaries of each "
+        f"kind at site 0; load average before {meta['load-before'][0]:.1f}, after "
         f"{meta['load-after'][0]:.1f}. Failed settings: {meta['failed'] or 'none'}.\n\n"
         + table(rows)
         + "\n"
@@ -190,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="breast-cancer,mnist")
     parser.add_argument("--epsilons", default="1,4,8")
-    parser.add_argument("--canaries", type=int, default=1000)
+    parser.add_argument("--canaries", type=int, default=4000)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     epsilons = [float(e) for e in args.epsilons.split(",")]
@@ -215,7 +238,7 @@ def main() -> None:
                 best = result["strongest"]
                 print(
                     f"{task:<14} {label:<32} reported {result['reported-epsilon']}  strongest "
-                    f"{best['attacker']} {best['epsilon-lower-bound']:.3f}  "
+                    f"{best['attacker']} {best['epsilon-lower-bound']:.3f} ({best['analysis']})  "
                     f"({result['seconds']} s)",
                     flush=True,
                 )

@@ -16,10 +16,11 @@ Which ``k`` works best depends on how strong the attack is, and choosing it (or 
 after seeing which guesses were right would void the confidence; so the ``1 - confidence`` is
 split in advance between the analyses (:data:`ANALYSIS_SHARE`) and, within each, equally over
 its guess counts (Bonferroni): the largest of all the bounds then holds at the stated
-confidence. The f-DP analysis takes the larger share and one guess count, ``k = m / 10``: on
-ideal Gaussian scores at reported epsilon 8 with 1000 canaries that gave the highest bound of
-the designs we simulated (one to three guess counts, shares 0.8-0.9), since its bound only
-grows fast when nearly every guess is right.
+confidence. The f-DP analysis takes the larger share and one guess count, ``k = m / 20``: its
+bound only grows fast when nearly every guess is right, and on simulated Gaussian scores at
+the signal measured in the breast-cancer audit at reported epsilon 8 (mu ~ 1.5) with 1000 to
+4000 canaries this design gave the highest bound of those we simulated (k at 3, 5, 10% of m,
+one or two counts, shares 0.8 or 0.9), fixed before the benchmark's audits ran.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from fedllm.errors import ConfigError
 
 # Guesses on each side, as fractions of the canaries (fixed before any score is seen).
 GUESS_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
-FDP_GUESS_FRACTIONS = (0.1,)
+FDP_GUESS_FRACTIONS = (0.05,)
 
 STEINKE, FDP = "steinke", "f-dp"
 Bound = Callable[[int, int, int, float], float]  # (m, r, v, level) -> epsilon

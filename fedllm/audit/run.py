@@ -41,6 +41,7 @@ from fedllm.audit.guesses import ANALYSES, AuditOutcome, audit
 from fedllm.audit.observed import load_observed
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError
+from fedllm.privacy.accountants import get_accountant
 from fedllm.privacy.events import DPEvent
 from fedllm.privacy.ledger import PrivacyLedger
 from fedllm.rundir import default_run_name
@@ -289,6 +290,11 @@ def report(
             ),
             "schedule-mu": mu,
             "schedule-gdp-epsilon": None if mu is None else gdp_epsilon(mu, cfg.target_delta),
+            "ledger-epsilon": (  # the family's member at scale 1, by the run's accountant
+                None
+                if family is None
+                else get_accountant(cfg.accountant).epsilon(releases, cfg.target_delta)
+            ),
         },
         "dp": cfg.dp,
         "reproducible-noise": cfg.reproducible_noise,

@@ -2,7 +2,8 @@
 ClientApp, DP-SGD with the sites' own noise) with canaries planted at one site.
 
 - soundness: at reported epsilon 1 and 8 no attacker's 95% lower bound exceeds the reported
-  epsilon (the tool would exit 3);
+  epsilon (the tool would exit 3), the headline being the stronger of Steinke et al.'s and the
+  f-DP analysis (mu-GDP: breast cancer trains full batch, every release Gaussian);
 - power: with clipping but almost no noise (target epsilon 100) the coordinator's bound is at
   least 2, so the soundness checks are not vacuous;
 - secret noise matters: with `reproducible-noise` the seed-knowing coordinator regenerates the
@@ -67,7 +68,14 @@ def test_no_lower_bound_exceeds_the_reported_epsilon(out: Path, target: float) -
     for name, bound in bounds(result).items():
         assert 0.0 <= bound <= reported, (name, bound, reported)
     assert (out / f"sound-{target:g}" / "audit.png").is_file()
-    assert result["attackers"]["coordinator"]["canaries"] == CANARIES
+    coordinator = result["attackers"]["coordinator"]
+    assert coordinator["canaries"] == CANARIES
+    assert result["f-dp"]["family"] == "mu-GDP"
+    assert result["f-dp"]["ledger-epsilon"] == pytest.approx(reported, rel=0.02)
+    assert result["f-dp"]["schedule-gdp-epsilon"] <= reported
+    assert coordinator["analyses"]["f-dp"]["level"] + coordinator["analyses"]["steinke"][
+        "level"
+    ] == pytest.approx(0.05)
 
 
 def test_without_noise_the_coordinator_finds_the_canaries(out: Path) -> None:

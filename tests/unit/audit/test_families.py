@@ -78,4 +78,4 @@ def test_the_scaled_schedule_bound_is_sound_on_a_subsampled_gaussian_mechanism()
         exceeded += outcome.epsilon > true_eps
         best = max(best, next(a for a in outcome.analyses if a.name == FDP).epsilon)
     assert exceeded / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
-    assert best > 0.2 * true_eps  # not vacuous
+    assert best > 0.15 * true_eps  # not vacuous
