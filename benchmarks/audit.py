@@ -108,6 +108,14 @@ def cell(attacker: dict[str, Any]) -> str:
     return f"{bounds} ({attacker['correct']}/{attacker['guesses']})"
 
 
+def family(row: dict[str, Any]) -> str:
+    """The f-DP analysis's family in the row's run (and in the black box's, where it ran apart
+    and differs: its rows can make the site sample)."""
+    main = row["f-dp"]["family"] or "- (no DP)"
+    alone = row.get("black-box-run", {}).get("f-dp", {}).get("family") or "- (no DP)"
+    return main if alone == main or "black-box-run" not in row else f"{main}; black box: {alone}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     names = ATTACKERS.split(",")
     lines = [
@@ -122,7 +130,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['task']} | {row['setting']} | "
             f"{'-' if reported is None else f'{reported:.3f}'} | "
-            f"{row['f-dp']['family'] or '- (no DP)'} | "
+            f"{family(row)} | "
             + " | ".join(cell(row["attackers"][n]) for n in names)
             + f" | {best['epsilon-lower-bound']:.2f} ({best['attacker']}, {best['analysis']})"
             + f" | {row['exit-code']} | {row['seconds']:.0f} s |"
@@ -179,7 +187,9 @@ def run_setting(
     result = audit(out, name, config, m, "coordinator,seed-knowing")
     alone = audit(out, f"{name}-bb", config, m, "black-box")
     result["attackers"].update(alone["attackers"])
-    result["black-box-run"] = {k: alone[k] for k in ("reported-epsilon", "exit-code", "seconds")}
+    result["black-box-run"] = {
+        k: alone[k] for k in ("reported-epsilon", "exit-code", "seconds", "f-dp")
+    }
     result["seconds"] += alone["seconds"]
     result["exit-code"] = max(result["exit-code"], alone["exit-code"])
     bounds = {n: a["epsilon-lower-bound"] for n, a in result["attackers"].items()}

@@ -326,7 +326,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(names))]
         rows = [result["attackers"][n]["analyses"].get(kind, {}) for n in names]
         ys = [row.get("epsilon-lower-bound", 0.0) for row in rows]
-        ax.bar(xs, ys, width, label=f"{kind} ({result['confidence']:.0%} overall)")
+        ax.bar(xs, ys, width, label=f"{kind} analysis")
     for i, n in enumerate(names):
         row = result["attackers"][n]
         label = f"{row['epsilon-lower-bound']:.2f}\n{row['analysis']}"
@@ -344,7 +344,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     best = result["strongest"]
     ax.set_title(
         f"privacy audit of {result['site']}: at least {best['epsilon-lower-bound']:.2f} "
-        f"({best['attacker']}, {best['analysis']})",
+        f"({best['attacker']}, {best['analysis']}; {result['confidence']:.0%} over every "
+        "analysis)",
         fontsize=9,
     )
     ax.legend(fontsize=7)
