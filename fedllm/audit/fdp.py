@@ -31,9 +31,10 @@ smaller), so the rejected hypotheses are an interval ``[0, mu*)`` and the lower 
 epsilon of ``mu*``-GDP at the run's delta. That conversion is exact, hence the bound sound, only
 when the mechanism really is a Gaussian mechanism in each canary: every release of the audited
 site Gaussian without subsampling (sample rate 1; compositions of Gaussians compose as
-``mu = sqrt(sum mu_i^2)``, Dong et al. Cor. 3.3). Under Poisson subsampling the privacy curve is
-not Gaussian and rejecting a mu-GDP curve says nothing about epsilon at delta, so
-:func:`gaussian_family_covers` refuses it and the audit keeps Steinke's analysis alone.
+``mu = sqrt(sum mu_i^2)``, Dong et al. Cor. 3.3). Under Poisson subsampling the privacy curve
+is not Gaussian and rejecting a mu-GDP curve says nothing about epsilon at delta, so
+:func:`gaussian_family_covers` refuses it there and :mod:`fedllm.audit.families` tests the
+site's own scaled schedule instead (the same :func:`rejects`, another inverse blow-up).
 """
 
 from __future__ import annotations

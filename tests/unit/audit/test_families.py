@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedllm.audit import audit
-from fedllm.audit.families import GaussianFamily, ScheduleFamily, family_for
+from fedllm.audit.families import SCALES, GaussianFamily, ScheduleFamily, family_for
 from fedllm.audit.fdp import gdp_inverse_blow_up
 from fedllm.audit.guesses import FDP
 from fedllm.errors import ConfigError
@@ -34,19 +34,13 @@ def test_the_profile_curve_stays_below_the_exact_gaussian_one() -> None:
     """Built from (eps, delta(eps)) pairs of a PLD, the inverse blow-up of one Gaussian release
     is a lower envelope of the exact mu-GDP one (so it rejects less), and close to it."""
     family = ScheduleFamily((DPEvent(0.8, 1.0, 1),), 1e-5, "pld")
-    index = int(np.argmin(np.abs(np.asarray(family_scales()) - 1.0)))
-    scale = family_scales()[index]
+    index = int(np.argmin(np.abs(np.asarray(SCALES) - 1.0)))
+    scale = SCALES[index]
     curve = family.inverse_blow_up(index)
     exact = gdp_inverse_blow_up(scale / 0.8)
     for y in (1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.999):
         assert curve(y) <= exact(y) + 1e-9
         assert curve(y) >= exact(y) - 0.01 * max(exact(y), 1e-3)
-
-
-def family_scales() -> tuple[float, ...]:
-    from fedllm.audit.families import SCALES
-
-    return SCALES
 
 
 @pytest.mark.parametrize(("m", "r", "v"), [(1000, 100, 100), (1000, 200, 190), (200, 40, 36)])
