@@ -69,8 +69,8 @@ class GaussianFamily:
     delta: float
     name: str = "mu-GDP"
     about: str = (
-        "mu-GDP: every release of the audited site is a Gaussian mechanism without "
-        "subsampling, so its mechanism is exactly mu-GDP in each canary"
+        "every release of the audited site is a Gaussian mechanism without subsampling, so "
+        "its mechanism is exactly mu-GDP in each canary"
     )
 
     def lower_bound(self, m: int, r: int, v: int, level: float) -> float:

@@ -106,7 +106,9 @@ def summary(result: dict[str, Any]) -> str:
         "(*: the headline analysis; ceiling: the bound had every guess been right, the most "
         "these canaries can show)"
     )
-    if not fdp.get("applies", False):
+    if fdp.get("applies", False):
+        lines.append(f"(f-dp against {fdp['family']}: {fdp['why']})")
+    else:
         lines.append(f"(f-dp not run: {fdp.get('why', 'no ledger')})")
     lines.append("")
     lines.append(

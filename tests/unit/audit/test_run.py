@@ -127,6 +127,7 @@ def test_the_report_carries_both_analyses_and_names_the_headline(tmp_path: Path)
     assert result["f-dp"]["family"] == "mu-GDP"
     text = summary(result)
     assert f"{row['analysis']}*" in text and f"({row['analysis']} analysis)" in text
+    assert "(f-dp against mu-GDP: " in text
 
     subsampled = [DPEvent(1.0, 0.1, 100)]
     result = report(prepared, {"coordinator": outcome}, releases=subsampled)
