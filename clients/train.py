@@ -24,7 +24,7 @@ from clients.evaluate import clear_scores, evaluation_event, evaluations_done, r
 from clients.site import SiteGuard, calibrated_once
 from fedllm import protocol as proto
 from fedllm import warm
-from fedllm.audit.canaries import GradientCanaries, planted_at
+from fedllm.audit.canaries import GradientCanaries, canary_norm, planted_at
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, PrivacyBudgetExceededError
 from fedllm.evaluation import SiteEvaluation
@@ -280,7 +280,7 @@ def train_round(
             proximal_mu=cfg.proximal_mu,  # FedProx (0 otherwise): outside DP, costs no epsilon
             schedule_examples=count if cfg.dp else None,
             canaries=site.canaries,
-            canary_clip=cfg.max_grad_norm,
+            canary_clip=canary_norm(cfg.max_grad_norm, cfg.dp),
         )
         result = train_local(site.task, model, site.data.train, settings, dp)
         events = result.events or [DPEvent(0.0, plan.schedule.sample_rate, result.steps)]

@@ -14,6 +14,10 @@ only in simulation) and trains with them as if they were records of its own:
   is summed, so adding the sampled canaries' ``s_i C e_{j_i} / B`` to the noised gradient
   just before the optimizer applies it (an optimizer pre-step hook, the place FedProx's term
   also goes) is the same step as adding them before the noise.
+  Without DP nothing is clipped, so nothing bounds one record's gradient: there each canary
+  has norm ``UNCLIPPED_CANARY_SCALE`` times the configured clip bound (:func:`canary_norm`),
+  a gradient an unclipped record can have, so that a run without DP is audited for what it is
+  (leaking) instead of hiding the canaries under the data's unclipped gradients.
 - **input canaries** (black box): extra training rows with random inputs and random labels,
   appended to the site's training split (so they are sampled, clipped and counted as rows).
 """
@@ -36,6 +40,14 @@ from fedllm.tasks.base import SiteData, Split
 
 GRADIENT = "gradient"
 INPUT = "input"
+# Without DP (no clipping) a canary's gradient is this many times the configured clip bound.
+UNCLIPPED_CANARY_SCALE = 100.0
+
+
+def canary_norm(max_grad_norm: float, dp: bool) -> float:
+    """The gradient norm of each Dirac canary: the clip bound under DP (clipping would leave
+    no more), ``UNCLIPPED_CANARY_SCALE`` times it without DP (nothing is clipped)."""
+    return max_grad_norm if dp else UNCLIPPED_CANARY_SCALE * max_grad_norm
 
 
 @dataclass(frozen=True)

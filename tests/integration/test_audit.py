@@ -5,7 +5,8 @@ ClientApp, DP-SGD with the sites' own noise) with canaries planted at one site.
   epsilon (the tool would exit 3), the headline being the stronger of Steinke et al.'s and the
   f-DP analysis (against the site's own scaled schedule: the black box's rows make it sample);
 - power: with clipping but almost no noise (target epsilon 100) the coordinator's bound is at
-  least 2, so the soundness checks are not vacuous;
+  least 2, so the soundness checks are not vacuous; without DP (no clipping, no noise, the
+  canaries' norm that of an unclipped record) it is at least 2 as well;
 - secret noise matters: with `reproducible-noise` the seed-knowing coordinator regenerates the
   noise and its bound lands far above the reported epsilon 1; with secret noise it does not.
 """
@@ -83,6 +84,13 @@ def test_without_noise_the_coordinator_finds_the_canaries(out: Path) -> None:
     assert bounds(result)["coordinator"] >= 2.0, result["log"]
     assert result["f-dp"]["family"] == "mu-GDP"  # full batch, every release Gaussian
     assert result["f-dp"]["schedule-gdp-epsilon"] <= result["reported-epsilon"]
+
+
+def test_without_dp_the_coordinator_finds_the_canaries(out: Path) -> None:
+    result = run_audit(out, "no-dp", "coordinator", "dp=false")
+    assert result["reported-epsilon"] is None, result["log"]  # no DP: nothing is claimed
+    assert bounds(result)["coordinator"] >= 2.0, result["log"]
+    assert result["exit-code"] == 0
 
 
 def test_a_seed_knowing_coordinator_breaks_reproducible_noise(out: Path) -> None:
