@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import importlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from logging import INFO, WARNING
@@ -191,7 +192,11 @@ def pull_loop(
     from flwr.supercore import log
     from flwr.supernode import start_client_internal as flower
 
-    _, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
+    tally = Tally()
+    _, receive, send, get_run, get_fab, pull_object, push_object, confirm = (
+        conn[0],
+        *(tally.wrap(name, call) for name, call in zip(CALLS, conn[1:], strict=True)),
+    )
     last = time.monotonic()
     while not stop():
         asked = time.monotonic()
@@ -207,6 +212,7 @@ def pull_loop(
             trusted_entities=trusted_entities,
         )
         if run_id is None:
+            tally.reset()
             time.sleep(backoff.wait(time.monotonic() - last))
             continue
         stored = time.monotonic()
@@ -217,10 +223,55 @@ def pull_loop(
         log(
             INFO,
             "fedllm: run %s: a message %.3f s after the last reply, pulled and stored in "
-            "%.3f s, answered and sent in %.3f s",
-            *(run_id, asked - last, stored - asked, done - stored),
+            "%.3f s, answered and sent in %.3f s (requests: %s)",
+            *(run_id, asked - last, stored - asked, done - stored, tally.summary()),
         )
+        tally.reset()
         last = done
+
+
+# The Fleet calls in the order Flower's ``_init_connection`` yields them after the node id.
+CALLS = ("pull-messages", "push-messages", "get-run", "get-fab", "pull-object", "push-object",
+         "confirm")  # fmt: skip
+
+
+class Tally:
+    """How many Fleet requests of each kind a message took, and their summed seconds (object
+    pulls and pushes run in Flower's thread pools, so a sum can exceed the wall time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: dict[str, list[float]] = {}
+        self.objects: dict[str, set[str]] = {}  # distinct object ids pulled or pushed
+
+    def wrap(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.calls.setdefault(name, []).append(time.monotonic() - started)
+                    if name.endswith("-object"):  # (run id, [session,] object id, ...)
+                        ids = self.objects.setdefault(name, set())
+                        ids.add(str(args[2] if name == "push-object" else args[1]))
+
+        return counted
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls, self.objects = {}, {}
+
+    def summary(self) -> str:
+        """``pull-messages 1x 0.031 s, pull-object 5x 0.120 s (4 objects), ...``: requests
+        of each kind, their summed time, and for objects how many distinct ones (a pull is
+        asked again while its sender is still uploading it)."""
+        with self._lock:
+            return ", ".join(
+                f"{k} {len(v)}x {sum(v):.3f} s"
+                + (f" ({len(self.objects[k])} objects)" if k in self.objects else "")
+                for k, v in self.calls.items()
+            )
 
 
 class ShortWaits:

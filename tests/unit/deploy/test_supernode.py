@@ -117,3 +117,19 @@ def test_a_message_is_picked_up_within_tens_of_milliseconds_of_being_available(
     assert link.pulled_at is not None
     delay = link.pulled_at - link.available_at
     assert delay < Backoff().wait(idle) + 0.1, delay  # scheduling slack on a busy machine
+
+
+def test_the_loop_counts_each_kind_of_request_and_the_distinct_objects() -> None:
+    """What the SuperNode logs per message: requests of each kind, their time, and objects
+    asked for again (a pull retried while its sender still uploads it)."""
+    tally = supernode.Tally()
+    pull = tally.wrap("pull-object", lambda run_id, object_id: b"x")
+    push = tally.wrap("push-object", lambda run_id, session, object_id, content: None)
+    for object_id in ("a", "b", "a"):
+        pull(7, object_id)
+    push(7, "s", "c", b"y")
+    summary = tally.summary()
+    assert "pull-object 3x" in summary and "(2 objects)" in summary
+    assert "push-object 1x" in summary and "(1 objects)" in summary
+    tally.reset()
+    assert tally.summary() == ""
