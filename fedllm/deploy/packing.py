@@ -2,10 +2,10 @@
 
 Flower 1.42 moves a message between the SuperLink and a SuperNode (and the ServerApp) as a
 tree of objects, each its own HTTP request signed with the node key, checked by the SuperLink
-and written to or read from its state: the message, its ``RecordDict``, every record and
-every array of an ``ArrayRecord`` and its chunk. A train message of the heart-disease federation with
-secure aggregation is 9 objects and its reply 8, so a site made 30 requests a round for 44
-bytes of model, and the ServerApp as many again; each costs the SuperLink a few milliseconds
+and written to or read from its state: the message, its ``RecordDict``, every record, every
+array of an ``ArrayRecord`` and its chunk. A train message of the heart-disease federation
+with secure aggregation is 9 objects and its reply 8, so a site made 30 requests a round for
+44 bytes of model, and the ServerApp as many again; each costs the SuperLink a few milliseconds
 of CPU (benchmarks/request_cost.py), and that, not the bytes, was a steady round's time.
 
 :func:`pack` turns a content of several records into one record holding the content as
