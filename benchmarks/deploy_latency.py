@@ -11,7 +11,9 @@ evaluation every round and, under DP by default, no site evaluation: `site-evalu
    message, did before app pinning ruled it out);
 3. deployment, warm: ``fedllm supernode start`` (fedllm's SuperNode with its prompt pull
    loop, the warm executor, one worker process per run keeping the app, the site's data and
-   its verified ledger loaded).
+   its verified ledger loaded), the SuperLink's state in its SQLite file;
+4. deployment, warm, state in memory: the same with ``fedllm superlink start --in-memory``
+   (Flower's in-memory link state and object store).
 
 The ServerApp writes each round's elapsed time into metrics.json; a round's wall time is the
 difference between consecutive rounds (round 1 also pays one-off costs: noise calibration,
@@ -62,7 +64,7 @@ from tests.support.probe_app import (  # noqa: E402
 
 CENTERS = ("cleveland", "hungarian", "va")
 RESULTS = Path(__file__).resolve().parent / "results"
-MODES = ("simulation", "deployment-cold", "deployment-warm")
+MODES = ("simulation", "deployment-cold", "deployment-warm", "deployment-warm-memory")
 GOAL_S = 1.5  # issue 18: deployment steady round <= simulation + 1.5 s
 
 
@@ -133,8 +135,10 @@ def simulate(work: Path, data: Path, rounds: int) -> list[float]:
     raise RuntimeError("simulation failed twice")
 
 
-def deployed(work: Path, data: Path, rounds: int, warm: bool) -> dict[str, Any]:
-    name = "warm" if warm else "cold"
+def deployed(
+    work: Path, data: Path, rounds: int, warm: bool, in_memory: bool = False
+) -> dict[str, Any]:
+    name = ("warm" if warm else "cold") + ("-memory" if in_memory else "")
     root = work / name
     root.mkdir()
     made = create_deployment(root / "pki", ["localhost", "127.0.0.1"])
@@ -143,7 +147,8 @@ def deployed(work: Path, data: Path, rounds: int, warm: bool) -> dict[str, Any]:
     try:
         sites = {c: local.add_site(c, [pinned]) for c in CENTERS}  # keys made at the sites
         write_rosters(sites)  # SecAgg+ checks every member's signed keys
-        local.start_superlink([root / "pki" / "nodes" / f"{c}.pub" for c in CENTERS], free_port())
+        keys = [root / "pki" / "nodes" / f"{c}.pub" for c in CENTERS]
+        local.start_superlink(keys, free_port(), in_memory=in_memory)
         for center, files in sites.items():
             local.start_node(
                 made.ca.cert, files.node_key, data / f"processed.{center}.data", files.folder,
@@ -178,8 +183,9 @@ def _run_id(output: str) -> str:
 
 SUPERNODE_LINE = re.compile(
     r"fedllm: run (\d+): a message ([0-9.]+) s after the last reply, pulled and stored in "
-    r"([0-9.]+) s, answered and sent in ([0-9.]+) s"
+    r"([0-9.]+) s, answered and sent in ([0-9.]+) s \(requests: ([^()]*(?:\([^()]*\)[^()]*)*)\)"
 )
+REQUEST = re.compile(r"([a-z-]+) (\d+)x ([0-9.]+) s")
 WORKER_LINE = re.compile(r"fedllm\.deploy\.worker: run (\d+): task done in ([0-9.]+) s \((.*)\)")
 
 
@@ -193,7 +199,7 @@ def where_time_goes(logs: dict[str, str], run_id: str) -> dict[str, dict[str, fl
         pulls = [m for m in SUPERNODE_LINE.findall(log) if m[0] == run_id]
         tasks = [m for m in WORKER_LINE.findall(log) if m[0] == run_id]
         seen: set[str] = set()
-        for (_, gap, pulled, answered), (_, total, laps) in zip(pulls, tasks, strict=False):
+        for (_, gap, pulled, answered, asked), (_, total, laps) in zip(pulls, tasks, strict=False):
             parts = dict(
                 (name, float(value))
                 for name, value in (lap.rsplit(" ", 1) for lap in laps.split(", "))
@@ -202,6 +208,7 @@ def where_time_goes(logs: dict[str, str], run_id: str) -> dict[str, dict[str, fl
             if stage not in seen:  # round 1's
                 seen.add(stage)
                 continue
+            requests = {kind: (int(n), float(t)) for kind, n, t in REQUEST.findall(asked)}
             rows[stage].append(
                 {
                     "wait-s": float(gap),
@@ -209,10 +216,13 @@ def where_time_goes(logs: dict[str, str], run_id: str) -> dict[str, dict[str, fl
                     "task-s": float(total),
                     "handler-s": parts[stage],
                     "reply-s": float(answered) - float(total),
+                    "requests": sum(n for n, _ in requests.values()),
                 }
+                | {f"{kind}-n": n for kind, (n, _) in requests.items()}
+                | {f"{kind}-ms": 1000 * t / n for kind, (n, t) in requests.items() if n}
             )
     return {
-        stage: {k: round(statistics.mean(r[k] for r in found), 3) for k in found[0]}
+        stage: {k: round(statistics.mean(r.get(k, 0) for r in found), 3) for k in found[0]}
         | {"messages": len(found)}
         for stage, found in rows.items()
     }
@@ -259,6 +269,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="the UCI heart disease folder")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--note", default="", help="what else ran on the machine")
+    parser.add_argument("--keep", type=Path, help="keep the processes' logs in this folder")
     args = parser.parse_args()
     source = heart_data(args.data)
     previous_file = RESULTS / "deploy_latency.json"
@@ -275,12 +286,18 @@ def main() -> int:
             "simulation": lambda: {"times": simulate(work, data, args.rounds)},
             "deployment-cold": lambda: deployed(work, data, args.rounds, warm=False),
             "deployment-warm": lambda: deployed(work, data, args.rounds, warm=True),
+            "deployment-warm-memory": lambda: deployed(
+                work, data, args.rounds, warm=True, in_memory=True
+            ),
         }
         for label in args.modes:
             started = time.monotonic()
             measured = measures[label]()
             results[label] = summary(measured.pop("times")) | measured
             print(f"{label}: {results[label]} ({time.monotonic() - started:.0f} s)", flush=True)
+        if args.keep:
+            for logs in work.glob("*/logs"):
+                shutil.copytree(logs, args.keep / logs.parent.name, dirs_exist_ok=True)
     load_after = os.getloadavg()
     sim = results.get("simulation", {}).get("steady-mean-s")
     for label in results:
@@ -332,7 +349,17 @@ def _markdown(record: dict[str, Any]) -> str:
         + "; ".join(f"{k} {v['rounds-s']}" for k, v in record["results"].items())
         + "\n"
     )
-    warm = record["results"].get("deployment-warm", {})
+    for label, warm in record["results"].items():
+        if label.startswith("deployment-warm"):
+            text += _warm_markdown(label, warm)
+    return text + "\nMade by `.venv/bin/python benchmarks/deploy_latency.py`.\n"
+
+
+KINDS = ("pull-messages", "pull-object", "confirm", "push-messages", "push-object")
+
+
+def _warm_markdown(label: str, warm: dict[str, Any]) -> str:
+    text = f"\n## {label}\n"
     if "overhead-per-round-s" in warm:
         met = "met" if warm["overhead-per-round-s"] <= GOAL_S else "not met"
         text += (
@@ -352,9 +379,22 @@ def _markdown(record: dict[str, Any]) -> str:
                 f"| {stage} | {t['wait-s']:.3f} | {t['pull-s']:.3f} | {t['task-s']:.3f} | "
                 f"{t['handler-s']:.3f} | {t['reply-s']:.3f} |\n"
             )
+        text += (
+            "\nThe SuperNode's Fleet API requests per message (means: count, and milliseconds "
+            "a request as the SuperNode sees it, object requests running two at a time):\n\n"
+            "| message | " + " | ".join(KINDS) + " |\n|---|" + "---|" * len(KINDS) + "\n"
+        )
+        for stage, t in warm["where"].items():
+            text += (
+                f"| {stage} | "
+                + " | ".join(
+                    f"{t.get(f'{k}-n', 0):.1f}x {t.get(f'{k}-ms', 0):.0f} ms" for k in KINDS
+                )
+                + " |\n"
+            )
     if "superlink-database-locked" in warm:
         text += (
-            "\n'database is locked' in the SuperLink's log (warm run): "
+            "\n'database is locked' in the SuperLink's log: "
             f"{warm['superlink-database-locked']} times.\n"
         )
     if warm.get("pickup"):
@@ -364,7 +404,7 @@ def _markdown(record: dict[str, Any]) -> str:
             + "; ".join(f"{k} {v}" for k, v in warm["pickup"].items())
             + "\n"
         )
-    return text + "\nMade by `.venv/bin/python benchmarks/deploy_latency.py`.\n"
+    return text
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from logging import ERROR, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import log
 
 from clients import client_dp, secagg
@@ -21,6 +22,7 @@ from clients.site import SiteGuard
 from clients.statistics import release_statistics
 from clients.train import SiteRuntime, evaluate_round, node_site_name, train_round
 from fedllm import protocol as proto
+from fedllm.deploy import packing
 from fedllm.errors import (
     DataError,
     FedLLMError,
@@ -31,7 +33,21 @@ from fedllm.errors import (
 )
 from fedllm.privacy.chain import TRAIN
 
-app = ClientApp()
+
+def packed_transfer(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Deployment's one-object content (:mod:`fedllm.deploy.packing`): a packed message is
+    unpacked before its handler, and its reply, once the handler has checked it against the
+    release manifest, packed the same way. Anything else passes as it is."""
+    if not (msg.has_content() and packing.is_packed(msg.content)):
+        return call_next(msg, context)
+    msg.content = packing.unpack(msg.content)
+    reply = call_next(msg, context)
+    if reply.has_content():
+        reply.content = packing.pack(reply.content)
+    return reply
+
+
+app = ClientApp(mods=[packed_transfer])
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")  # quoted text in an error: a value from the data
 
 

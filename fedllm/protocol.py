@@ -27,12 +27,16 @@ SECAGG = "secagg"  # ConfigRecord: a secure-aggregation stage's request or answe
 SECAGG_MASKED = "secagg-masked"  # ArrayRecord: one uint64 vector in place of the model
 EVALUATION = "evaluation"  # MetricRecord in a train reply: the site's evaluation of the model
 #                            it was sent (asked for by EVALUATE_INCOMING)
+PACKED = "packed"  # ConfigRecord, deployment only: the whole content as one object on the wire
+#                    (fedllm.deploy.packing), unpacked before a handler sees it and packed
+#                    after the reply passed the manifest: never a record of its own
 
 # ---------------------------------------------------------------- keys inside them
 SITE_NAME = "name"  # in SITE
 REFUSAL_KIND = "kind"  # in REFUSAL: budget, policy, ledger, data, ...
 REFUSAL_REASON = "reason"  # in REFUSAL
 SECAGG_VECTOR = "vector"  # in SECAGG_MASKED
+PACKED_CONTENT = "recorddict"  # in PACKED: Flower's RecordDict protobuf of the content
 
 # CONFIG, server -> site (train and evaluate)
 SERVER_ROUND = "server-round"  # set by Flower's strategies

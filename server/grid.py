@@ -18,6 +18,8 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from fedllm.deploy import packing
+
 POLL_INTERVAL = 0.1  # seconds between reply checks (Flower: 3)
 SIMULATION_POLL_INTERVAL = 0.01  # in-memory checks (Flower: 0.1): no network call each
 
@@ -32,18 +34,21 @@ def polling(grid: Grid) -> Grid:
         from fedllm.deploy.polling import quick_object_retries
 
         quick_object_retries(http_grid)  # a reply's objects may still be on their way
-        return PollingGrid(grid)
+        return PollingGrid(grid, packed=True)
     if isinstance(grid, InMemoryGrid):
         return PollingGrid(grid, SIMULATION_POLL_INTERVAL)
     return grid
 
 
 class PollingGrid(Grid):
-    """``grid`` with replies collected every ``interval`` seconds."""
+    """``grid`` with replies collected every ``interval`` seconds; with ``packed``, every
+    content sent as one object and every packed reply unpacked (deployment:
+    :mod:`fedllm.deploy.packing`)."""
 
-    def __init__(self, grid: Grid, interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, grid: Grid, interval: float = POLL_INTERVAL, packed: bool = False) -> None:
         self.grid = grid
         self.interval = interval
+        self.packed = packed
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -69,10 +74,27 @@ class PollingGrid(Grid):
         return self.grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
+        if not self.packed:
+            return self.grid.push_messages(messages)
+        messages = list(messages)
+        contents = [msg.content if msg.has_content() else None for msg in messages]
+        for msg, content in zip(messages, contents, strict=True):
+            if content is not None:
+                msg.content = packing.pack(content)
+        try:
+            return self.grid.push_messages(messages)
+        finally:  # the caller's messages as it made them
+            for msg, content in zip(messages, contents, strict=True):
+                if content is not None:
+                    msg.content = content
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
+        replies = list(self.grid.pull_messages(message_ids))
+        if self.packed:
+            for msg in replies:
+                if msg.has_content():
+                    msg.content = packing.unpack(msg.content)
+        return replies
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

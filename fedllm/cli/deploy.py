@@ -32,8 +32,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "sites' node keys",
     )
     start.add_argument("pki", type=Path, metavar="PKI", help="the folder `fedllm certs init` made")
-    start.add_argument(
-        "--state", type=Path, required=True, help="folder of the state database (keep it)"
+    state = start.add_mutually_exclusive_group(required=True)
+    state.add_argument(
+        "--state", type=Path, help="folder of the state database (runs, registered keys; keep it)"
+    )
+    state.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="keep the SuperLink's state in memory (faster rounds; a restart forgets runs and "
+        "node ids, the keys are registered again, every SuperNode activates again)",
     )
     start.add_argument(
         "--host", default="127.0.0.1", help="public listen address (0.0.0.0: all interfaces)"
@@ -95,8 +102,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _superlink_start(args: argparse.Namespace) -> int:
+    state_dir = None if args.in_memory else args.state.resolve()
     settings = deploy.SuperLinkSettings(
-        args.pki.resolve(), args.state.resolve(), args.host, args.port, args.control_port
+        args.pki.resolve(), state_dir, args.host, args.port, args.control_port
     )
     settings.check()
     keys = [k.resolve() for k in args.register] if args.register else None
@@ -104,7 +112,8 @@ def _superlink_start(args: argparse.Namespace) -> int:
         keys = sorted((settings.pki / "nodes").glob("*.pub"))
     for key in keys:
         check_node_public_key(key)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if settings.state_dir is not None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
     env = deploy.flower_env()
     flwr_home = Path(env.get("FLWR_HOME", Path.home() / ".flwr"))
     env["FLWR_HOME"] = os.environ["FLWR_HOME"] = str(flwr_home)

@@ -43,6 +43,7 @@ SUPERLINK_PORT = 8000  # the public port (fedllm's gate: the Fleet API only)
 CONTROL_PORT = 9093  # flower-superlink's own port on loopback (Fleet, Control, Runtime APIs)
 SUPERNODE_PORT = 9094  # flower-supernode's default --port (its ClientApp Runtime API)
 STATE_DB = "state.db"  # the SuperLink's state database inside its state folder
+IN_MEMORY = ":flwr-in-memory:"  # flower-superlink's --database for its state in memory
 CONNECTION = "fedllm"  # the [superlink.<name>] entry in $FLWR_HOME/config.toml
 EXECUTOR_MODULE = "fedllm.deploy.executor"  # `python -m` this: the warm ClientApp executor
 SUPERNODE_MODULE = "fedllm.deploy.supernode"  # `python -m` this: flower-supernode, prompt pulls
@@ -55,10 +56,13 @@ class SuperLinkSettings:
     """An operator's SuperLink: its TLS files (from ``fedllm certs init``), the public address
     SuperNodes dial (``host:port``, served by the gate), the loopback port of
     ``flower-superlink`` itself (``control_port``: the Flower CLI on this machine dials it),
-    and the folder holding its state database (runs, registered nodes: survives restarts)."""
+    and the folder holding its state database (runs, registered nodes: survives restarts), or
+    ``None``: the state in the SuperLink's memory (Flower's in-memory state and object store,
+    about half the SuperLink's work per request; lost at a restart, where ``fedllm superlink
+    start`` registers the sites' keys again; see deploy/README.md, "Round latency")."""
 
     pki: Path
-    state_dir: Path
+    state_dir: Path | None
     host: str = LOOPBACK
     port: int = SUPERLINK_PORT
     control_port: int = CONTROL_PORT
@@ -68,8 +72,9 @@ class SuperLinkSettings:
         return self.pki / "ca.crt"
 
     @property
-    def database(self) -> Path:
-        return self.state_dir / STATE_DB
+    def database(self) -> str:
+        """flower-superlink's ``--database``: the state file, or its in-memory state."""
+        return IN_MEMORY if self.state_dir is None else str(self.state_dir / STATE_DB)
 
     def check(self) -> None:
         """Fail before starting: two distinct valid ports, a valid chain, a certificate
@@ -99,7 +104,7 @@ class SuperLinkSettings:
             *("--ssl-keyfile", str(self.pki / "superlink.key")),
             "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
-            *("--database", str(self.database)),
+            *("--database", self.database),
             *("--host", LOOPBACK, "--port", str(self.control_port)),
         ]
 

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import importlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from logging import INFO, WARNING
@@ -93,26 +94,84 @@ def prompt_loop(backoff: Backoff, wakeup: Wakeup | None) -> Callable[..., None]:
         # Flower's _push_messages waits for the reply (in this process's state) in 0.5 s steps.
         flower.time = ShortWaits(REPLY_POLL)  # type: ignore[attr-defined,assignment]
         quick_object_retries(flower)  # a message's objects may still be on their way
-        with activated_connection(  # Flower's connection, asked again while not activated
-            server_address=server_address,
-            insecure=insecure,
-            root_certificates=root_certificates,
-            authentication_keys=authentication_keys,
-            max_retries=max_retries,
-            max_wait_time=max_wait_time,
-        ) as conn:
-            state.set_node_id(conn[0])
-            log(INFO, "SuperNode ID: %s", conn[0])
-            log(
-                INFO,
-                "fedllm: pulling every %.3f s after a message, up to every %.1f s when idle%s",
-                backoff.fastest,
-                backoff.slowest,
-                "; tasks wake the executor" if wakeup else "",
-            )
-            pull_loop(conn, state, store, node_config, trusted_entities, backoff, wakeup)
+        forgotten = unknown_node_flag()
+        while True:
+            forgotten.clear()
+            with activated_connection(  # Flower's connection, asked again while not activated
+                server_address=server_address,
+                insecure=insecure,
+                root_certificates=root_certificates,
+                authentication_keys=authentication_keys,
+                max_retries=max_retries,
+                max_wait_time=max_wait_time,
+            ) as conn:
+                state.set_node_id(conn[0])
+                log(INFO, "SuperNode ID: %s", conn[0])
+                log(
+                    INFO,
+                    "fedllm: pulling every %.3f s after a message, up to every %.1f s when idle%s",
+                    backoff.fastest,
+                    backoff.slowest,
+                    "; tasks wake the executor" if wakeup else "",
+                )
+                try:
+                    pull_loop(
+                        conn, state, store, node_config, trusted_entities, backoff, wakeup,
+                        unknown=forgotten,
+                    )  # fmt: skip
+                    return
+                except NodeUnknown as err:  # caught here: Flower's connection would swallow it
+                    log(
+                        WARNING,
+                        "fedllm: the SuperLink no longer knows SuperNode %s (%s; restarted "
+                        "with its state in memory?): activating this node again",
+                        conn[0],
+                        err,
+                    )
 
     return start_client_internal
+
+
+class NodeUnknown(Exception):
+    """The SuperLink answered 401 to this node's signed request: it no longer knows the node
+    (a SuperLink restarted with its state in memory gives every node a new id)."""
+
+
+class OwnInterrupt:
+    """The ``os`` module as a Flower module sees it, but for one call: Flower's Fleet
+    connection interrupts its own process (``os.kill(os.getpid(), SIGINT)``) when the SuperLink
+    answers 401, from its heartbeat thread and from its retrying requests, which stops the
+    SuperNode; that call sets ``unknown`` instead, and the pull loop activates the node again.
+    Every other signal, and every other ``os`` call, is the real one."""
+
+    def __init__(self, unknown: threading.Event) -> None:
+        self.unknown = unknown
+
+    def kill(self, pid: int, sig: int) -> None:
+        import os
+        import signal
+
+        if pid == os.getpid() and sig == signal.SIGINT:
+            self.unknown.set()
+            return
+        os.kill(pid, sig)
+
+    def __getattr__(self, name: str) -> Any:
+        import os
+
+        return getattr(os, name)
+
+
+# Where Flower's SuperNode interrupts itself on a 401 (its heartbeat, its retrying requests).
+INTERRUPTS_ON_401 = ("flwr.supernode.fleet_http_connection", "flwr.supercore.retry.http_retry")
+
+
+def unknown_node_flag() -> threading.Event:
+    """Installs :class:`OwnInterrupt` in the modules of :data:`INTERRUPTS_ON_401`; its event."""
+    unknown = threading.Event()
+    for name in INTERRUPTS_ON_401:
+        importlib.import_module(name).os = OwnInterrupt(unknown)  # type: ignore[attr-defined]
+    return unknown
 
 
 class NotActivated(Exception):
@@ -184,29 +243,45 @@ def pull_loop(
     backoff: Backoff,
     wakeup: Wakeup | None,
     stop: Callable[[], bool] = lambda: False,
+    unknown: threading.Event | None = None,
 ) -> None:
     """Flower's pull-and-push over ``conn`` (what Flower's ``_init_connection`` yields), with a
     wait of ``backoff.wait(time since the last message)`` after an empty pull; the executor
-    woken as soon as a task is stored. Runs until ``stop()`` (never, in a SuperNode)."""
+    woken as soon as a task is stored. Runs until ``stop()`` (never, in a SuperNode); raises
+    :class:`NodeUnknown` when the SuperLink answers a pull with 401, or ``unknown`` is set
+    (one of Flower's requests got 401)."""
+    import httpx
     from flwr.supercore import log
     from flwr.supernode import start_client_internal as flower
 
-    _, receive, send, get_run, get_fab, pull_object, push_object, confirm = conn
+    tally = Tally()
+    _, receive, send, get_run, get_fab, pull_object, push_object, confirm = (
+        conn[0],
+        *(tally.wrap(name, call) for name, call in zip(CALLS, conn[1:], strict=True)),
+    )
     last = time.monotonic()
     while not stop():
+        if unknown is not None and unknown.is_set():
+            raise NodeUnknown("a request was refused (401)")
         asked = time.monotonic()
-        run_id = flower._pull_and_store_message(
-            state=state,
-            object_store=store,
-            node_config=node_config,
-            receive=receive,
-            get_run=get_run,
-            get_fab=get_fab,
-            pull_object=pull_object,
-            confirm_message_received=confirm,
-            trusted_entities=trusted_entities,
-        )
+        try:
+            run_id = flower._pull_and_store_message(
+                state=state,
+                object_store=store,
+                node_config=node_config,
+                receive=receive,
+                get_run=get_run,
+                get_fab=get_fab,
+                pull_object=pull_object,
+                confirm_message_received=confirm,
+                trusted_entities=trusted_entities,
+            )
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code == httpx.codes.UNAUTHORIZED:
+                raise NodeUnknown(f"a pull was refused ({err.response.status_code})") from err
+            raise
         if run_id is None:
+            tally.reset()
             time.sleep(backoff.wait(time.monotonic() - last))
             continue
         stored = time.monotonic()
@@ -217,10 +292,55 @@ def pull_loop(
         log(
             INFO,
             "fedllm: run %s: a message %.3f s after the last reply, pulled and stored in "
-            "%.3f s, answered and sent in %.3f s",
-            *(run_id, asked - last, stored - asked, done - stored),
+            "%.3f s, answered and sent in %.3f s (requests: %s)",
+            *(run_id, asked - last, stored - asked, done - stored, tally.summary()),
         )
+        tally.reset()
         last = done
+
+
+# The Fleet calls in the order Flower's ``_init_connection`` yields them after the node id.
+CALLS = ("pull-messages", "push-messages", "get-run", "get-fab", "pull-object", "push-object",
+         "confirm")  # fmt: skip
+
+
+class Tally:
+    """How many Fleet requests of each kind a message took, and their summed seconds (object
+    pulls and pushes run in Flower's thread pools, so a sum can exceed the wall time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: dict[str, list[float]] = {}
+        self.objects: dict[str, set[str]] = {}  # distinct object ids pulled or pushed
+
+    def wrap(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.calls.setdefault(name, []).append(time.monotonic() - started)
+                    if name.endswith("-object"):  # (run id, [session,] object id, ...)
+                        ids = self.objects.setdefault(name, set())
+                        ids.add(str(args[2] if name == "push-object" else args[1]))
+
+        return counted
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls, self.objects = {}, {}
+
+    def summary(self) -> str:
+        """``pull-messages 1x 0.031 s, pull-object 5x 0.120 s (4 objects), ...``: requests
+        of each kind, their summed time, and for objects how many distinct ones (a pull is
+        asked again while its sender is still uploading it)."""
+        with self._lock:
+            return ", ".join(
+                f"{k} {len(v)}x {sum(v):.3f} s"
+                + (f" ({len(self.objects[k])} objects)" if k in self.objects else "")
+                for k, v in self.calls.items()
+            )
 
 
 class ShortWaits:
@@ -265,11 +385,19 @@ def check_flower() -> None:
         for name in ("_init_connection", "_pull_and_store_message", "_push_messages", "time")
         if not hasattr(flower, name)
     ] + [f"fleet_http_connection.{EXIT}"] * (not hasattr(http, EXIT))
+    missing += [f"{name}.os" for name in INTERRUPTS_ON_401 if not _has_os(name)]
     if not package_version.startswith(FLOWER) or missing:
         raise SystemExit(
             f"fedllm.deploy.supernode needs flwr {FLOWER}x, found {package_version}"
             + (f" without {', '.join(missing)}" if missing else "")
         )
+
+
+def _has_os(module: str) -> bool:
+    try:
+        return hasattr(importlib.import_module(module), "os")
+    except ImportError:
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> None:

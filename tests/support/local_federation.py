@@ -96,16 +96,21 @@ class LocalFederation:
         return process
 
     def start_superlink(
-        self, keys: Sequence[Path], port: int, host: str = "127.0.0.1", timeout: float = 90
+        self,
+        keys: Sequence[Path],
+        port: int,
+        host: str = "127.0.0.1",
+        timeout: float = 90,
+        in_memory: bool = False,
     ) -> Process:
         """``fedllm superlink start`` (the operator's command) registering ``keys``, its gate
-        on ``host:port`` and flower-superlink on a free loopback port; returns once it says
-        it is ready."""
-        self.superlink = deploy.SuperLinkSettings(
-            self.root / "pki", self.root / "superlink-state", host, port, free_port()
-        )
+        on ``host:port`` and flower-superlink on a free loopback port, its state in
+        ``root/superlink-state`` (or in memory); returns once it says it is ready."""
+        state = None if in_memory else self.root / "superlink-state"
+        self.superlink = deploy.SuperLinkSettings(self.root / "pki", state, host, port, free_port())
         command = [sys.executable, "-m", "fedllm.cli", "superlink", "start", str(self.root / "pki")]
-        command += ["--state", str(self.superlink.state_dir), "--host", host, "--port", str(port)]
+        command += ["--in-memory"] if state is None else ["--state", str(state)]
+        command += ["--host", host, "--port", str(port)]
         command += ["--control-port", str(self.superlink.control_port)]
         for key in keys:
             command += ["--register", str(key)]

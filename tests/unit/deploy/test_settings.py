@@ -131,6 +131,25 @@ def test_the_superlink_listens_on_loopback_behind_the_gate(tmp_path: Path) -> No
     assert link.fleet_address("superlink.example.org") == "superlink.example.org:8000"
 
 
+def test_the_superlinks_state_is_its_file_or_its_memory(tmp_path: Path) -> None:
+    on_disk = deploy.SuperLinkSettings(tmp_path, tmp_path / "state").command()
+    in_memory = deploy.SuperLinkSettings(tmp_path, None).command()
+    assert on_disk[on_disk.index("--database") + 1] == str(tmp_path / "state" / "state.db")
+    assert in_memory[in_memory.index("--database") + 1] == ":flwr-in-memory:"
+    assert [w for w in on_disk if w != str(tmp_path / "state" / "state.db")] == [
+        w for w in in_memory if w != ":flwr-in-memory:"
+    ]  # TLS, node authentication, loopback: the same either way
+
+
+@pytest.mark.parametrize("state", [[], ["--state", "s", "--in-memory"]], ids=["none", "both"])
+def test_superlink_start_wants_one_place_for_its_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], state: list[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["superlink", "start", str(tmp_path), *state])
+    assert "--state" in capsys.readouterr().err
+
+
 def test_superlink_settings_refuse_one_port_for_both(tmp_path: Path) -> None:
     create_deployment(tmp_path / "pki", ["localhost"])
     with pytest.raises(ConfigError, match="both 8000"):

@@ -117,3 +117,62 @@ def test_a_message_is_picked_up_within_tens_of_milliseconds_of_being_available(
     assert link.pulled_at is not None
     delay = link.pulled_at - link.available_at
     assert delay < Backoff().wait(idle) + 0.1, delay  # scheduling slack on a busy machine
+
+
+def test_the_loop_counts_each_kind_of_request_and_the_distinct_objects() -> None:
+    """What the SuperNode logs per message: requests of each kind, their time, and objects
+    asked for again (a pull retried while its sender still uploads it)."""
+    tally = supernode.Tally()
+    pull = tally.wrap("pull-object", lambda run_id, object_id: b"x")
+    push = tally.wrap("push-object", lambda run_id, session, object_id, content: None)
+    for object_id in ("a", "b", "a"):
+        pull(7, object_id)
+    push(7, "s", "c", b"y")
+    summary = tally.summary()
+    assert "pull-object 3x" in summary and "(2 objects)" in summary
+    assert "push-object 1x" in summary and "(1 objects)" in summary
+    tally.reset()
+    assert tally.summary() == ""
+
+
+def test_a_pull_refused_with_401_asks_for_activation_again() -> None:
+    """A SuperLink restarted with its state in memory no longer knows the node: the loop
+    leaves Flower's connection so that the node activates again, instead of stopping."""
+    import httpx
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    def refused() -> Any:
+        request = httpx.Request("POST", "https://superlink/v1/fleet/pull-messages")
+        raise httpx.HTTPStatusError("401", request=request, response=httpx.Response(401))
+
+    conn = list(SuperLinkQueue().conn())
+    conn[1] = refused
+    factory = NodeStateFactory(objectstore_factory=ObjectStoreFactory())
+    state, store = factory.state(), factory.objectstore_factory.store()
+    with pytest.raises(supernode.NodeUnknown, match="401"):
+        supernode.pull_loop(conn, state, store, {}, None, Backoff(), None)
+
+
+def test_flowers_own_interrupt_on_401_becomes_a_flag_and_other_signals_pass() -> None:
+    import os
+    import signal
+    import threading
+
+    unknown = threading.Event()
+    shim = supernode.OwnInterrupt(unknown)
+    shim.kill(os.getpid(), signal.SIGINT)  # what Flower's heartbeat and retries do on 401
+    assert unknown.is_set()
+    shim.kill(os.getpid(), 0)  # a real os.kill: signal 0 only checks the process exists
+    assert shim.getpid() == os.getpid()
+    with pytest.raises(supernode.NodeUnknown, match="refused"):
+        supernode.pull_loop(SuperLinkQueue().conn(), None, None, {}, None, Backoff(), None,
+                            unknown=unknown)  # fmt: skip
+
+
+def test_flower_interrupts_itself_on_401_where_the_loop_expects_it() -> None:
+    import importlib
+
+    for name in supernode.INTERRUPTS_ON_401:
+        source = inspect.getsource(importlib.import_module(name))
+        assert "os.kill(os.getpid(), signal.SIGINT)" in source, name
