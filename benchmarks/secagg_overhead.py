@@ -277,7 +277,7 @@ def simulate(sites: int, sizes: list[str], rounds: int, steps: int) -> list[dict
 
 # ---------------------------------------------------------------- fedllm simulate (MNIST CNN)
 STAGE_LINE = re.compile(r"secagg: round (\d+), sum of (\d+) sites unmasked \((.*)\)")
-RING_LINE = re.compile(r"secagg: round \d+, keys shared by \d+ sites.*?, ring 2\*\*(\d+)")
+RING_LINE = re.compile(r"secagg: round (\d+), keys shared by \d+ sites.*?, ring 2\*\*(\d+)")
 
 
 def _model_arrays(model: str) -> Any:
@@ -294,12 +294,20 @@ MODELS = {"cnn": 0, "mlp": 1258}  # MNIST's `hidden-units`: 0 = the CNN (26k), 1
 
 
 def fedllm_simulate(
-    sites: int, rounds: int, secagg: bool, out: Path, model: str = "cnn"
+    sites: int,
+    rounds: int,
+    secagg: bool,
+    out: Path,
+    model: str = "cnn",
+    chosen: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """One ``fedllm simulate`` run of MNIST's CNN or MLP (IID, DP on, task defaults): steady
-    rounds from metrics.json, SecAgg+ stage times from the server's log."""
+    rounds from metrics.json, SecAgg+ stage times from the server's log. ``chosen``:
+    `secagg-shares` / `secagg-threshold` set by hand (default: the sizing's)."""
     name = f"mnist-{model}-{sites}-{'secagg' if secagg else 'plain'}"
-    overrides = {
+    if chosen is not None:
+        name += f"-{chosen[0]}-{chosen[1]}"
+    overrides: dict[str, Any] = {
         "hidden-units": MODELS[model],
         "task": '"mnist"',
         "data-path": f'"{MNIST}"',
@@ -310,6 +318,8 @@ def fedllm_simulate(
         "out-dir": f'"{out}"',
         "run-name": f'"{name}"',
     }
+    if chosen is not None:
+        overrides["secagg-shares"], overrides["secagg-threshold"] = chosen
     command = [sys.executable, "-m", "fedllm.cli", "simulate"]
     for key, value in overrides.items():
         command += ["-c", f"{key}={value}"]
@@ -330,12 +340,13 @@ def fedllm_simulate(
         for part in match.group(3).split(", "):  # "unmask 1.23 s", "unmask compute 0.30 s"
             stage, seconds = part.removesuffix(" s").rsplit(" ", 1)
             stages.setdefault(stage, []).append(float(seconds))
-    rings = sorted({int(bits) for bits in RING_LINE.findall(log)})
+    rings = sorted({int(bits) for r, bits in RING_LINE.findall(log) if int(r) > 1})
     return {
         "sites": sites,
         "model": model,
         "params": sum(int(np.prod(a.shape)) for a in _model_arrays(model).values()),
         "mode": "secagg" if secagg else "plain",
+        "neighbourhood": list(chosen) if chosen else None,
         "rounds": rounds,
         "rings": rings,
         "round_s": statistics.median(steady),
@@ -431,21 +442,24 @@ def write(
             "",
             "## fedllm simulate: MNIST, IID sites, DP on, task defaults",
             "",
-            "| model | params | sites | ring (bits) | plain round (s) | SecAgg+ round (s) | "
-            "ratio | unmask msg | reveal msg | unmask compute | plain / SecAgg+ accuracy |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| model | params | sites | neighbours / threshold | ring (bits) | plain round (s) | "
+            "SecAgg+ round (s) | ratio | unmask msg | reveal msg | unmask compute | "
+            "plain / SecAgg+ accuracy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        by = {(r["model"], r["sites"], r["mode"]): r for r in runs}
-        for model, sites in sorted({(r["model"], r["sites"]) for r in runs}):
-            if (model, sites, "plain") not in by or (model, sites, "secagg") not in by:
+        plain = {(r["model"], r["sites"]): r for r in runs if r["mode"] == "plain"}
+        for q in runs:
+            if q["mode"] != "secagg" or (q["model"], q["sites"]) not in plain:
                 continue
-            p, q = by[(model, sites, "plain")], by[(model, sites, "secagg")]
+            model, sites = q["model"], q["sites"]
+            p = plain[(model, sites)]
             st = q["stages_s"]
             cells = [st.get(k) for k in ("unmask", "reveal", "unmask compute")]
             fmt = ["-" if c is None else f"{c:.2f}" for c in cells]
             rings = "/".join(str(b) for b in q.get("rings", []))
+            k, t = q.get("neighbourhood") or neighbourhood(sites)
             lines.append(
-                f"| {model.upper()} | {q['params']:,} | {sites} | {rings} | "
+                f"| {model.upper()} | {q['params']:,} | {sites} | {k} / {t} | {rings} | "
                 f"{p['round_s']:.2f} | {q['round_s']:.2f} | "
                 f"{q['round_s'] / p['round_s']:.2f}x | {' | '.join(fmt)} | "
                 f"{p['accuracy']:.4f} / {q['accuracy']:.4f} |"
@@ -468,7 +482,9 @@ def main() -> None:
         "--simulate",
         nargs="*",
         default=["cnn:5", "cnn:100", "mlp:100"],
-        help="fedllm simulate runs, MODEL:SITES (MODEL: cnn or mlp)",
+        help="fedllm simulate runs, MODEL:SITES[:SHARES/THRESHOLD] (MODEL: cnn or mlp; "
+        "SHARES/THRESHOLD: a hand-set neighbourhood, SecAgg+ only, against MODEL:SITES's "
+        "plain run)",
     )
     parser.add_argument("--simulate-rounds", type=int, default=4)
     parser.add_argument("--no-simulate", action="store_true")
@@ -488,11 +504,20 @@ def main() -> None:
     if not args.no_simulate:
         with tempfile.TemporaryDirectory(prefix="fedllm-secagg-bench-runs-") as out:
             for spec in args.simulate:
-                model, sites = spec.split(":")[0], int(spec.split(":")[1])
-                for secure in (False, True):
+                model, sites_text, *hand = spec.split(":")
+                sites = int(sites_text)
+                chosen = None
+                if hand:
+                    shares, threshold = (int(x) for x in hand[0].split("/"))
+                    chosen = (shares, threshold)
+                for secure in (True,) if chosen else (False, True):
                     name = f"mnist-{model}-{sites}-{'secagg' if secure else 'plain'}"
+                    if chosen:
+                        name += f"-{chosen[0]}-{chosen[1]}"
                     try:
-                        run = fedllm_simulate(sites, args.simulate_rounds, secure, Path(out), model)
+                        run = fedllm_simulate(
+                            sites, args.simulate_rounds, secure, Path(out), model, chosen
+                        )
                     except RuntimeError as err:  # keep the other rows; say what failed
                         print(f"  {name}: {err}", flush=True)
                         print((Path(out) / f"{name}.log").read_text()[-3000:])
