@@ -16,7 +16,9 @@ Two parts, each measured against a plain baseline in the same run:
 2. **fedllm simulate rows**: the real app (``fedllm simulate``, DP on, task defaults) on MNIST
    with IID sites, ``secagg=true`` vs ``secagg=false``: the CNN (26k parameters) at 100 sites
    (the issue's federation) and 5 sites, and the MLP option (``hidden-units=1258``: 1.0M
-   parameters) at 100 sites; steady rounds from ``metrics.json`` (``rounds[].elapsed-s``
+   parameters) at 100 sites, the MLP also with the neighbourhood set by hand to 23 / 13 (what
+   the sizing gives when no site is assumed to collude with the server; SecAgg+ only, against
+   the same plain row); steady rounds from ``metrics.json`` (``rounds[].elapsed-s``
    differences after round 1), with the server's per-stage SecAgg+ times from its log.
 
 Where the time goes is measured three ways: at the server, per protocol stage (setup, key
@@ -24,7 +26,7 @@ sharing, the training stage with masking at the sites, unmask message, reveal me
 unmask computation); at the sites (masking in the train reply; the unmask answer, which also
 does the next round's key sharing); and in-process, per primitive.
 
-    .venv/bin/python benchmarks/secagg_overhead.py            # ~6 min on 2 quiet cores
+    .venv/bin/python benchmarks/secagg_overhead.py            # ~15 min on 2 quiet cores
     .venv/bin/python benchmarks/secagg_overhead.py --quick    # 5 sites, 100k, 2 timed rounds
     .venv/bin/python benchmarks/secagg_overhead.py --no-simulate   # protocol rows only
 
@@ -481,7 +483,7 @@ def main() -> None:
     parser.add_argument(
         "--simulate",
         nargs="*",
-        default=["cnn:5", "cnn:100", "mlp:100"],
+        default=["cnn:5", "cnn:100", "mlp:100", "mlp:100:23/13"],
         help="fedllm simulate runs, MODEL:SITES[:SHARES/THRESHOLD] (MODEL: cnn or mlp; "
         "SHARES/THRESHOLD: a hand-set neighbourhood, SecAgg+ only, against MODEL:SITES's "
         "plain run)",
