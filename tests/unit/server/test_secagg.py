@@ -4,11 +4,22 @@ over an in-process grid: dropouts, fail-closed rounds and malformed masked vecto
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
 from clients import secagg
 from fedllm import protocol as proto
+from fedllm.errors import FedLLMError, SecAggError
 from fedllm.secagg import Ring, SecAggSettings
 from fedllm.secagg.vector import QUANTIZATION_BITS
 from fedllm.tasks.tabular import TabularModel
@@ -26,6 +37,7 @@ MALFORMED: set[int] = set()
 GRIDS: list[LoopbackGrid] = []
 RINGS: list[tuple[int, int, int]] = []  # (round, ring bits, level bits) of every train request
 WEIGHTS: dict[int, int] = {}  # round -> every site's weight that round (default 10 x node id)
+RELAYED: dict[str, int] = {}  # values a lying server puts in every train request's record
 IDENTITY = memory_identity(NODES)
 
 
@@ -44,9 +56,14 @@ def _train(msg: Message, context: Context) -> Message:
     RINGS.append((server_round, *(int(b) for b in bits)))  # type: ignore[call-overload]
     weight = WEIGHTS.get(server_round, 10 * context.node_id)
     metrics = MetricRecord({proto.NUM_EXAMPLES: weight, proto.TRAIN_LOSS: 0.1})
-    records = secagg.masked_update(
-        msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP, identity=IDENTITY
-    )
+    for key, value in RELAYED.items():
+        request[key] = value
+    try:
+        records = secagg.masked_update(
+            msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP, identity=IDENTITY
+        )
+    except SecAggError as err:  # as Flower turns a ClientApp's exception into an error reply
+        return Message(Error(code=0, reason=str(err)), reply_to=msg)
     if context.node_id in MALFORMED:
         records[proto.SECAGG_MASKED] = ArrayRecord(
             {proto.SECAGG_VECTOR: Array(np.zeros(3, dtype=np.uint64))}
@@ -180,3 +197,21 @@ def test_weights_that_outgrow_the_32_bit_ring_fail_closed() -> None:
     assert "sum to 2500" in why and "exceeds the 2**32 ring" in why, why
     assert strategy.logs[4].rejected == {}
     assert arrays is not None
+
+
+def test_sites_refuse_a_ring_they_do_not_use_or_one_their_vector_does_not_fit() -> None:
+    """A ring announced as 2**16, or 2**32 with 2**24 levels for sites of weight 300
+    (300 x 2**24 > 2**32 - 1): every site refuses to mask, and the round fails with the
+    sites' reason."""
+    for relayed, why in (
+        ({proto.SA_RING_BITS: 16, proto.SA_LEVEL_BITS: 8}, "is not one this version uses"),
+        ({proto.SA_RING_BITS: 32, proto.SA_LEVEL_BITS: 24}, "exceeds the round's 2\\*\\*32 ring"),
+    ):
+        RELAYED.update(relayed)
+        WEIGHTS[1] = 300
+        try:
+            with pytest.raises(FedLLMError, match=f"no site returned a valid update.*{why}"):
+                _round(drop=[])
+        finally:
+            RELAYED.clear()
+            WEIGHTS.clear()
