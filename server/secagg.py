@@ -97,8 +97,9 @@ class SecureAveraging(Averaging):
         except SecAggError as err:
             raise AggregateRejected("secure aggregation", str(err)) from None
         self._protocol = protocol
-        # The 32-bit ring only when every site in play reported its weight last round: the
-        # sum over them then provably fits (Ring.for_weights); else 64 bits.
+        # The 32-bit ring only when every site in play reported its weight last round: with
+        # weights no larger, the sum provably fits (Ring.for_weights); a weight that grew is
+        # caught after unmasking (mean: the round fails closed). Else 64 bits.
         known = [weights.get(nid, 0) for nid in sorted(protocol.keyed)]
         self._ring = Ring.for_weights(known) if all(known) else Ring()
         log(
@@ -165,7 +166,7 @@ class SecureAveraging(Averaging):
         vector = _masked_vector(msg, self._size, self._ring)
         if vector is None:
             return f"no masked vector of {self._size} {np.dtype(self._ring.dtype)} values"
-        self._vectors[msg.metadata.src_node_id] = vector  # read once: 8 bytes a value
+        self._vectors[msg.metadata.src_node_id] = vector  # read once: 4 or 8 bytes a value
         return None
 
     def mean(
