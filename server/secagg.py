@@ -16,6 +16,11 @@ round (train, unmask) against plain FedAvg's one. Otherwise (first round, a chan
 the two key stages run as messages of their own. Any stage with fewer live sites than the
 threshold fails closed: the round applies nothing and the previous global model stays.
 
+Each train request names the round's ring (:class:`~fedllm.secagg.vector.Ring`): 2**32 when
+every site in play reported its weight the round before and ``m * max(weight) * 2**16`` fits,
+else 2**64; after unmasking, a sum whose reported total weight does not fit the ring is
+rejected (it may have wrapped).
+
 The server relays each site's signed round keys unchanged and tells every survivor the same
 survivor set; the sites check both (``fedllm/secagg/site.py``). When a site dropped after key
 sharing, its neighbours answer the unmask request with only their signature over the survivor
