@@ -13,17 +13,20 @@ Two parts, each measured against a plain baseline in the same run:
    between the server's end-of-round callbacks (no federated evaluation); the first round
    (actors importing torch, key stages as messages) is dropped and the median of the rest
    reported.
-2. **fedllm simulate rows**: the real app (``fedllm simulate``, DP on, task defaults) on MNIST's
-   CNN with IID sites, ``secagg=true`` vs ``secagg=false``, 100 sites (the issue's federation)
-   and 5 sites; steady rounds from ``metrics.json`` (``rounds[].elapsed-s`` differences after
-   round 1), with the server's per-stage SecAgg+ times from its log.
+2. **fedllm simulate rows**: the real app (``fedllm simulate``, DP on, task defaults) on MNIST
+   with IID sites, ``secagg=true`` vs ``secagg=false``: the CNN (26k parameters) at 100 sites
+   (the issue's federation) and 5 sites, and the MLP option (``hidden-units=1258``: 1.0M
+   parameters) at 100 sites, the MLP also with the neighbourhood set by hand to 23 / 13 (what
+   the sizing gives when no site is assumed to collude with the server; SecAgg+ only, against
+   the same plain row); steady rounds from ``metrics.json`` (``rounds[].elapsed-s``
+   differences after round 1), with the server's per-stage SecAgg+ times from its log.
 
 Where the time goes is measured three ways: at the server, per protocol stage (setup, key
 sharing, the training stage with masking at the sites, unmask message, reveal message,
 unmask computation); at the sites (masking in the train reply; the unmask answer, which also
 does the next round's key sharing); and in-process, per primitive.
 
-    .venv/bin/python benchmarks/secagg_overhead.py            # ~6 min on 2 quiet cores
+    .venv/bin/python benchmarks/secagg_overhead.py            # ~15 min on 2 quiet cores
     .venv/bin/python benchmarks/secagg_overhead.py --quick    # 5 sites, 100k, 2 timed rounds
     .venv/bin/python benchmarks/secagg_overhead.py --no-simulate   # protocol rows only
 
@@ -166,6 +169,12 @@ class TimedSecAgg(SecureAveraging):
         super().__init__(*args, **kwargs)
         self.stages: dict[str, list[float]] = {}
         self.site_stages: dict[str, list[list[float]]] = {}
+        self.rings: list[int] = []  # the ring (bits) of each round
+
+    def configure(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().configure(*args, **kwargs)
+        self.rings.append(self._ring.bits)
+        return out
 
     def _clock(self, name: str, seconds: float) -> None:
         self.stages.setdefault(name, []).append(seconds)
@@ -237,6 +246,8 @@ def bench(grid: Grid, context: Context) -> None:
                 # Mean per timed round (setup and key sharing run in round 1 only; later
                 # rounds get their keys and shares with the previous round's messages).
                 row["neighbours"], row["threshold"] = neighbourhood(PLAN["sites"])
+                row["rings"] = sorted(set(averaging.rings[1:]))  # the timed rounds'
+                row["rings_by_round"] = averaging.rings
                 row["stages_s"] = {k: sum(v[1:]) / len(times) for k, v in averaging.stages.items()}
                 row["site_mask_s"] = statistics.median(s["mask-seconds"] for s in sites)
                 steady = [
@@ -268,13 +279,38 @@ def simulate(sites: int, sizes: list[str], rounds: int, steps: int) -> list[dict
 
 # ---------------------------------------------------------------- fedllm simulate (MNIST CNN)
 STAGE_LINE = re.compile(r"secagg: round (\d+), sum of (\d+) sites unmasked \((.*)\)")
+RING_LINE = re.compile(r"secagg: round (\d+), keys shared by \d+ sites.*?, ring 2\*\*(\d+)")
 
 
-def fedllm_simulate(sites: int, rounds: int, secagg: bool, out: Path) -> dict[str, Any]:
-    """One ``fedllm simulate`` run of MNIST's CNN (IID, DP on, task defaults): steady rounds
-    from metrics.json, SecAgg+ stage times from the server's log."""
-    name = f"mnist-{sites}-{'secagg' if secagg else 'plain'}"
-    overrides = {
+def _model_arrays(model: str) -> Any:
+    from fedllm.config import RunConfig
+    from fedllm.simulation import default_config
+    from fedllm.tasks import get_task
+
+    values = {**default_config(ROOT), "task": "mnist", "hidden-units": MODELS[model]}
+    cfg = RunConfig.from_flower(values)
+    return to_arrays(get_task("mnist").build_model(cfg, (1, 28, 28)))
+
+
+MODELS = {"cnn": 0, "mlp": 1258}  # MNIST's `hidden-units`: 0 = the CNN (26k), 1258: 1.0M MLP
+
+
+def fedllm_simulate(
+    sites: int,
+    rounds: int,
+    secagg: bool,
+    out: Path,
+    model: str = "cnn",
+    chosen: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """One ``fedllm simulate`` run of MNIST's CNN or MLP (IID, DP on, task defaults): steady
+    rounds from metrics.json, SecAgg+ stage times from the server's log. ``chosen``:
+    `secagg-shares` / `secagg-threshold` set by hand (default: the sizing's)."""
+    name = f"mnist-{model}-{sites}-{'secagg' if secagg else 'plain'}"
+    if chosen is not None:
+        name += f"-{chosen[0]}-{chosen[1]}"
+    overrides: dict[str, Any] = {
+        "hidden-units": MODELS[model],
         "task": '"mnist"',
         "data-path": f'"{MNIST}"',
         "partitioner": '"iid"',
@@ -284,6 +320,8 @@ def fedllm_simulate(sites: int, rounds: int, secagg: bool, out: Path) -> dict[st
         "out-dir": f'"{out}"',
         "run-name": f'"{name}"',
     }
+    if chosen is not None:
+        overrides["secagg-shares"], overrides["secagg-threshold"] = chosen
     command = [sys.executable, "-m", "fedllm.cli", "simulate"]
     for key, value in overrides.items():
         command += ["-c", f"{key}={value}"]
@@ -304,10 +342,15 @@ def fedllm_simulate(sites: int, rounds: int, secagg: bool, out: Path) -> dict[st
         for part in match.group(3).split(", "):  # "unmask 1.23 s", "unmask compute 0.30 s"
             stage, seconds = part.removesuffix(" s").rsplit(" ", 1)
             stages.setdefault(stage, []).append(float(seconds))
+    rings = sorted({int(bits) for r, bits in RING_LINE.findall(log) if int(r) > 1})
     return {
         "sites": sites,
+        "model": model,
+        "params": sum(int(np.prod(a.shape)) for a in _model_arrays(model).values()),
         "mode": "secagg" if secagg else "plain",
+        "neighbourhood": list(chosen) if chosen else None,
         "rounds": rounds,
+        "rings": rings,
         "round_s": statistics.median(steady),
         "rounds_s": [round(x, 3) for x in steady],
         "first_round_s": elapsed[0],
@@ -375,9 +418,10 @@ def write(
         "",
         "## Protocol rows (synthetic MLP, hardening on)",
         "",
-        "| sites | params | neighbours / threshold | plain (s) | SecAgg+ (s) | ratio | "
-        "train+mask | unmask msg | reveal msg | unmask compute | site mask | site unmask |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sites | params | neighbours / threshold | ring (bits) | plain (s) | SecAgg+ (s) | "
+        "ratio | train+mask | unmask msg | reveal msg | unmask compute | site mask | "
+        "site unmask |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     plain = {(r["sites"], r["size"]): r for r in rows if r["mode"] == "plain"}
     for r in rows:
@@ -391,28 +435,34 @@ def write(
         fmt = ["-" if c is None else f"{c:.3f}" for c in cells]
         lines.append(
             f"| {r['sites']} | {r['params']:,} | {r['neighbours']} / {r['threshold']} | "
+            f"{'/'.join(str(b) for b in r.get('rings', []))} | "
             f"{base['round_s']:.3f} | {r['round_s']:.3f} | "
             f"{r['round_s'] / base['round_s']:.2f}x | {' | '.join(fmt)} |"
         )
     if runs:
         lines += [
             "",
-            "## fedllm simulate: MNIST CNN, IID sites, DP on, task defaults",
+            "## fedllm simulate: MNIST, IID sites, DP on, task defaults",
             "",
-            "| sites | plain round (s) | SecAgg+ round (s) | ratio | unmask msg | reveal msg | "
-            "unmask compute | plain / SecAgg+ accuracy |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | params | sites | neighbours / threshold | ring (bits) | plain round (s) | "
+            "SecAgg+ round (s) | ratio | unmask msg | reveal msg | unmask compute | "
+            "plain / SecAgg+ accuracy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        by = {(r["sites"], r["mode"]): r for r in runs}
-        for sites in sorted({r["sites"] for r in runs}):
-            if (sites, "plain") not in by or (sites, "secagg") not in by:
+        plain = {(r["model"], r["sites"]): r for r in runs if r["mode"] == "plain"}
+        for q in runs:
+            if q["mode"] != "secagg" or (q["model"], q["sites"]) not in plain:
                 continue
-            p, q = by[(sites, "plain")], by[(sites, "secagg")]
+            model, sites = q["model"], q["sites"]
+            p = plain[(model, sites)]
             st = q["stages_s"]
             cells = [st.get(k) for k in ("unmask", "reveal", "unmask compute")]
             fmt = ["-" if c is None else f"{c:.2f}" for c in cells]
+            rings = "/".join(str(b) for b in q.get("rings", []))
+            k, t = q.get("neighbourhood") or neighbourhood(sites)
             lines.append(
-                f"| {sites} | {p['round_s']:.2f} | {q['round_s']:.2f} | "
+                f"| {model.upper()} | {q['params']:,} | {sites} | {k} / {t} | {rings} | "
+                f"{p['round_s']:.2f} | {q['round_s']:.2f} | "
                 f"{q['round_s'] / p['round_s']:.2f}x | {' | '.join(fmt)} | "
                 f"{p['accuracy']:.4f} / {q['accuracy']:.4f} |"
             )
@@ -431,7 +481,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per configuration")
     parser.add_argument("--local-steps", type=int, default=2)
     parser.add_argument(
-        "--simulate-sites", type=int, nargs="*", default=[5, 100], help="fedllm simulate runs"
+        "--simulate",
+        nargs="*",
+        default=["cnn:5", "cnn:100", "mlp:100", "mlp:100:23/13"],
+        help="fedllm simulate runs, MODEL:SITES[:SHARES/THRESHOLD] (MODEL: cnn or mlp; "
+        "SHARES/THRESHOLD: a hand-set neighbourhood, SecAgg+ only, against MODEL:SITES's "
+        "plain run)",
     )
     parser.add_argument("--simulate-rounds", type=int, default=4)
     parser.add_argument("--no-simulate", action="store_true")
@@ -450,19 +505,26 @@ def main() -> None:
     runs = []
     if not args.no_simulate:
         with tempfile.TemporaryDirectory(prefix="fedllm-secagg-bench-runs-") as out:
-            for sites in args.simulate_sites:
-                for secure in (False, True):
+            for spec in args.simulate:
+                model, sites_text, *hand = spec.split(":")
+                sites = int(sites_text)
+                chosen = None
+                if hand:
+                    shares, threshold = (int(x) for x in hand[0].split("/"))
+                    chosen = (shares, threshold)
+                for secure in (True,) if chosen else (False, True):
+                    name = f"mnist-{model}-{sites}-{'secagg' if secure else 'plain'}"
+                    if chosen:
+                        name += f"-{chosen[0]}-{chosen[1]}"
                     try:
-                        run = fedllm_simulate(sites, args.simulate_rounds, secure, Path(out))
-                    except RuntimeError as err:  # keep the other rows; say what failed
-                        print(f"  mnist {sites} sites: {err}", flush=True)
-                        print(
-                            (
-                                Path(out) / f"mnist-{sites}-{'secagg' if secure else 'plain'}.log"
-                            ).read_text()[-3000:]
+                        run = fedllm_simulate(
+                            sites, args.simulate_rounds, secure, Path(out), model, chosen
                         )
+                    except RuntimeError as err:  # keep the other rows; say what failed
+                        print(f"  {name}: {err}", flush=True)
+                        print((Path(out) / f"{name}.log").read_text()[-3000:])
                         continue
-                    print(f"  mnist {sites} sites, {run['mode']}: round {run['round_s']:.2f} s")
+                    print(f"  {name}: round {run['round_s']:.2f} s", flush=True)
                     runs.append(run)
     meta = {
         "command": "benchmarks/secagg_overhead.py " + " ".join(sys.argv[1:]),

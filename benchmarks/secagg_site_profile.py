@@ -36,6 +36,7 @@ from fedllm.crypto.signing import SiteKey  # noqa: E402
 from fedllm.secagg import (  # noqa: E402
     MASK,
     SHARE_KEYS,
+    Ring,
     Roster,
     SiteSecAgg,
     neighbourhood,
@@ -62,7 +63,7 @@ def federation(folder: Path, k: int) -> tuple[list[SiteSecAgg], dict[int, SiteKe
     return states, keys
 
 
-def profile(sites: int, params: int, reps: int, folder: Path) -> dict[str, float]:
+def profile(sites: int, params: int, reps: int, folder: Path, ring: Ring) -> dict[str, float]:
     k, t = neighbourhood(sites)
     states, keys = federation(folder, k)
     peers = {s.node_id: s.signed_keys for s in states}
@@ -102,7 +103,9 @@ def profile(sites: int, params: int, reps: int, folder: Path) -> dict[str, float
         # the train reply
         loaded = clock("mask: state load", lambda: state_from_config(state_to_config(shared)))
         loaded.expect(MASK, ROUND)
-        vector = clock("mask: quantize+weight", lambda: weighted_vector(delta, 123, CLIP, rng))
+        vector = clock(
+            "mask: quantize+weight", lambda: weighted_vector(delta, 123, CLIP, rng, ring)
+        )
         clock("mask: mask (all)", lambda: loaded.mask(vector, sent_to_me))
         sk1 = masking_key(me.sk1)
         clock("mask: 48 agreements", lambda: [agree(sk1, p.pk1, PAIRWISE) for p in peers.values()])
@@ -121,16 +124,20 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=100)
     parser.add_argument("--params", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--ring", type=int, choices=[32, 64], default=32, help="the masked vector's ring (bits)"
+    )
     args = parser.parse_args()
     k, t = neighbourhood(args.sites)
     print(
         f"{args.sites} sites: {k} neighbours, threshold {t}; median of {args.reps} "
         f"(CPU time); load {os.getloadavg()[0]:.2f}"
     )
+    ring = Ring(32, 16) if args.ring == 32 else Ring()
     with tempfile.TemporaryDirectory(prefix="fedllm-secagg-profile-") as folder:
         for params in args.params:
             print(f"\n{params:,} parameters")
-            for name, seconds in profile(args.sites, params, args.reps, Path(folder)).items():
+            for name, seconds in profile(args.sites, params, args.reps, Path(folder), ring).items():
                 print(f"  {name:40s} {seconds * 1000:8.1f} ms")
 
 

@@ -41,6 +41,7 @@ from fedllm.secagg import (
     SHARE_KEYS,
     UNMASK,
     Layout,
+    Ring,
     Roster,
     SignedKeys,
     SiteSecAgg,
@@ -199,17 +200,23 @@ def masked_update(
     weight: int | None = None,
     identity: Identity = site_identity,
 ) -> dict[str, ArrayRecord | ConfigRecord]:
-    """Stage 2: the weighted, quantized, masked update (``[n, n * q(update - global)]``), and
-    the signed public keys of a fresh setup for the next round: the records to add to the
-    train reply. ``n`` is the site's example count unless ``weight`` is given (1 under
-    client-level DP). Records in ``metrics`` the fraction of values clipped to ``clip_range``."""
+    """Stage 2: the weighted, quantized, masked update (``[n, n * q(update - global)]`` in
+    the round's ring: 2**32 or 2**64), and the signed public keys of a fresh setup for the
+    next round: the records to add to the train reply. ``n`` is the site's example count
+    unless ``weight`` is given (1 under client-level DP). Records in ``metrics`` the fraction
+    of values clipped to ``clip_range``. Refused (SecAggError) when the ring is not one this
+    version uses or the site's own entries would not fit it."""
     record, server_round = _request(msg)
+    ring = Ring(
+        int(cast(int, record.get(proto.SA_RING_BITS, 64))),
+        int(cast(int, record.get(proto.SA_LEVEL_BITS, Ring().levels))),
+    )
     state = _state(context, MASK, server_round)
     layout = Layout.of(global_arrays)
     delta = layout.flatten(update) - layout.flatten(global_arrays)  # (P,)
     metrics[proto.SECAGG_CLIPPED] = float(np.mean(np.abs(delta) > clip_range))
     n = int(cast(int, metrics[proto.NUM_EXAMPLES])) if weight is None else weight
-    vector = weighted_vector(delta, n, clip_range, np.random.default_rng())
+    vector = weighted_vector(delta, n, clip_range, np.random.default_rng(), ring)
     sources = [int(n) for n in cast(list[int], record[proto.SA_SOURCES])]
     ciphertexts = [bytes(c) for c in cast(list[bytes], record[proto.SA_CIPHERTEXTS])]
     masked = state.mask(vector, dict(zip(sources, ciphertexts, strict=True)))

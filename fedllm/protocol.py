@@ -24,7 +24,7 @@ METRICS = "metrics"  # MetricRecord: a site's reported numbers (below)
 SITE = "site"  # ConfigRecord: who replied
 REFUSAL = "refusal"  # ConfigRecord: a site's refusal to do what was asked, and why
 SECAGG = "secagg"  # ConfigRecord: a secure-aggregation stage's request or answer
-SECAGG_MASKED = "secagg-masked"  # ArrayRecord: one uint64 vector in place of the model
+SECAGG_MASKED = "secagg-masked"  # ArrayRecord: one uint32/uint64 vector in place of the model
 EVALUATION = "evaluation"  # MetricRecord in a train reply: the site's evaluation of the model
 #                            it was sent (asked for by EVALUATE_INCOMING)
 PACKED = "packed"  # ConfigRecord, deployment only: the whole content as one object on the wire
@@ -78,6 +78,9 @@ SA_PEERS = "peers"  # share keys: the neighbours, with SA_NAME, SA_PK1, SA_PK2, 
 SA_THRESHOLD, SA_NUM_SHARES = "threshold", "num-shares"
 SA_DESTINATIONS, SA_CIPHERTEXTS = "destinations", "ciphertexts"  # encrypted shares, by peer
 SA_SOURCES = "sources"  # train request: who the forwarded ciphertexts come from
+# Train request: the round's ring, 2**SA_RING_BITS (32 or 64), and 2**SA_LEVEL_BITS quantization
+# levels (fedllm.secagg.vector.Ring); absent: the 64-bit ring.
+SA_RING_BITS, SA_LEVEL_BITS = "ring-bits", "quantization-bits"
 SA_SURVIVORS = "survivors"  # unmask request: every site whose masked vector is in the sum
 # Unmask answer: SA_SIGNATURE over the survivor set, and the shares (none when a neighbour
 # dropped: they come in the reveal answer, once the request carries the neighbours' SA_SIGNERS
@@ -308,7 +311,8 @@ MANIFEST: dict[str, tuple[Field, ...]] = {
             SECAGG_MASKED,
             SECAGG_VECTOR,
             Basis.CRYPTO,
-            "[n, n q(update)] plus pairwise and self masks (AES-CTR keystreams) modulo 2**64: "
+            "[n, n q(update)] plus pairwise and self masks (AES-CTR keystreams) modulo 2**32 or "
+            "2**64 (the round's ring): "
             "only the sum over the sites is ever unmasked",
             secure=True,
         ),

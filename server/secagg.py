@@ -16,6 +16,11 @@ round (train, unmask) against plain FedAvg's one. Otherwise (first round, a chan
 the two key stages run as messages of their own. Any stage with fewer live sites than the
 threshold fails closed: the round applies nothing and the previous global model stays.
 
+Each train request names the round's ring (:class:`~fedllm.secagg.vector.Ring`): 2**32 when
+every site in play reported its weight the round before and ``m * max(weight) * 2**16`` fits,
+else 2**64; after unmasking, a sum whose reported total weight does not fit the ring is
+rejected (it may have wrapped).
+
 The server relays each site's signed round keys unchanged and tells every survivor the same
 survivor set; the sites check both (``fedllm/secagg/site.py``). When a site dropped after key
 sharing, its neighbours answer the unmask request with only their signature over the survivor
@@ -37,7 +42,7 @@ from flwr.serverapp import Grid
 
 from fedllm import protocol as proto
 from fedllm.errors import SecAggError
-from fedllm.secagg import Layout, SecAggRound, SecAggSettings, SignedKeys, average_delta
+from fedllm.secagg import Layout, Ring, SecAggRound, SecAggSettings, SignedKeys, average_delta
 from server.aggregation import AggregateRejected, Averaging, aggregate_train_metrics
 from server.replies import reason
 
@@ -64,6 +69,8 @@ class SecureAveraging(Averaging):
         self._vectors: dict[int, np.ndarray] = {}  # masked vectors checked this round
         # The next round's protocol with keys and shares exchanged ahead (see the module doc).
         self._ahead: SecAggRound | None = None
+        self._ring = Ring()  # this round's (fedllm.secagg.vector: 2**32 when the bound holds)
+        self._weights: dict[int, int] = {}  # node -> the weight it reported last round
 
     def configure(
         self,
@@ -74,7 +81,8 @@ class SecureAveraging(Averaging):
         grid: Grid,
     ) -> list[Message]:
         self._grid, self._protocol, self._lost, self._config = grid, None, {}, config
-        self._vectors = {}
+        self._vectors, self._ring = {}, Ring()
+        weights, self._weights = self._weights, {}
         ahead, self._ahead = self._ahead, None
         if not messages:
             return messages
@@ -94,12 +102,19 @@ class SecureAveraging(Averaging):
         except SecAggError as err:
             raise AggregateRejected("secure aggregation", str(err)) from None
         self._protocol = protocol
+        # The 32-bit ring only when every site in play reported its weight last round: with
+        # weights no larger, the sum provably fits (Ring.for_weights); a weight that grew is
+        # caught after unmasking (mean: the round fails closed). Else 64 bits.
+        known = [weights.get(nid, 0) for nid in sorted(protocol.keyed)]
+        self._ring = Ring.for_weights(known) if all(known) else Ring()
         log(
             INFO,
-            "secagg: round %d, keys shared by %d sites%s",
+            "secagg: round %d, keys shared by %d sites%s, ring 2**%d with 2**%d levels",
             server_round,
             len(protocol.keyed),
             " (ahead, with the last round's messages)" if protocol is ahead else "",
+            self._ring.bits,
+            self._ring.levels,
         )
         out = []
         for msg in messages:
@@ -112,6 +127,8 @@ class SecureAveraging(Averaging):
                     proto.SA_ROUND: server_round,
                     proto.SA_SOURCES: list(forward),
                     proto.SA_CIPHERTEXTS: list(forward.values()),
+                    proto.SA_RING_BITS: self._ring.bits,
+                    proto.SA_LEVEL_BITS: self._ring.levels,
                 }
             )
             content = RecordDict({proto.ARRAYS: arrays, proto.CONFIG: config, proto.SECAGG: record})
@@ -151,21 +168,22 @@ class SecureAveraging(Averaging):
     def problem(self, msg: Message, current: ArrayRecord) -> str | None:
         if self._protocol is None or msg.metadata.src_node_id not in self._protocol.keyed:
             return "not part of this round's key sharing"
-        vector = _masked_vector(msg, self._size)
+        vector = _masked_vector(msg, self._size, self._ring)
         if vector is None:
-            return f"no masked vector of {self._size} uint64 values"
-        self._vectors[msg.metadata.src_node_id] = vector  # read once: 8 bytes a value
+            return f"no masked vector of {self._size} {np.dtype(self._ring.dtype)} values"
+        self._vectors[msg.metadata.src_node_id] = vector  # read once: 4 or 8 bytes a value
         return None
 
     def mean(
         self, server_round: int, replies: list[Message], current: ArrayRecord
     ) -> tuple[ArrayRecord, MetricRecord]:
         protocol, self._protocol = self._protocol, None
+        ring = self._ring
         if protocol is None:
             raise AggregateRejected("secure aggregation", "no keys were shared this round")
         valid = {msg.metadata.src_node_id: msg for msg in replies}
         vectors = {
-            n: self._vectors[n] if n in self._vectors else _masked_vector(msg, self._size)
+            n: self._vectors[n] if n in self._vectors else _masked_vector(msg, self._size, ring)
             for n, msg in valid.items()
         }
         self._vectors = {}
@@ -210,11 +228,20 @@ class SecureAveraging(Averaging):
         except SecAggError as err:
             raise AggregateRejected("secure aggregation", str(err)) from None
         summed = [valid[n] for n in sorted(protocol.masked)]
+        weights = {
+            msg.metadata.src_node_id: int(cast(int, msg.content[proto.METRICS][self.weight_key]))
+            for msg in summed
+        }
+        self._weights = {n: w for n, w in weights.items() if w > 0}  # next round's ring
         try:  # the sum is known now: whatever happens next, the server has seen it
-            weight, delta = average_delta(total, self.clip_range)
-            reported = sum(
-                int(cast(int, msg.content[proto.METRICS][self.weight_key])) for msg in summed
-            )
+            reported = sum(weights.values())
+            if not ring.fits(reported):  # the bound: T * W <= 2**bits - 1, else it may wrap
+                raise SecAggError(
+                    f"round {server_round}: the sites' weights sum to {reported}, and "
+                    f"{reported} x 2**{ring.levels} quantization levels exceeds the 2**"
+                    f"{ring.bits} ring: the secure aggregate may have wrapped"
+                )
+            weight, delta = average_delta(total, self.clip_range, ring)
             if weight != reported:
                 raise SecAggError(
                     f"round {server_round}: the secure aggregate's weight {weight} differs from "
@@ -376,11 +403,11 @@ def _why(reply: Message) -> str:
     return reason(reply) if reply.has_error() else "reply without a protocol record"
 
 
-def _masked_vector(msg: Message, size: int) -> np.ndarray | None:
+def _masked_vector(msg: Message, size: int, ring: Ring) -> np.ndarray | None:
     record = msg.content.array_records.get(proto.SECAGG_MASKED)
     if record is None or proto.SECAGG_VECTOR not in record:
         return None
     vector = record[proto.SECAGG_VECTOR].numpy()
-    if vector.dtype != np.uint64 or vector.shape != (size,):
+    if vector.dtype != ring.dtype or vector.shape != (size,):
         return None
     return vector

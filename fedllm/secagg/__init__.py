@@ -26,7 +26,7 @@ from fedllm.secagg.site import (
     state_to_config,
 )
 from fedllm.secagg.sizing import majority, neighbourhood
-from fedllm.secagg.vector import Layout, average_delta, prg, quantize, weighted_vector
+from fedllm.secagg.vector import Layout, Ring, average_delta, prg, quantize, weighted_vector
 
 __all__ = [
     "MASK",
@@ -36,6 +36,7 @@ __all__ = [
     "SHARE_KEYS",
     "UNMASK",
     "Layout",
+    "Ring",
     "Roster",
     "SecAggRound",
     "SecAggSettings",

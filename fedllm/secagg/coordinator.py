@@ -9,7 +9,8 @@ says (``fedllm/secagg/site.py``): this side holds no secret and is trusted with 
 
 Unmasking is one pass over the sum: the secrets are rebuilt together
 (:func:`~fedllm.secagg.shamir.combine_many`), then every self mask and every pairwise mask of
-a dropped site is subtracted in place from the uint64 sum (AES-CTR keystreams, numpy).
+a dropped site is subtracted in place from the sum in the round's ring (uint32 or uint64:
+AES-CTR keystreams, numpy).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class SecAggRound:
 
     # Stage 2 ---------------------------------------------------------------------------
     def receive_masked(self, vectors: dict[int, np.ndarray]) -> None:
-        """Sum the masked vectors (uint64, wrapping) of sites that sent one."""
+        """Sum the masked vectors (uint32 or uint64, wrapping) of sites that sent one."""
         total: np.ndarray | None = None
         for nid, vector in vectors.items():
             if nid not in self.keyed:
@@ -152,7 +153,7 @@ class SecAggRound:
         return {n: s for n, s in self.signatures.items() if n in self.neighbours[nid]}
 
     def unmask(self, shares: dict[int, dict[int, bytes]]) -> np.ndarray:
-        """Remove every mask from the sum: returns ``[sum n, sum n * q]`` (uint64)."""
+        """Remove every mask from the sum: returns ``[sum n, sum n * q]`` (the ring's dtype)."""
         if self.total is None:
             raise SecAggError(f"round {self.server_round}: no masked vector to unmask")
         responders = set(shares) & self.masked

@@ -206,8 +206,9 @@ class SiteSecAgg:
         return out
 
     def mask(self, vector: np.ndarray, ciphertexts: dict[int, bytes]) -> np.ndarray:
-        """Stage 2: keep the shares addressed to this site, mask ``vector`` (uint64) with its
-        own seed and one pairwise mask per neighbour that sent shares."""
+        """Stage 2: keep the shares addressed to this site, mask ``vector`` (uint32 or uint64:
+        the round's ring) with its own seed and one pairwise mask per neighbour that sent
+        shares."""
         if len(ciphertexts) + 1 < self.threshold:
             raise SecAggError(
                 f"secure aggregation: shares from {len(ciphertexts)} neighbours, below the "
@@ -233,7 +234,7 @@ class SiteSecAgg:
             pairwise = agree(sk1, self.peers[src].pk1, PAIRWISE)
             (added if self.node_id > src else subtracted).append(pairwise)
         masked: np.ndarray = vector.copy()
-        apply_masks(masked, added, subtracted)  # wraps modulo 2**64
+        apply_masks(masked, added, subtracted)  # wraps modulo the ring (2**32 or 2**64)
         return masked
 
     def unmask(self, survivors: list[int], signer: SiteKey) -> UnmaskAnswer:

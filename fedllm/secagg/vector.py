@@ -1,12 +1,28 @@
 """Model updates as one masked integer vector: flatten, quantize, weight, mask (numpy).
 
-A site's weighted update travels as ``v = [n, n * q(delta)] + masks (mod 2**64)``, where
+A site's weighted update travels as ``v = [n, n * q(delta)] + masks (mod 2**b)``, where
 ``delta`` is its local model minus the global one (all float arrays, flattened in key order),
-``q`` stochastically rounds ``clip(delta, -c, c)`` onto the integers ``0..T`` (``T = 2**bits``)
-and ``n`` is its example count (the FedAvg weight). Sums wrap modulo 2**64 in ``uint64``
-arithmetic for free, so the server's unmasked sum is exactly ``[sum n, sum n * q]``; the only
-error is the rounding, at most ``2c / T`` per value. Everything is vectorized: no Python loop
-over elements.
+``q`` stochastically rounds ``clip(delta, -c, c)`` onto the integers ``0..T`` (``T = 2**Q``)
+and ``n`` is its example count (the FedAvg weight). Sums wrap modulo ``2**b`` in ``uint32`` or
+``uint64`` arithmetic for free, so the server's unmasked sum is exactly ``[sum n, sum n * q]``
+as long as it does not wrap; the only error is the rounding, at most ``2c / T`` per value.
+Everything is vectorized: no Python loop over elements.
+
+**The ring** (:class:`Ring`) is chosen per round by the server: ``b = 32`` with ``Q`` levels
+bits (16 to 24) when the bound below holds for the weights the sampled sites reported the
+round before, else ``b = 64`` with ``Q = 24``. A 32-bit ring halves the masked vector and
+every keystream (Flower's own SecAgg+ default modulus is also 2**32).
+
+*The bound.* Each honest site's entries are ``n_i * q_i`` with ``0 <= q_i <= T`` (and ``n_i``
+itself), so every entry of the sum over the summed sites is at most ``T * W``, ``W = sum n_i``.
+If ``T * W <= 2**b - 1`` no entry wraps, and the weight entry is ``W`` exactly. The server
+knows ``W`` exactly: the sites report their weights in the clear, and the unmasked weight
+entry must equal that sum. So the server checks ``T * W <= 2**b - 1`` for the reported ``W``
+and that the weight entry equals it; otherwise it rejects the round (fails closed: the sum may
+have wrapped). Before the round it picks ``b = 32`` only when ``m * N * T <= 2**32 - 1`` for
+the ``m`` sampled sites and ``N`` the largest weight any of them reported the round before
+(weights are stable: a released DP count is reused for the whole run), and each site refuses
+to mask a vector whose own entries would not fit (``n * T > 2**b - 1``).
 
 Masks come from AES-256 in counter mode keyed by a site's own 128-bit seed (expanded by HKDF)
 or an ECDH-derived pairwise key: a standard PRG from ``cryptography``. The keystream is
@@ -34,10 +50,60 @@ from flwr.app import Array, ArrayRecord
 
 from fedllm.errors import SecAggError
 
-QUANTIZATION_BITS = 24  # T = 2**24: rounding error <= 2c / 2**24 per value
+QUANTIZATION_BITS = 24  # T = 2**24 (the 64-bit ring's): rounding error <= 2c / 2**24 per value
+MIN_QUANTIZATION_BITS = 16  # the 32-bit ring only with at least 2**16 levels (error <= 2c / 2**16)
 MAX_WEIGHT = 2**32  # an example count above this could overflow the 64-bit sums
 _ZERO_NONCE = bytes(12)  # every key masks exactly one vector (fresh keys every round)
-MAX_VALUES = (2**36 - 32) // 8  # GCM's limit on one keystream (32-bit block counter)
+MAX_KEYSTREAM = 2**36 - 32  # GCM's limit on one keystream in bytes (32-bit block counter)
+MAX_VALUES = MAX_KEYSTREAM // 8  # of a 64-bit ring's vector
+
+
+@dataclass(frozen=True)
+class Ring:
+    """Where a round's masked vectors live: integers modulo ``2**bits`` (32 or 64), each
+    update value quantized to ``0..2**levels``. See the module docstring for the bound."""
+
+    bits: int = 64
+    levels: int = QUANTIZATION_BITS
+
+    def __post_init__(self) -> None:
+        allowed = (
+            self.levels == QUANTIZATION_BITS
+            if self.bits == 64
+            else self.bits == 32 and MIN_QUANTIZATION_BITS <= self.levels <= QUANTIZATION_BITS
+        )
+        if not allowed:
+            raise SecAggError(
+                f"secure aggregation: a ring of 2**{self.bits} with 2**{self.levels} "
+                f"quantization levels is not one this version uses (2**64 with 2**"
+                f"{QUANTIZATION_BITS}, or 2**32 with 2**{MIN_QUANTIZATION_BITS} to 2**"
+                f"{QUANTIZATION_BITS})"
+            )
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        return np.uint32 if self.bits == 32 else np.uint64
+
+    def fits(self, total_weight: int) -> bool:
+        """Whether sums of honest vectors of ``total_weight`` in all cannot wrap:
+        ``T * W <= 2**bits - 1``."""
+        return total_weight > 0 and total_weight << self.levels <= (1 << self.bits) - 1
+
+    @classmethod
+    def for_weights(cls, weights: Sequence[int]) -> Ring:
+        """The ring for one round of ``len(weights)`` sites, each with at most the given
+        weight: 2**32 with as many levels as ``m * max(weights) * T <= 2**32 - 1`` allows
+        (at most 2**24), when that is at least 2**16; else 2**64."""
+        bound = len(weights) * max(weights, default=0)
+        if bound <= 0:
+            return cls()
+        levels = min(QUANTIZATION_BITS, ((2**32 - 1) // bound).bit_length() - 1)
+        if levels < MIN_QUANTIZATION_BITS:
+            return cls()
+        return cls(32, levels)
+
+
+RING64 = Ring()  # the ring of a round without the weights to prove a 32-bit sum (and the default)
 
 
 @dataclass(frozen=True)
@@ -82,101 +148,132 @@ class Layout:
         return ArrayRecord(out)
 
 
-def quantize(delta: np.ndarray, clip_range: float, rng: np.random.Generator) -> np.ndarray:
-    """Stochastic rounding of ``clip(delta, -c, c)`` onto ``0..T``: ``floor(x + u)`` with
-    ``u ~ U[0, 1)`` rounds up with probability ``frac(x)`` (unbiased inside the range):
-    uint64, same shape."""
-    scale = (1 << QUANTIZATION_BITS) / (2.0 * clip_range)
+def quantize(
+    delta: np.ndarray,
+    clip_range: float,
+    rng: np.random.Generator,
+    levels: int = QUANTIZATION_BITS,
+    dtype: type[np.unsignedinteger] = np.uint64,
+) -> np.ndarray:
+    """Stochastic rounding of ``clip(delta, -c, c)`` onto ``0..T`` (``T = 2**levels``):
+    ``floor(x + u)`` with ``u ~ U[0, 1)`` rounds up with probability ``frac(x)`` (unbiased
+    inside the range): ``dtype``, same shape."""
+    scale = (1 << levels) / (2.0 * clip_range)
     scaled = np.clip(delta, -clip_range, clip_range)
     scaled += clip_range
     scaled *= scale
     scaled += rng.random(scaled.shape)
     np.floor(scaled, out=scaled)
-    np.minimum(scaled, float(1 << QUANTIZATION_BITS), out=scaled)  # x = T exactly, u > 0
-    out: np.ndarray = scaled.astype(np.uint64)
+    np.minimum(scaled, float(1 << levels), out=scaled)  # x = T exactly, u > 0
+    out: np.ndarray = scaled.astype(dtype)
     return out
 
 
 def weighted_vector(
-    delta: np.ndarray, weight: int, clip_range: float, rng: np.random.Generator
+    delta: np.ndarray,
+    weight: int,
+    clip_range: float,
+    rng: np.random.Generator,
+    ring: Ring = RING64,
 ) -> np.ndarray:
-    """``[n, n * q(delta)]`` as uint64: shape (1 + delta.size,)."""
+    """``[n, n * q(delta)]`` in the ring's dtype: shape (1 + delta.size,). Refused when the
+    site's own entries would not fit the ring (``n * T > 2**bits - 1``)."""
     if not 0 < weight < MAX_WEIGHT:
         raise SecAggError(
             f"a site's weight (examples) must be in 1..{MAX_WEIGHT - 1}, got {weight}"
         )
-    out = np.empty(1 + delta.size, dtype=np.uint64)
+    if not ring.fits(weight):
+        raise SecAggError(
+            f"secure aggregation: this site's weight {weight} times 2**{ring.levels} "
+            f"quantization levels exceeds the round's 2**{ring.bits} ring: its vector could "
+            "wrap, so it is not sent"
+        )
+    out = np.empty(1 + delta.size, dtype=ring.dtype)
     out[0] = weight
-    np.multiply(quantize(delta, clip_range, rng), np.uint64(weight), out=out[1:])
+    quantized = quantize(delta, clip_range, rng, ring.levels, ring.dtype)
+    np.multiply(quantized, ring.dtype(weight), out=out[1:])
     return out
 
 
-def average_delta(total: np.ndarray, clip_range: float) -> tuple[int, np.ndarray]:
+def average_delta(
+    total: np.ndarray, clip_range: float, ring: Ring = RING64
+) -> tuple[int, np.ndarray]:
     """From the unmasked sum ``[W, sum n * q]``: W and the example-weighted mean delta.
 
-    Raises :class:`SecAggError` when a value lies outside what honest sites can produce
-    (``0..W*T``): a site sent a malformed vector or the masks did not cancel."""
+    Raises :class:`SecAggError` when ``T * W`` does not fit the ring (the sum may have
+    wrapped) or a value lies outside what honest sites can produce (``0..W*T``): a site sent
+    a malformed vector or the masks did not cancel. The caller checks W against the weights
+    the sites reported (a wrapped weight entry is caught there)."""
     weight = int(total[0])
-    bound = weight << QUANTIZATION_BITS
-    if weight <= 0 or bound >= 2**64:
-        raise SecAggError(f"the secure aggregate's total weight {weight} is out of range")
+    if not ring.fits(weight):
+        raise SecAggError(
+            f"the secure aggregate's total weight {weight} is out of range for the 2**"
+            f"{ring.bits} ring with 2**{ring.levels} quantization levels"
+        )
+    bound = weight << ring.levels
     high = int(total[1:].max(initial=0))
     if high > bound:
         raise SecAggError(
             f"the secure aggregate holds {high}, above the quantization bound "
-            f"{bound} (= total weight x 2**{QUANTIZATION_BITS}): a masked vector was malformed "
+            f"{bound} (= total weight x 2**{ring.levels}): a masked vector was malformed "
             "or the masks did not cancel"
         )
-    step = 2.0 * clip_range / (1 << QUANTIZATION_BITS)
+    step = 2.0 * clip_range / (1 << ring.levels)
     return weight, total[1:].astype(np.float64) * (step / weight) - clip_range
 
 
-def prg(secret: bytes, size: int) -> np.ndarray:
-    """``size`` pseudo-random uint64: the AES-256-CTR keystream keyed by ``secret`` (16
-    bytes: a seed, expanded by HKDF; 32 bytes or Flower's base64 form: a key) from counter
-    block ``0**96 || 2``. The keystream is written straight into the array's buffer
-    (``update_into``): 6x faster than returning bytes."""
-    stream = bytearray(8 * size + 15)  # update_into wants room for one more block
-    _keystream(secret, size).update_into(bytes(8 * size), stream)
-    return np.frombuffer(stream, dtype=np.uint64, count=size)
+def prg(secret: bytes, size: int, dtype: type[np.unsignedinteger] = np.uint64) -> np.ndarray:
+    """``size`` pseudo-random ``dtype`` (uint64 or uint32) values: the AES-256-CTR keystream
+    keyed by ``secret`` (16 bytes: a seed, expanded by HKDF; 32 bytes or Flower's base64 form:
+    a key) from counter block ``0**96 || 2``. The keystream is written straight into the
+    array's buffer (``update_into``): 6x faster than returning bytes."""
+    width = np.dtype(dtype).itemsize
+    stream = bytearray(width * size + 15)  # update_into wants room for one more block
+    _keystream(secret, width * size).update_into(bytes(width * size), stream)
+    return np.frombuffer(stream, dtype=dtype, count=size)
 
 
-BLOCK = 32768  # values masked per pass: 256 KB of keystream, which stays in a core's L2 cache
+BLOCK = 32768  # uint64 values masked per pass: 256 KB of keystream, in a core's L2 cache
 
 
 def apply_masks(
     target: np.ndarray, added: Sequence[bytes] = (), subtracted: Sequence[bytes] = ()
 ) -> None:
     """``target += sum(prg(a) for a in added) - sum(prg(s) for s in subtracted)`` (modulo
-    2**64), in place, with exactly :func:`prg`'s keystreams.
+    2**64 or 2**32: ``target``'s dtype), in place, with exactly :func:`prg`'s keystreams.
 
     Block by block: every mask's keystream for one block of ``BLOCK`` values is written into
     one reused buffer and added while both are in cache (each key's CTR stream continues
     from block to block), instead of one full-length keystream per mask going through
     memory: with 49 neighbours and 1M values, a third less time than mask by mask."""
-    size = target.size
+    size, width = target.size, target.dtype.itemsize
+    if target.dtype not in (np.uint32, np.uint64):
+        raise SecAggError(f"masks apply to uint32 or uint64 vectors, not {target.dtype}")
     streams = [
-        (_keystream(secret, size), op)
+        (_keystream(secret, width * size), op)
         for secrets, op in ((added, np.add), (subtracted, np.subtract))
         for secret in secrets
     ]
-    zeros = bytes(8 * min(BLOCK, size))
+    step = BLOCK * 8 // width  # the same 256 KB of keystream per pass
+    zeros = bytes(width * min(step, size))
     buffer = bytearray(len(zeros) + 15)  # update_into wants room for one more block
-    stream = np.frombuffer(buffer, dtype=np.uint64, count=len(zeros) // 8)
-    for start in range(0, size, BLOCK):
-        block = target[start : start + BLOCK]
+    stream = np.frombuffer(buffer, dtype=target.dtype, count=len(zeros) // width)
+    for start in range(0, size, step):
+        block = target[start : start + step]
         count = block.size
-        data = zeros if count == stream.size else zeros[: 8 * count]
+        data = zeros if count == stream.size else zeros[: width * count]
         for encryptor, op in streams:
             encryptor.update_into(data, buffer)
             op(block, stream[:count], out=block)
 
 
-def _keystream(secret: bytes, size: int) -> CipherContext:
+def _keystream(secret: bytes, nbytes: int) -> CipherContext:
     """An encryptor whose output on zeros is the AES-256-CTR keystream for ``secret`` from
     counter block ``0**96 || 2`` (AES-GCM's encryption: see the module docstring)."""
-    if size > MAX_VALUES:
-        raise SecAggError(f"a masked vector of {size} values exceeds one keystream's {MAX_VALUES}")
+    if nbytes > MAX_KEYSTREAM:
+        raise SecAggError(
+            f"a masked vector of {nbytes} bytes exceeds one keystream's {MAX_KEYSTREAM}"
+        )
     return Cipher(algorithms.AES(_aes_key(secret)), modes.GCM(_ZERO_NONCE)).encryptor()
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fedllm.errors import SecAggError
-from fedllm.secagg import Layout, average_delta, prg, quantize, weighted_vector
-from fedllm.secagg.vector import BLOCK, QUANTIZATION_BITS, apply_masks
+from fedllm.secagg import Layout, Ring, average_delta, prg, quantize, weighted_vector
+from fedllm.secagg.vector import BLOCK, MIN_QUANTIZATION_BITS, QUANTIZATION_BITS, apply_masks
 from fedllm.tasks.tabular import TabularModel
 from fedllm.weights import to_arrays
 from tests.secagg_run import secure_sum
@@ -74,16 +74,23 @@ def test_masks_are_uniform_and_depend_on_the_whole_seed() -> None:
     assert abs(float(np.mean(a.astype(np.float64))) / 2**64 - 0.5) < 0.01
 
 
-@pytest.mark.parametrize("size", [1, 1000, BLOCK, 2 * BLOCK + 17])
-def test_block_by_block_masks_are_prg_keystreams_added_and_subtracted(size: int) -> None:
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
+@pytest.mark.parametrize("size", [1, 1000, BLOCK, 2 * BLOCK + 17, 4 * BLOCK + 3])
+def test_block_by_block_masks_are_prg_keystreams_added_and_subtracted(
+    size: int, dtype: type[np.unsignedinteger]
+) -> None:
     rng = np.random.default_rng(size)
-    target = rng.integers(0, 2**64, size, dtype=np.uint64)
+    target = rng.integers(0, np.iinfo(dtype).max, size, dtype=dtype, endpoint=True)
     added = [rng.bytes(32), rng.bytes(16)]  # a pairwise key, a self-mask seed
     subtracted = [rng.bytes(32)]
-    expected = target + prg(added[0], size) + prg(added[1], size) - prg(subtracted[0], size)
+
+    def mask(secret: bytes) -> np.ndarray:
+        return prg(secret, size, dtype)
+
+    expected = target + mask(added[0]) + mask(added[1]) - mask(subtracted[0])
     apply_masks(target, added, subtracted)
-    assert np.array_equal(target, expected)
-    original = expected - prg(added[0], size) - prg(added[1], size) + prg(subtracted[0], size)
+    assert target.dtype == dtype and np.array_equal(target, expected)
+    original = expected - mask(added[0]) - mask(added[1]) + mask(subtracted[0])
     apply_masks(target, subtracted, added)  # the other way round: the masks cancel
     assert np.array_equal(target, original)
 
@@ -97,3 +104,71 @@ def test_masks_are_the_aes_256_ctr_keystream() -> None:
     counter = bytes(12) + (2).to_bytes(4, "big")
     Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor().update_into(bytes(40000), stream)
     assert np.array_equal(prg(key, 5000), np.frombuffer(stream, np.uint64, count=5000))
+
+
+def test_a_32_bit_mask_is_the_same_keystream_read_as_uint32() -> None:
+    key = bytes(range(32))
+    assert np.array_equal(prg(key, 5000, np.uint32), prg(key, 2500).view(np.uint32))
+
+
+def test_the_ring_is_32_bit_only_while_the_bound_holds() -> None:
+    """m sites of weight <= N: 2**32 with the most levels T such that m * N * T <= 2**32 - 1
+    (at most 2**24, at least 2**16); else 2**64 with 2**24."""
+    assert Ring.for_weights([10] * 5) == Ring(32, 24)  # 50 x 2**24 < 2**32
+    assert Ring.for_weights([600] * 100) == Ring(32, 16)  # MNIST's 100 IID sites: 60,000
+    assert Ring.for_weights([655] * 100) == Ring(32, 16)  # 65,500 x 2**16 < 2**32
+    assert Ring.for_weights([656] * 100) == Ring(64, 24)  # 65,600 x 2**16 > 2**32
+    assert Ring.for_weights([]) == Ring(64, 24)
+    for weights in ([10] * 5, [600] * 100, [1] * 4096, [12_000] * 5, [40] * 7):
+        ring = Ring.for_weights(weights)  # the most levels at which m * N still fits
+        assert ring.fits(sum(weights))
+        assert ring.levels == 24 or (sum(weights) << (ring.levels + 1)) > 2**32 - 1
+    for bits, levels in ((32, MIN_QUANTIZATION_BITS - 1), (32, 25), (64, 16), (16, 8)):
+        with pytest.raises(SecAggError, match="not one this version uses"):
+            Ring(bits, levels)
+
+
+@pytest.mark.parametrize("weights", [[655] * 100, [8191] * 8, [40] * 7])
+def test_a_32_bit_sum_at_the_bound_unmasks_exactly(weights: list[int]) -> None:
+    """The worst case the bound allows: every value at +clip (q = T) at the largest weights;
+    the sum stays below 2**32 and the mean is +clip. A total weight above
+    ``(2**32 - 1) >> levels`` does not fit: refused (and a site's own vector must fit)."""
+    ring = Ring.for_weights(weights)
+    assert ring.bits == 32
+    rng = np.random.default_rng(0)
+    size = 300
+    vectors = {
+        100 + i: weighted_vector(np.full(size, 2 * CLIP), n, CLIP, rng, ring)
+        for i, n in enumerate(weights)
+    }
+    assert all(v.dtype == np.uint32 for v in vectors.values())
+    total = secure_sum(vectors)
+    assert total.dtype == np.uint32 and int(total[1]) == sum(weights) << ring.levels
+    weight, delta = average_delta(total, CLIP, ring)
+    assert weight == sum(weights) and np.abs(delta - CLIP).max() < 1e-9
+    most = (2**32 - 1) >> ring.levels
+    assert ring.fits(most) and not ring.fits(most + 1)
+    with pytest.raises(SecAggError, match="out of range for the 2\\*\\*32 ring"):
+        average_delta(np.array([most + 1, 0], dtype=np.uint32), CLIP, ring)
+    with pytest.raises(SecAggError, match="exceeds the round's 2\\*\\*32 ring"):
+        weighted_vector(np.zeros(3), most + 1, CLIP, rng, ring)
+
+
+def test_a_32_bit_sum_with_a_dropped_site_unmasks_exactly() -> None:
+    """The server removes a dropped site's pairwise masks modulo 2**32 as well."""
+    rng = np.random.default_rng(4)
+    weights = [300 + i for i in range(7)]
+    ring = Ring.for_weights(weights)
+    deltas = {100 + i: rng.uniform(-1, 1, 500) for i in range(7)}
+    vectors = {
+        nid: weighted_vector(d, n, CLIP, rng, ring)
+        for (nid, d), n in zip(deltas.items(), weights, strict=True)
+    }
+    total = secure_sum(
+        vectors, drop_before_unmask=frozenset(), drop_before_masking=frozenset({103})
+    )
+    kept = {nid: n for nid, n in zip(deltas, weights, strict=True) if nid != 103}
+    weight, delta = average_delta(total, CLIP, ring)
+    assert weight == sum(kept.values())
+    fedavg = sum(deltas[nid] * n for nid, n in kept.items()) / weight
+    assert np.abs(delta - fedavg).max() <= 2 * CLIP / 2**ring.levels

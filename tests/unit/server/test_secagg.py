@@ -4,12 +4,23 @@ over an in-process grid: dropouts, fail-closed rounds and malformed masked vecto
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
 from clients import secagg
 from fedllm import protocol as proto
-from fedllm.secagg import SecAggSettings
+from fedllm.errors import FedLLMError, SecAggError
+from fedllm.secagg import Ring, SecAggSettings
 from fedllm.secagg.vector import QUANTIZATION_BITS
 from fedllm.tasks.tabular import TabularModel
 from fedllm.weights import to_arrays
@@ -24,6 +35,9 @@ NODES = [21, 22, 23, 24, 25]
 CLIP = 8.0
 MALFORMED: set[int] = set()
 GRIDS: list[LoopbackGrid] = []
+RINGS: list[tuple[int, int, int]] = []  # (round, ring bits, level bits) of every train request
+WEIGHTS: dict[int, int] = {}  # round -> every site's weight that round (default 10 x node id)
+RELAYED: dict[str, int] = {}  # values a lying server puts in every train request's record
 IDENTITY = memory_identity(NODES)
 
 
@@ -36,10 +50,20 @@ def _local(global_arrays: ArrayRecord, node: int) -> ArrayRecord:
 def _train(msg: Message, context: Context) -> Message:
     """A site's train reply under secure aggregation: a known update, masked."""
     arrays = msg.content.array_records[proto.ARRAYS]
-    metrics = MetricRecord({proto.NUM_EXAMPLES: 10 * context.node_id, proto.TRAIN_LOSS: 0.1})
-    records = secagg.masked_update(
-        msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP, identity=IDENTITY
-    )
+    request = msg.content.config_records[proto.SECAGG]
+    server_round = int(request[proto.SA_ROUND])  # type: ignore[call-overload]
+    bits = request.get(proto.SA_RING_BITS, 64), request.get(proto.SA_LEVEL_BITS, QUANTIZATION_BITS)
+    RINGS.append((server_round, *(int(b) for b in bits)))  # type: ignore[call-overload]
+    weight = WEIGHTS.get(server_round, 10 * context.node_id)
+    metrics = MetricRecord({proto.NUM_EXAMPLES: weight, proto.TRAIN_LOSS: 0.1})
+    for key, value in RELAYED.items():
+        request[key] = value
+    try:
+        records = secagg.masked_update(
+            msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP, identity=IDENTITY
+        )
+    except SecAggError as err:  # as Flower turns a ClientApp's exception into an error reply
+        return Message(Error(code=0, reason=str(err)), reply_to=msg)
     if context.node_id in MALFORMED:
         records[proto.SECAGG_MASKED] = ArrayRecord(
             {proto.SECAGG_VECTOR: Array(np.zeros(3, dtype=np.uint64))}
@@ -63,6 +87,7 @@ def _round(
     instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
     MALFORMED.clear()
     MALFORMED.update(malformed)
+    RINGS.clear()
     grid = LoopbackGrid(
         NODES,
         {"train": _train, **{f"train.{k}": v for k, v in secagg.handlers(IDENTITY).items()}},
@@ -130,8 +155,12 @@ def test_a_malformed_masked_vector_is_rejected_and_the_others_summed() -> None:
 def test_from_the_second_round_on_both_key_stages_ride_on_the_round_before() -> None:
     _, current, arrays = _round(drop=[], rounds=3)
     assert arrays is not None
+    # Rounds 2 and 3 sum in the 32-bit ring: 5 sites of weight <= 250 allow 2**21 levels.
+    ring = Ring.for_weights([10 * n for n in NODES])
+    assert (ring.bits, ring.levels) == (32, 21)
+    assert sorted(set(RINGS)) == [(1, 64, 24), (2, 32, 21), (3, 32, 21)]
     for key, value in _fedavg(current, NODES).items():
-        assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
+        assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**ring.levels + 1e-6
     delivered = GRIDS[-1].delivered
     assert delivered.count("train.secagg_setup") == len(NODES)  # round 1 only
     assert delivered.count("train.secagg_share_keys") == len(NODES)  # round 1 only
@@ -149,3 +178,40 @@ def test_a_site_lost_in_the_unmask_stage_sends_the_next_round_back_to_full_setup
     assert arrays is not None
     assert sorted(strategy.logs[1].trained) == [f"site-{n}" for n in NODES]
     assert sorted(strategy.logs[2].trained) == ["site-21", "site-22", "site-24", "site-25"]
+
+
+def test_weights_that_outgrow_the_32_bit_ring_fail_closed() -> None:
+    # Rounds 1-2 report weights 210..250: round 2 and 3 sum modulo 2**32 with 2**21 levels
+    # (5 x 250 x 2**21 < 2**32). In round 3 every site reports 500: each site's own vector
+    # fits (500 x 2**21 < 2**32) but the sum, 2500 x 2**21, does not: the server refuses it
+    # rather than apply a sum that may have wrapped. Round 4 knows the new weights: 2**20
+    # levels (5 x 500 x 2**20 < 2**32), and its sum is applied.
+    WEIGHTS.clear()
+    WEIGHTS[3] = 500
+    try:
+        strategy, _, arrays = _round(drop=[], rounds=4)
+    finally:
+        WEIGHTS.clear()
+    assert sorted(set(RINGS)) == [(1, 64, 24), (2, 32, 21), (3, 32, 21), (4, 32, 20)]
+    why = strategy.logs[3].rejected["secure aggregation"]
+    assert "sum to 2500" in why and "exceeds the 2**32 ring" in why, why
+    assert strategy.logs[4].rejected == {}
+    assert arrays is not None
+
+
+def test_sites_refuse_a_ring_they_do_not_use_or_one_their_vector_does_not_fit() -> None:
+    """A ring announced as 2**16, or 2**32 with 2**24 levels for sites of weight 300
+    (300 x 2**24 > 2**32 - 1): every site refuses to mask, and the round fails with the
+    sites' reason."""
+    for relayed, why in (
+        ({proto.SA_RING_BITS: 16, proto.SA_LEVEL_BITS: 8}, "is not one this version uses"),
+        ({proto.SA_RING_BITS: 32, proto.SA_LEVEL_BITS: 24}, "exceeds the round's 2\\*\\*32 ring"),
+    ):
+        RELAYED.update(relayed)
+        WEIGHTS[1] = 300
+        try:
+            with pytest.raises(FedLLMError, match=f"no site returned a valid update.*{why}"):
+                _round(drop=[])
+        finally:
+            RELAYED.clear()
+            WEIGHTS.clear()
