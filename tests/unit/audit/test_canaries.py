@@ -14,7 +14,13 @@ from flwr.app import Context, RecordDict
 from clients.site import SiteGuard
 from clients.train import SiteRuntime, privacy_request, train_round
 from fedllm.audit.attacks import Observation, SiteRound, black_box_scores, regenerated_noise
-from fedllm.audit.canaries import GradientCanaries, InputCanaries, PlantedCanaries, planted_at
+from fedllm.audit.canaries import (
+    GradientCanaries,
+    InputCanaries,
+    PlantedCanaries,
+    canary_norm,
+    planted_at,
+)
 from fedllm.config import RunConfig
 from fedllm.errors import ConfigError, DataError
 from fedllm.privacy import DPParams
@@ -39,7 +45,7 @@ def test_planted_gradient_canaries_move_their_coordinates_by_lr_c_over_b(
 ) -> None:
     """One step (batch above the site's rows, sampling rate 1) of plain training: the update
     with the canaries planted differs from the one without by -lr s C / B at each canary's
-    coordinate and nowhere else."""
+    coordinate and nowhere else (C: 100 times the clip bound without DP, where nothing clips)."""
     canaries = _canaries()
     path = tmp_path / "canaries.json"
     PlantedCanaries(1, canaries, None).save(path)
@@ -64,7 +70,8 @@ def test_planted_gradient_canaries_move_their_coordinates_by_lr_c_over_b(
     n = len(SiteRuntime.from_context(_context(run_config, 1)).data.train)
     expected = {k: np.zeros_like(v) for k, v in updates[0].items()}
     for name, offset, sign in zip(canaries.names, canaries.offsets, canaries.signs, strict=True):
-        expected[name].reshape(-1)[offset] -= cfg.learning_rate * sign * cfg.max_grad_norm / n
+        norm = canary_norm(cfg.max_grad_norm, cfg.dp)  # without DP: 100x the clip bound
+        expected[name].reshape(-1)[offset] -= cfg.learning_rate * sign * norm / n
     for name in expected:
         np.testing.assert_allclose(updates[1][name] - updates[0][name], expected[name], atol=1e-6)
 
