@@ -179,7 +179,11 @@ def soak(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
                 down = f"{args.site_down:.0f} s later, round {last} recorded"
                 events.append(f"site {DOOMED} started again ({down})")
                 site_back_at = None
-            if not killed_coordinator and last >= args.kill_coordinator_in - 1:
+            if (
+                args.kill_coordinator_in
+                and not killed_coordinator
+                and last >= args.kill_coordinator_in - 1
+            ):
                 typical = statistics.median(round_times(done)[1:] or [2.0])
                 time.sleep(typical / 2)  # into the next round: one is in flight
                 in_flight = (rounds_done(metrics)[-1]["round"] if rounds_done(metrics) else 0) + 1
@@ -234,17 +238,39 @@ def verify_ledgers(sites: dict[str, deploy.SiteFiles], summary: dict[str, Any]) 
         run_ids = sorted({e.run_id for e in entries})  # one: the run before and after resume
         rounds = [e.round for e in entries if e.kind == TRAIN]  # besides count, evaluations
         epsilon = spent(entries, 1e-5, "rdp", run_ids[0]).epsilon() if entries else 0.0
+        missed = sorted(planned - set(rounds))
         out[center] = {
             "verifies": True,
             "run-ids": run_ids,
             "entries": len(entries),
             "count-releases": [e.kind for e in entries].count(COUNT),  # once per run
             "rounds-trained-twice": sorted({r for r in rounds if rounds.count(r) > 1}),
-            "rounds-missed": sorted(planned - set(rounds)),
+            "rounds-missed": missed,
+            "why-missed": {str(r): why_missed(summary, center, r) for r in missed},
             "run-epsilon": round(epsilon, 4),
             "within-target": epsilon <= TARGET,
         }
     return out
+
+
+def why_missed(summary: dict[str, Any], site: str, server_round: int) -> str:
+    """What metrics.json says about ``site`` in a round its ledger has no training for: the
+    server's record (dropped, refused, rejected, left out), or that it recorded none."""
+    entries = [r for r in summary["rounds"] if r["round"] == server_round]
+    if not entries:
+        return "round not recorded"
+    entry = entries[-1]
+    for kind in ("dropped", "refused", "left-out"):
+        if site in entry.get(kind, {}):
+            why = entry[kind][site]
+            text = why.get("reason", why) if isinstance(why, dict) else why
+            return f"{kind}: {text}"
+    for who, why in entry.get("rejected", {}).items():
+        if site in who or who in ("secure aggregation", "aggregate"):
+            return f"rejected ({who}): {why}"
+    if site in entry.get("sites", {}):
+        return "trained per the server; no ledger entry"
+    return "NO REASON RECORDED"
 
 
 def superlink_locked(local: LocalFederation) -> int:
@@ -302,6 +328,14 @@ def report(record: dict[str, Any]) -> str:
             f"{ledger['rounds-trained-twice'] or '-'} | {ledger['rounds-missed'] or '-'} | "
             f"{ledger['run-epsilon']:.4f} |"
         )
+    reasons = [
+        f"- {center}, round {r}: {why}"
+        for center, ledger in record["result"]["ledgers"].items()
+        for r, why in ledger.get("why-missed", {}).items()
+    ]
+    if reasons:
+        lines += ["", "Why each missed round was missed (the server's record in metrics.json):"]
+        lines += ["", *reasons]
     lines += [
         "",
         "| process group | process | RSS at start (MB) | RSS at end (MB) |",
@@ -325,16 +359,24 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--kill-site-after", type=int, default=15)
     parser.add_argument("--site-down", type=float, default=20.0)
-    parser.add_argument("--kill-coordinator-in", type=int, default=30)
+    parser.add_argument(
+        "--kill-coordinator-in", type=int, default=30, help="0: the coordinator is not killed"
+    )
     parser.add_argument("--round-timeout", type=float, default=20.0)
     parser.add_argument("--data", type=Path)
+    parser.add_argument(
+        "--keep", type=Path, help="run in this (new) folder and keep it: logs, metrics.json"
+    )
+    parser.add_argument(
+        "--no-results", action="store_true", help="print the report; leave results/ as it is"
+    )
     args = parser.parse_args()
     source = heart_data(args.data)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedllm-soak-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if args.keep is None else args.keep.resolve()
         data = work / "heart"
-        data.mkdir()
+        data.mkdir(parents=True)  # a kept folder must be new: one run's files only
         for center in CENTERS:
             shutil.copy(source / f"processed.{center}.data", data)
         result = soak(work / "federation", data, args)
@@ -346,10 +388,11 @@ def main() -> int:
         "load-average-after": [round(x, 2) for x in os.getloadavg()],
         "result": result,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(record, indent=2) + "\n")
     text = report(record)
-    (RESULTS / "soak.md").write_text(text)
+    if not args.no_results:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "soak.json").write_text(json.dumps(record, indent=2) + "\n")
+        (RESULTS / "soak.md").write_text(text)
     print(text)
     return 0
 

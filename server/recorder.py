@@ -202,6 +202,8 @@ class RunRecorder:
             entry.update(record.client_dp.to_dict())
         if record.dropped:
             entry["dropped"] = dict(record.dropped)
+        if record.left_out:
+            entry["left-out"] = dict(record.left_out)
         return entry
 
     def amend_evaluation(self, record: RoundLog) -> None:

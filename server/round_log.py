@@ -51,14 +51,16 @@ class ClientDPRound:
 @dataclass
 class RoundLog:
     """One round, by site name: who trained (with the metrics each reported), who refused and
-    why, who dropped out (stage and why), which updates (or the aggregate) were rejected, the
-    sites' own evaluation of the new global model, and the site-level DP figures."""
+    why, who dropped out (stage and why), which updates (or the aggregate) were rejected, who
+    was not asked to train and why (not sampled, not connected), the sites' own evaluation of
+    the new global model, and the site-level DP figures."""
 
     server_round: int
     trained: dict[str, dict[str, float]] = field(default_factory=dict)
     refused: dict[str, Refusal] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # not asked to train, and why
     evaluated: dict[str, dict[str, float]] = field(default_factory=dict)
     client_dp: ClientDPRound | None = None
 

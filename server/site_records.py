@@ -33,6 +33,7 @@ from fedllm.evaluation import SiteEvaluation
 from fedllm.weights import check_arrays
 from server.aggregation import AggregateRejected, Averaging
 from server.client_dp import ClientLevelDP, SiteLevelBudgetSpent
+from server.grid import NodesAsOf, connected
 from server.recorder import RunRecorder
 from server.replies import (
     NoSiteCanTrain,
@@ -94,13 +95,19 @@ class SiteRecords(Strategy):
             config[proto.EVALUATE_INCOMING] = True
         elif proto.EVALUATE_INCOMING in config:
             del config[proto.EVALUATE_INCOMING]
+        # The sample is sized and drawn on one list of connected nodes (NodesAsOf).
+        nodes = connected(grid, self._needed("min_train_nodes"))
         try:
-            messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+            messages = list(
+                self.strategy.configure_train(server_round, arrays, config, NodesAsOf(grid, nodes))
+            )
         except AggregateRejected as err:  # e.g. too few sites finished key sharing
             self._reject(record, err.who, err.why)
             messages = []
         lost = set(self.averaging.lost_before_training())
         self._sent["train"] = {msg.metadata.dst_node_id for msg in messages} | lost
+        if messages or lost:  # a rejected round's reason stands for every site
+            self._note_left_out(record, nodes, self._sent["train"])
         if self.client_dp is not None and messages:  # the sites split the noise among these
             self.client_dp.sampled(server_round, len(messages), config, len(messages) + len(lost))
         return messages
@@ -146,6 +153,28 @@ class SiteRecords(Strategy):
                 return None, metrics
         return arrays, metrics
 
+    def _needed(self, minimum: str) -> int:
+        """The connected nodes the inner strategy waits for before it samples (Flower's
+        ``min_available_nodes``, and ``minimum``: its smallest sample)."""
+        return max(
+            int(getattr(self.strategy, "min_available_nodes", 0)),
+            int(getattr(self.strategy, minimum, 0)),
+        )
+
+    def _note_left_out(self, record: RoundLog, nodes: list[int], asked: set[int]) -> None:
+        """Why each site not asked to train this round was left out: connected but not in the
+        sample (``fraction-train``), or not connected when the round sampled (a site known from
+        an earlier round)."""
+        fraction = getattr(self.strategy, "fraction_train", None)
+        for node in sorted(set(nodes) - asked):
+            record.left_out[self.node_names.get(node, f"node-{node}")] = (
+                f"not sampled: {len(asked)} of the {len(nodes)} connected sites were"
+                + (f" (fraction-train {fraction})" if fraction is not None else "")
+            )
+        present = {self.node_names[n] for n in nodes if n in self.node_names}
+        for name in sorted(set(self.node_names.values()) - present):
+            record.left_out[name] = "not connected to the SuperLink when the round sampled"
+
     def _nothing_to_sum(self, server_round: int, record: RoundLog, replies: TrainReplies) -> None:
         """No update to sum: the run stops when every site refused, goes on with the global
         model when updates were rejected, and fails when the sites only failed."""
@@ -187,7 +216,10 @@ class SiteRecords(Strategy):
     ) -> Iterable[Message]:
         if self.evaluation is not None and not self.evaluation.own_message(server_round):
             return []  # not evaluated at the sites, or carried by the next train message
-        messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        nodes = connected(grid, self._needed("min_evaluate_nodes"))
+        messages = self.strategy.configure_evaluate(
+            server_round, arrays, config, NodesAsOf(grid, nodes)
+        )
         # A site that did not answer this round's training is not waited for again.
         sent = [msg for msg in messages if msg.metadata.dst_node_id not in self._silent]
         self._sent["evaluate"] = {msg.metadata.dst_node_id for msg in sent}

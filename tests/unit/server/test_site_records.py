@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.serverapp.strategy import strategy_utils
 
 from fedllm import protocol as proto
 from fedllm.errors import FedLLMError
@@ -140,3 +141,61 @@ def test_when_every_site_fails_the_run_fails_with_the_first_error() -> None:
     ]
     with pytest.raises(FedLLMError, match="no site returned a valid update; first error: site"):
         records.aggregate_train(1, failed)
+
+
+class Reconnecting(LoopbackGrid):
+    """A federation whose last node connects (a restarted site back) at the ``joins_at``-th
+    look at the connected nodes."""
+
+    def __init__(self, nodes: list[int], joins_at: int) -> None:
+        super().__init__(nodes, {})
+        self.looks, self.joins_at = 0, joins_at
+
+    def get_node_ids(self) -> list[int]:
+        self.looks += 1
+        nodes = list(self.contexts)
+        return nodes if self.looks >= self.joins_at else nodes[:-1]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "joins_at"),
+    [
+        ([1, 2, 3], 2),  # back while the round waits for min_available_nodes (3)
+        ([1, 2, 3, 4], 3),  # one more connects between the sample's size and its draw
+    ],
+)
+def test_a_site_connecting_while_the_round_samples_leaves_no_connected_site_out(
+    nodes: list[int], joins_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Flower's FedAvg sizes the sample on one look (fraction x connected) and draws it on the
+    # next, after waiting for min_available_nodes: one more node in between and a healthy site
+    # is left out at random. One list for both: every node connected when it was taken.
+    # Flower draws with random.sample: here the last nodes, so a left-out node is always seen.
+    monkeypatch.setattr(strategy_utils.random, "sample", lambda nodes, k: list(nodes)[-k:])
+    averaging = PlainAveraging()
+    records = SiteRecords(FedAvg(averaging, min_train_nodes=2, min_available_nodes=3), averaging)
+    model = TabularModel(4, 0)
+    instruction(NODES[0], RecordDict())
+    grid = Reconnecting(nodes, joins_at)
+    sent = records.configure_train(1, to_arrays(model), ConfigRecord(), grid)
+    assert sorted(msg.metadata.dst_node_id for msg in sent) == [1, 2, 3]
+    assert records.logs[1].left_out == {}
+
+
+def test_a_site_not_asked_to_train_is_recorded_with_the_reason() -> None:
+    averaging = PlainAveraging()
+    strategy = FedAvg(averaging, fraction_train=0.5, min_train_nodes=1, min_available_nodes=1)
+    records = SiteRecords(strategy, averaging)
+    records.node_names = {1: "site-1", 2: "site-2", 3: "site-3", 4: "site-4"}  # 4 has gone
+    model = TabularModel(4, 0)
+    instruction(NODES[0], RecordDict())
+    sent = records.configure_train(1, to_arrays(model), ConfigRecord(), LoopbackGrid(NODES, {}))
+    asked = {msg.metadata.dst_node_id for msg in sent}
+    assert len(asked) == 1  # int(3 x 0.5)
+    left_out = records.logs[1].left_out
+    assert set(left_out) == {f"site-{n}" for n in set(NODES) - asked} | {"site-4"}
+    assert all(
+        "not sampled: 1 of the 3 connected sites" in left_out[f"site-{n}"]
+        for n in set(NODES) - asked
+    )
+    assert "not connected" in left_out["site-4"]
