@@ -4,6 +4,7 @@ last good model kept, refusals, dropouts and the run's stop when no sampled site
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -171,7 +172,8 @@ def test_a_site_connecting_while_the_round_samples_leaves_no_connected_site_out(
     # next, after waiting for min_available_nodes: one more node in between and a healthy site
     # is left out at random. One list for both: every node connected when it was taken.
     # Flower draws with random.sample: here the last nodes, so a left-out node is always seen.
-    monkeypatch.setattr(strategy_utils.random, "sample", lambda nodes, k: list(nodes)[-k:])
+    last = SimpleNamespace(sample=lambda nodes, k: list(nodes)[-k:])
+    monkeypatch.setattr(strategy_utils, "random", last)
     averaging = PlainAveraging()
     records = SiteRecords(FedAvg(averaging, min_train_nodes=2, min_available_nodes=3), averaging)
     model = TabularModel(4, 0)
