@@ -43,15 +43,11 @@ def polling(grid: Grid) -> Grid:
     return grid
 
 
-class PollingGrid(Grid):
-    """``grid`` with replies collected every ``interval`` seconds; with ``packed``, every
-    content sent as one object and every packed reply unpacked (deployment:
-    :mod:`fedllm.deploy.packing`)."""
+class DelegatingGrid(Grid):
+    """A Grid that hands every call to ``grid``; subclasses change what they need."""
 
-    def __init__(self, grid: Grid, interval: float = POLL_INTERVAL, packed: bool = False) -> None:
+    def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self.interval = interval
-        self.packed = packed
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -75,6 +71,28 @@ class PollingGrid(Grid):
 
     def get_nodes(self) -> Iterable[Any]:
         return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+class PollingGrid(DelegatingGrid):
+    """``grid`` with replies collected every ``interval`` seconds; with ``packed``, every
+    content sent as one object and every packed reply unpacked (deployment:
+    :mod:`fedllm.deploy.packing`)."""
+
+    def __init__(self, grid: Grid, interval: float = POLL_INTERVAL, packed: bool = False) -> None:
+        super().__init__(grid)
+        self.interval = interval
+        self.packed = packed
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         if not self.packed:
@@ -137,7 +155,7 @@ def connected(grid: Grid, minimum: int) -> list[int]:
     return nodes
 
 
-class NodesAsOf(Grid):
+class NodesAsOf(DelegatingGrid):
     """``grid`` whose connected nodes are ``nodes`` (a list taken once): a strategy's sample
     size and its sample come from the same nodes.
 
@@ -148,39 +166,11 @@ class NodesAsOf(Grid):
     call goes to ``grid``."""
 
     def __init__(self, grid: Grid, nodes: list[int]) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.nodes = list(nodes)
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
     def get_nodes(self) -> Iterable[Any]:
         return [n for n in self.grid.get_nodes() if getattr(n, "node_id", None) in self.nodes]
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
