@@ -144,3 +144,39 @@ def test_bad_counts_are_refused_by_name() -> None:
         p_value(10, 4, 2, 1.0, 2.0)
     with pytest.raises(ConfigError, match="one per canary"):
         audit(np.zeros(4), np.zeros(5, dtype=bool), 1e-5)
+
+
+# Values printed in Steinke, Nasr, Jagielski (2023), arXiv:2305.08846v1. The search tool's copy
+# of the paper only returns its opening page, so these were read through two independent public
+# transcriptions of the paper's numbers (each citing the page); the inputs and the printed digits
+# below are theirs, the bound is ours. Appendix D closes its code with a worked example: v = 75
+# right guesses, 95% confidence.
+@pytest.mark.parametrize(
+    ("m", "r", "delta", "printed"),
+    [
+        (100, 100, 0.0, 0.702),  # m = r = 100, delta 0
+        (100, 100, 1e-4, 0.699),  # m = r = 100, delta 1e-4
+        (1000, 100, 1e-4, 0.673),  # 900 abstentions, delta 1e-4
+    ],
+)
+def test_the_bound_reproduces_the_papers_appendix_d_example(
+    m: int, r: int, delta: float, printed: float
+) -> None:
+    """Steinke et al. 2023, Appendix D (p. 46 of arXiv v1): printed to three decimals."""
+    assert epsilon_lower_bound(m, r, 75, delta, confidence=0.95) == pytest.approx(printed, abs=5e-4)
+
+
+def test_the_p_value_reproduces_the_papers_appendix_d_example() -> None:
+    """Steinke et al. 2023, Appendix D: v = 75 of m = r = 100 at eps = log 3, delta 0 has
+    p-value 0.553 (at eps = log 3 each guess is right with probability exactly 3/4)."""
+    assert p_value(100, 100, 75, math.log(3), 0.0) == pytest.approx(0.553, abs=5e-4)
+
+
+def test_the_bound_reproduces_the_papers_section_7_value() -> None:
+    """Steinke et al. 2023, Section 7 (p. 28 of arXiv v1, with Fig. 11): m = 100000 canaries,
+    r = 1510 guesses, v = 1439 right, delta 1e-5, 95%: printed 2.675. Ours is 2.67585, so the
+    printed digits are the value cut (not rounded, which gives 2.676) to three decimals, the
+    conservative way to print a lower bound; no other reading of the inputs comes near (v =
+    1438: 2.665; r = 1511: 2.665; delta 0: 2.806)."""
+    eps = epsilon_lower_bound(100_000, 1510, 1439, 1e-5, confidence=0.95)
+    assert math.floor(eps * 1000) / 1000 == 2.675
