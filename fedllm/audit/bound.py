@@ -9,6 +9,15 @@ guesses is stochastically dominated by Binomial(r, e^eps / (1 + e^eps)) up to a 
 epsilon the observed ``v`` rejects at the given confidence. Both follow the paper's Appendix D
 code (``p_value_DP_audit``, ``get_eps_audit``) step for step, with the binomial computed in
 log space with NumPy instead of SciPy.
+
+Checked against numbers the paper prints (``tests/unit/audit/test_bound.py``): Appendix D's
+worked example (v = 75 right, 95%: m = r = 100 gives 0.702 at delta 0 and 0.699 at delta 1e-4,
+m = 1000 with r = 100 gives 0.673 at delta 1e-4; p-value 0.553 at epsilon log 3), reproduced to
+the three printed decimals, and Section 7's value (m = 100000, r = 1510, v = 1439, delta 1e-5:
+printed 2.675; ours 2.6758, i.e. the printed value is ours cut, not rounded, to three decimals).
+The paper's body could not be read directly here (the search tool returns only its opening), so
+the inputs and printed digits come from two public transcriptions citing arXiv v1's pages
+(Appendix D p. 46, Section 7 p. 28): 0.673 is in both, each other value in one of them.
 """
 
 from __future__ import annotations

@@ -19,7 +19,10 @@ least ``i`` right ones: flipping one canary's inclusion turns "its guess right a
 right" into "its guess wrong and >= i right", which f-DP and the convexity of ``g`` turn into
 the ``h`` step; among outcomes with exactly ``i`` right there are ``i`` right and ``r - i``
 wrong guesses, the ``r`` step; and every outcome has ``r`` guesses, so ``r_0 + h_0 <= r / m``.
-We could not retrieve the paper's body text; the recursion was checked against two public
+No number the paper prints is checked here: the search tool's copy of the paper returns only
+its opening, and no public transcription of its tables or figures was found, so neither a printed
+value nor the algorithm's or theorem's number is confirmed (one public re-implementation calls
+the routine the paper's Algorithm 3; unverified). The recursion was checked against two public
 implementations of it that agree (Meta's PrivacyGuard ``FDPAnalysisNode.audit_rh_with_cap``
 and the one in Google DeepMind's ``dp_accounting`` auditing library), each step re-derived as
 above, and the bound tested by Monte Carlo on exact Gaussian mechanisms

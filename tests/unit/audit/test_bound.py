@@ -147,10 +147,10 @@ def test_bad_counts_are_refused_by_name() -> None:
 
 
 # Values printed in Steinke, Nasr, Jagielski (2023), arXiv:2305.08846v1. The search tool's copy
-# of the paper only returns its opening page, so these were read through two independent public
-# transcriptions of the paper's numbers (each citing the page); the inputs and the printed digits
-# below are theirs, the bound is ours. Appendix D closes its code with a worked example: v = 75
-# right guesses, 95% confidence.
+# of the paper only returns its opening page, so these were read through two public transcriptions
+# of the paper's numbers, each citing the page (0.673 is in both, every other value in one); the
+# inputs and the printed digits below are theirs, the bound is ours. Appendix D closes its code
+# with a worked example: v = 75 right guesses, 95% confidence.
 @pytest.mark.parametrize(
     ("m", "r", "delta", "printed"),
     [

@@ -31,7 +31,7 @@ from fedllm.weights import to_arrays
 
 
 def _context(run_config: dict[str, Any], index: int) -> Context:
-    node = {"partition-id": index, "num-partitions": 4}
+    node: dict[str, bool | float | int | str] = {"partition-id": index, "num-partitions": 4}
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config=run_config)
 
 
