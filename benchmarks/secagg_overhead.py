@@ -88,7 +88,9 @@ HIDDEN = {"100k": 375, "1M": 3745}  # 267 * h + 10 parameters: 100,135 and 1,000
 CLIP = 8.0
 # The virtual sites' identity folders (key, public key), shared by the Ray actors.
 SITES = Path(tempfile.gettempdir()) / "fedllm-secagg-bench-sites"
-MNIST = os.environ.get("FEDLLM_MNIST", "/work/shared/data/mnist")
+# MNIST in ../shared/data beside the checkout, or in $FEDLLM_DATA (as the other benchmarks).
+DATA = Path(os.environ.get("FEDLLM_DATA", ROOT / ".." / "shared" / "data")).resolve()
+MNIST = os.environ.get("FEDLLM_MNIST", str(DATA / "mnist"))
 
 
 def mlp(hidden: int) -> nn.Module:
