@@ -20,6 +20,7 @@ for.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -38,6 +39,7 @@ from fedllm.errors import AppNotTrustedError, FedLLMError
 logger = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 300.0  # seconds a run's worker waits for its next task before exiting
+INSTALL_LOCK = ".install.lock"  # in a pinned Flower home: one FAB install at a time
 
 
 def pinned_install(install: Callable[..., Any], trusted_apps: Path) -> Callable[..., Any]:
@@ -76,8 +78,19 @@ def pinned_install(install: Callable[..., Any], trusted_apps: Path) -> Callable[
         # Flower loads the app by the run's (fab_id, version, hash) from its home: one that
         # holds only this FAB cannot lead it to any other installed app.
         base = base or get_flwr_home()
-        os.environ["FLWR_HOME"] = str(pinned_home(base, fab.sha256))
-        installed[fab.sha256] = install(fab_file, *args, **kwargs)
+        home = pinned_home(base, fab.sha256)
+        os.environ["FLWR_HOME"] = str(home)
+        # Flower's installer makes the app folder, then copies the files into it, and returns
+        # a folder that exists as installed: another worker installing the same FAB into the
+        # same home (two runs of one app, or SuperNodes sharing a Flower home) would load a
+        # half-copied app. One install at a time per pinned home.
+        home.mkdir(parents=True, exist_ok=True)
+        with open(home / INSTALL_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                installed[fab.sha256] = install(fab_file, *args, **kwargs)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
         return installed[fab.sha256]
 
     return install_pinned

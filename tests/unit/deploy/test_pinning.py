@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,3 +175,46 @@ def re_escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def _install_in_a_process(fab: bytes, trusted: Path, home: Path, done: Any) -> None:
+    import os
+
+    from flwr.cli.install import install_from_fab
+
+    os.environ["FLWR_HOME"] = str(home)
+    installed = Path(pinned_install(install_from_fab, trusted)(fab, skip_prompt=True))
+    done.put(sorted(p.name for p in installed.iterdir()))
+
+
+def test_a_worker_installs_only_while_no_other_install_of_that_fab_runs(
+    tmp_path: Path, fab: bytes
+) -> None:
+    """Flower's installer makes the app folder before it copies the files in, and hands an
+    existing folder back as installed, so two workers installing one FAB into one Flower home
+    at once could load a half-copied app (seen in CI: `Cannot find pyproject.toml`). Installs
+    take the pinned home's lock: while another holds it, a worker waits; then it gets the
+    whole app."""
+    import fcntl
+    import multiprocessing
+
+    from fedllm.deploy.worker import INSTALL_LOCK
+
+    info = deploy.FabInfo.of(fab)
+    trusted = tmp_path / "trusted-apps.toml"
+    deploy.TrustedApps().trust(trusted_app(info, "reviewed")).write(trusted)
+    home = tmp_path / "flwr"
+    pinned = pinned_home(home, info.sha256)
+    pinned.mkdir(parents=True)
+    context = multiprocessing.get_context("spawn")
+    done = context.Queue()
+    worker = context.Process(target=_install_in_a_process, args=(fab, trusted, home, done))
+    with open(pinned / INSTALL_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another install is running
+        worker.start()
+        worker.join(8)  # ample for a spawn and an install of this small app
+        assert worker.is_alive(), "the worker installed while another install held the lock"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    worker.join(60)
+    assert worker.exitcode == 0
+    assert "pyproject.toml" in done.get(timeout=5)
