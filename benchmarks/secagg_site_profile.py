@@ -5,7 +5,8 @@ neighbour's keys, signatures and encrypted shares are real (each neighbour is a 
 :class:`SiteSecAgg` with its own identity key); the profiled site then runs what its two
 steady-round messages run, timed piece by piece:
 
-- **train reply**: load the state shared ahead, quantize and weight the update, check and
+- **train reply**: load the state shared ahead, the update's delta, the fraction clipped,
+  quantized and weighted (``weighted_update``, chunk by chunk), check and
   decrypt the neighbours' shares, one pairwise agreement and one keystream per neighbour, the
   self mask; the next round's setup (two key pairs, one signature); the state saved.
 - **unmask answer**: the survivor-set signature; the next round's key sharing: the roster read
@@ -32,10 +33,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flwr.app import Array, ArrayRecord  # noqa: E402
+
 from fedllm.crypto.signing import SiteKey  # noqa: E402
 from fedllm.secagg import (  # noqa: E402
     MASK,
     SHARE_KEYS,
+    Layout,
     Ring,
     Roster,
     SiteSecAgg,
@@ -43,7 +47,7 @@ from fedllm.secagg import (  # noqa: E402
     publish_public_key,
     state_from_config,
     state_to_config,
-    weighted_vector,
+    weighted_update,
 )
 from fedllm.secagg.shamir import split_secrets  # noqa: E402
 from fedllm.secagg.site import PAIRWISE, agree, masking_key  # noqa: E402
@@ -75,7 +79,9 @@ def profile(sites: int, params: int, reps: int, folder: Path, ring: Ring) -> dic
         s.node_id: s.share_keys(peers, t, k, roster_all, 2)[me.node_id] for s in others[: k - 1]
     }
     rng = np.random.default_rng(0)
-    delta = rng.normal(0, 0.01, params)
+    base = ArrayRecord({"w": Array(rng.normal(0, 0.1, params).astype(np.float32))})
+    update = ArrayRecord({"w": Array(base["w"].numpy() + np.float32(0.01))})
+    layout = Layout.of(base)
     times: dict[str, list[float]] = {}
 
     def clock(name: str, fn: Callable[[], Any]) -> Any:
@@ -103,10 +109,11 @@ def profile(sites: int, params: int, reps: int, folder: Path, ring: Ring) -> dic
         # the train reply
         loaded = clock("mask: state load", lambda: state_from_config(state_to_config(shared)))
         loaded.expect(MASK, ROUND)
-        vector = clock(
-            "mask: quantize+weight", lambda: weighted_vector(delta, 123, CLIP, rng, ring)
+        vector, _ = clock(
+            "mask: delta, clip, quantize+weight",
+            lambda: weighted_update(layout, update, base, 123, CLIP, rng, ring),
         )
-        clock("mask: mask (all)", lambda: loaded.mask(vector, sent_to_me))
+        clock("mask: mask (all)", lambda: loaded.mask(vector.copy(), sent_to_me, in_place=True))
         sk1 = masking_key(me.sk1)
         clock("mask: 48 agreements", lambda: [agree(sk1, p.pk1, PAIRWISE) for p in peers.values()])
         seeds = [os.urandom(32) for _ in range(k)]

@@ -49,7 +49,7 @@ from fedllm.secagg import (
     state_from_config,
     state_round,
     state_to_config,
-    weighted_vector,
+    weighted_update,
 )
 from fedllm.tasks import load_federation
 
@@ -213,13 +213,16 @@ def masked_update(
     )
     state = _state(context, MASK, server_round)
     layout = Layout.of(global_arrays)
-    delta = layout.flatten(update) - layout.flatten(global_arrays)  # (P,)
-    metrics[proto.SECAGG_CLIPPED] = float(np.mean(np.abs(delta) > clip_range))
     n = int(cast(int, metrics[proto.NUM_EXAMPLES])) if weight is None else weight
-    vector = weighted_vector(delta, n, clip_range, np.random.default_rng(), ring)
+    # `[n, n * q(update - global)]`, chunk by chunk; the rounding's dither from fresh OS
+    # entropy (the server cannot predict it).
+    vector, clipped = weighted_update(
+        layout, update, global_arrays, n, clip_range, np.random.default_rng(), ring
+    )
+    metrics[proto.SECAGG_CLIPPED] = clipped
     sources = [int(n) for n in cast(list[int], record[proto.SA_SOURCES])]
     ciphertexts = [bytes(c) for c in cast(list[bytes], record[proto.SA_CIPHERTEXTS])]
-    masked = state.mask(vector, dict(zip(sources, ciphertexts, strict=True)))
+    masked = state.mask(vector, dict(zip(sources, ciphertexts, strict=True)), in_place=True)
     _save(context, state)
     me = identity(context, _config(msg))
     ahead = SiteSecAgg.setup(state.node_id, server_round + 1, context.run_id, me.name, me.key)

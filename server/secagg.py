@@ -17,7 +17,7 @@ the two key stages run as messages of their own. Any stage with fewer live sites
 threshold fails closed: the round applies nothing and the previous global model stays.
 
 Each train request names the round's ring (:class:`~fedllm.secagg.vector.Ring`): 2**32 when
-every site in play reported its weight the round before and ``m * max(weight) * 2**16`` fits,
+every site in play reported its weight the round before and their sum times ``2**16`` fits,
 else 2**64; after unmasking, a sum whose reported total weight does not fit the ring is
 rejected (it may have wrapped).
 

@@ -26,7 +26,16 @@ from fedllm.secagg.site import (
     state_to_config,
 )
 from fedllm.secagg.sizing import majority, neighbourhood
-from fedllm.secagg.vector import Layout, Ring, average_delta, prg, quantize, weighted_vector
+from fedllm.secagg.vector import (
+    Layout,
+    Ring,
+    average_delta,
+    clipped_fraction,
+    prg,
+    quantize,
+    weighted_update,
+    weighted_vector,
+)
 
 __all__ = [
     "MASK",
@@ -44,6 +53,7 @@ __all__ = [
     "SiteSecAgg",
     "UnmaskAnswer",
     "average_delta",
+    "clipped_fraction",
     "combine_many",
     "combine_secret",
     "keys_statement",
@@ -58,5 +68,6 @@ __all__ = [
     "state_round",
     "state_to_config",
     "survivors_statement",
+    "weighted_update",
     "weighted_vector",
 ]

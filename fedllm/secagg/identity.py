@@ -150,7 +150,7 @@ class Roster:
             )
         path = self.folder / name / PUBLIC_KEY_FILE
         try:
-            key = PublicKey.from_text(path.read_text())
+            key = _published_key(path)
         except (OSError, SignatureError) as err:
             raise SecAggError(
                 f"secure aggregation: no identity key for site {name!r} ({path}): {err}"
@@ -181,6 +181,19 @@ class Roster:
                 f"secure aggregation: site {name!r}'s signature over the round-{server_round} "
                 "survivor set does not verify"
             ) from None
+
+
+_PARSED: dict[str, PublicKey] = {}
+
+
+def _published_key(path: Path) -> PublicKey:
+    """A site's published key file, each distinct text parsed once: a simulated site reads
+    its neighbours' key files every round."""
+    text = path.read_text()
+    key = _PARSED.get(text)
+    if key is None:
+        key = _PARSED[text] = PublicKey.from_text(text)
+    return key
 
 
 def publish_public_key(folder: Path, key: SiteKey) -> None:

@@ -106,6 +106,9 @@ class SiteSecAgg:
     sk1_shares: dict[int, bytes] = field(default_factory=dict)  # owner nid -> share of sk1
     survivors: list[int] = field(default_factory=list)  # the survivor set it signed
     revealed: dict[int, str] = field(default_factory=dict)  # peer -> SEED or SK1
+    # peer -> the Fernet key of the share channel, agreed once at key sharing and kept for
+    # the decryption of that peer's shares at masking (one X25519 agreement, not two)
+    channels: dict[int, bytes] = field(default_factory=dict)
     _sk2: X25519PrivateKey | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -205,10 +208,12 @@ class SiteSecAgg:
             out[nid] = encrypt(self._channel(nid), plain)
         return out
 
-    def mask(self, vector: np.ndarray, ciphertexts: dict[int, bytes]) -> np.ndarray:
+    def mask(
+        self, vector: np.ndarray, ciphertexts: dict[int, bytes], in_place: bool = False
+    ) -> np.ndarray:
         """Stage 2: keep the shares addressed to this site, mask ``vector`` (uint32 or uint64:
         the round's ring) with its own seed and one pairwise mask per neighbour that sent
-        shares."""
+        shares (``in_place``: in ``vector`` itself, else in a copy)."""
         if len(ciphertexts) + 1 < self.threshold:
             raise SecAggError(
                 f"secure aggregation: shares from {len(ciphertexts)} neighbours, below the "
@@ -233,7 +238,7 @@ class SiteSecAgg:
             self.seed_shares[src], self.sk1_shares[src] = seed_share, sk1_share
             pairwise = agree(sk1, self.peers[src].pk1, PAIRWISE)
             (added if self.node_id > src else subtracted).append(pairwise)
-        masked: np.ndarray = vector.copy()
+        masked: np.ndarray = vector if in_place else vector.copy()
         apply_masks(masked, added, subtracted)  # wraps modulo the ring (2**32 or 2**64)
         return masked
 
@@ -304,10 +309,14 @@ class SiteSecAgg:
         return out
 
     def _channel(self, nid: int) -> bytes:
-        """The Fernet key (base64) for the shares between this site and ``nid``."""
-        if self._sk2 is None:
-            self._sk2 = X25519PrivateKey.from_private_bytes(self.sk2)
-        return base64.urlsafe_b64encode(agree(self._sk2, self.peers[nid].pk2, CHANNEL))
+        """The Fernet key (base64) for the shares between this site and ``nid`` (agreed on
+        first use, with the neighbour's checked key, then kept in the state)."""
+        if nid not in self.channels:
+            if self._sk2 is None:
+                self._sk2 = X25519PrivateKey.from_private_bytes(self.sk2)
+            key = agree(self._sk2, self.peers[nid].pk2, CHANNEL)
+            self.channels[nid] = base64.urlsafe_b64encode(key)
+        return self.channels[nid]
 
 
 _ROUND = "server-round"  # in a saved state: the round it belongs to
@@ -350,6 +359,8 @@ def state_to_config(state: SiteSecAgg) -> dict[str, object]:
         "survivors": list(state.survivors),
         "revealed-of": list(state.revealed),
         "revealed": list(state.revealed.values()),
+        "channel-of": list(state.channels),
+        "channels": list(state.channels.values()),
     }
 
 
@@ -393,4 +404,5 @@ def state_from_config(values: dict[str, object]) -> SiteSecAgg:
         sk1_shares=dict(zip(ints("sk1-share-of"), blobs("sk1-shares"), strict=True)),
         survivors=ints("survivors"),
         revealed=dict(zip(ints("revealed-of"), texts("revealed"), strict=True)),
+        channels=dict(zip(ints("channel-of"), blobs("channels"), strict=True)),
     )

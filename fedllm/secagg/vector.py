@@ -19,10 +19,10 @@ If ``T * W <= 2**b - 1`` no entry wraps, and the weight entry is ``W`` exactly. 
 knows ``W`` exactly: the sites report their weights in the clear, and the unmasked weight
 entry must equal that sum. So the server checks ``T * W <= 2**b - 1`` for the reported ``W``
 and that the weight entry equals it; otherwise it rejects the round (fails closed: the sum may
-have wrapped). Before the round it picks ``b = 32`` only when ``m * N * T <= 2**32 - 1`` for
-the ``m`` sampled sites and ``N`` the largest weight any of them reported the round before
-(weights are stable: a released DP count is reused for the whole run), and each site refuses
-to mask a vector whose own entries would not fit (``n * T > 2**b - 1``).
+have wrapped). Before the round it picks ``b = 32`` only when ``W' * T <= 2**32 - 1`` for
+``W'`` the sum of the weights the same sites reported the round before (weights are stable: a
+released DP count is reused for the whole run, so this round's sum is no larger), and each
+site refuses to mask a vector whose own entries would not fit (``n * T > 2**b - 1``).
 
 Masks come from AES-256 in counter mode keyed by a site's own 128-bit seed (expanded by HKDF)
 or an ECDH-derived pairwise key: a standard PRG from ``cryptography``. The keystream is
@@ -92,9 +92,9 @@ class Ring:
     @classmethod
     def for_weights(cls, weights: Sequence[int]) -> Ring:
         """The ring for one round of ``len(weights)`` sites, each with at most the given
-        weight: 2**32 with as many levels as ``m * max(weights) * T <= 2**32 - 1`` allows
-        (at most 2**24), when that is at least 2**16; else 2**64."""
-        bound = len(weights) * max(weights, default=0)
+        weight: 2**32 with as many levels as ``sum(weights) * T <= 2**32 - 1`` allows (at
+        most 2**24), when that is at least 2**16; else 2**64."""
+        bound = sum(weights)
         if bound <= 0:
             return cls()
         levels = min(QUANTIZATION_BITS, ((2**32 - 1) // bound).bit_length() - 1)
@@ -136,6 +136,26 @@ class Layout:
         """All values, float64, in layout order: shape (size - 1,)."""
         return np.concatenate([arrays[k].numpy().astype(np.float64).ravel() for k in self.keys])
 
+    def delta(self, update: ArrayRecord, base: ArrayRecord) -> np.ndarray:
+        """``flatten(update) - flatten(base)`` without the two float64 copies: each array's
+        difference computed in float64 (exact for float32 inputs) into one buffer."""
+        out = np.empty(self.size - 1, dtype=np.float64)
+        start = 0
+        for key in self.keys:
+            a, b = update[key].numpy().ravel(), base[key].numpy().ravel()
+            if a.size != b.size:
+                raise SecAggError(
+                    f"secure aggregation: `{key}` has {a.size} values in the update and "
+                    f"{b.size} in the global model"
+                )
+            np.subtract(a, b, out=out[start : start + a.size], dtype=np.float64)
+            start += a.size
+        if start != out.size:
+            raise SecAggError(
+                f"secure aggregation: the update holds {start} values, the layout {out.size}"
+            )
+        return out
+
     def unflatten(self, flat: np.ndarray) -> ArrayRecord:
         out: dict[str, Array] = {}
         start = 0
@@ -154,30 +174,44 @@ def quantize(
     rng: np.random.Generator,
     levels: int = QUANTIZATION_BITS,
     dtype: type[np.unsignedinteger] = np.uint64,
+    *,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Stochastic rounding of ``clip(delta, -c, c)`` onto ``0..T`` (``T = 2**levels``):
-    ``floor(x + u)`` with ``u ~ U[0, 1)`` rounds up with probability ``frac(x)`` (unbiased
-    inside the range): ``dtype``, same shape."""
-    scale = (1 << levels) / (2.0 * clip_range)
-    scaled = np.clip(delta, -clip_range, clip_range)
-    scaled += clip_range
-    scaled *= scale
-    scaled += rng.random(scaled.shape)
-    np.floor(scaled, out=scaled)
-    np.minimum(scaled, float(1 << levels), out=scaled)  # x = T exactly, u > 0
-    out: np.ndarray = scaled.astype(dtype)
-    return out
+    ``floor(x + u)``, ``x = (clip(delta) + c) * T / 2c``, rounds up with probability
+    ``frac(x)`` (unbiased inside the range): ``dtype``, same shape.
+
+    In fixed point, five vectorized passes: ``x`` scaled by ``2**32`` (clipped to
+    ``[0, T * 2**32]`` after scaling, so no rounding can leave the range), truncated to
+    ``uint64``, plus a uniform 32-bit integer ``u * 2**32`` and shifted back by 32 bits. The
+    dither is an AES-256-CTR keystream (:func:`prg`) keyed by 32 bytes drawn from ``rng``:
+    the site's fresh OS entropy, so the server cannot predict the rounding. Float64 holds
+    ``x * 2**32 < 2**57`` to within ``2**4``: the chance of rounding up is ``frac(x)`` to
+    within ``2**-28``. ``overwrite``: ``delta`` (float64) may be used as scratch space."""
+    scale = float(1 << (levels + 32)) / (2.0 * clip_range)
+    if overwrite and delta.dtype == np.float64:
+        x = np.multiply(delta, scale, out=delta)
+    else:
+        x = np.multiply(delta, scale, dtype=np.float64)
+    x += clip_range * scale
+    np.clip(x, 0.0, float(1 << (levels + 32)), out=x)
+    fixed: np.ndarray = x.astype(np.uint64)  # floor: x >= 0
+    np.add(fixed, prg(rng.bytes(32), fixed.size, np.uint32).reshape(fixed.shape), out=fixed)
+    fixed >>= np.uint64(32)  # floor(x + u) <= T: x <= T * 2**32 and u * 2**32 < 2**32
+    if dtype != np.uint64:
+        fixed = fixed.astype(dtype)
+    return fixed
 
 
-def weighted_vector(
-    delta: np.ndarray,
-    weight: int,
-    clip_range: float,
-    rng: np.random.Generator,
-    ring: Ring = RING64,
-) -> np.ndarray:
-    """``[n, n * q(delta)]`` in the ring's dtype: shape (1 + delta.size,). Refused when the
-    site's own entries would not fit the ring (``n * T > 2**bits - 1``)."""
+def clipped_fraction(delta: np.ndarray, clip_range: float) -> float:
+    """The fraction of values with ``|delta| > clip_range`` (two reductions when none is)."""
+    if delta.size == 0 or (delta.max() <= clip_range and delta.min() >= -clip_range):
+        return 0.0
+    outside = np.count_nonzero(delta > clip_range) + np.count_nonzero(delta < -clip_range)
+    return outside / delta.size
+
+
+def _check_weight(weight: int, ring: Ring) -> None:
     if not 0 < weight < MAX_WEIGHT:
         raise SecAggError(
             f"a site's weight (examples) must be in 1..{MAX_WEIGHT - 1}, got {weight}"
@@ -188,11 +222,95 @@ def weighted_vector(
             f"quantization levels exceeds the round's 2**{ring.bits} ring: its vector could "
             "wrap, so it is not sent"
         )
+
+
+def weighted_vector(
+    delta: np.ndarray,
+    weight: int,
+    clip_range: float,
+    rng: np.random.Generator,
+    ring: Ring = RING64,
+    *,
+    overwrite: bool = False,
+) -> np.ndarray:
+    """``[n, n * q(delta)]`` in the ring's dtype: shape (1 + delta.size,). Refused when the
+    site's own entries would not fit the ring (``n * T > 2**bits - 1``). ``overwrite``:
+    ``delta`` may be used as scratch space (see :func:`quantize`)."""
+    _check_weight(weight, ring)
     out = np.empty(1 + delta.size, dtype=ring.dtype)
     out[0] = weight
-    quantized = quantize(delta, clip_range, rng, ring.levels, ring.dtype)
-    np.multiply(quantized, ring.dtype(weight), out=out[1:])
+    quantized = quantize(delta.ravel(), clip_range, rng, ring.levels, overwrite=overwrite)
+    # n * q <= n * T <= 2**bits - 1 (checked above): the narrowing cast keeps every value.
+    np.multiply(quantized, np.uint64(weight), out=out[1:], casting="unsafe")
     return out
+
+
+CHUNK = 65536  # values per pass of weighted_update: its scratch arrays stay in a core's L2 cache
+
+
+def weighted_update(
+    layout: Layout,
+    update: ArrayRecord,
+    base: ArrayRecord,
+    weight: int,
+    clip_range: float,
+    rng: np.random.Generator,
+    ring: Ring = RING64,
+) -> tuple[np.ndarray, float]:
+    """:func:`weighted_vector` of ``update - base`` and the fraction of values clipped
+    (:func:`clipped_fraction`), chunk by chunk: the same values as
+    ``weighted_vector(layout.delta(update, base), weight, clip_range, rng, ring)`` (the same
+    dither keystream, in the same order) without its full-length float64 and uint64
+    temporaries: one pass over memory, in scratch arrays of ``CHUNK`` values reused."""
+    _check_weight(weight, ring)
+    out = np.empty(layout.size, dtype=ring.dtype)
+    out[0] = weight
+    scale = float(1 << (ring.levels + 32)) / (2.0 * clip_range)
+    offset, high = clip_range * scale, float(1 << (ring.levels + 32))
+    dither = _keystream(rng.bytes(32), 4 * (layout.size - 1))  # prg()'s uint32 stream
+    x = np.empty(min(CHUNK, layout.size), dtype=np.float64)
+    fixed = np.empty(x.size, dtype=np.uint64)
+    zeros = bytes(4 * x.size)
+    stream = bytearray(len(zeros) + 15)  # update_into wants room for one more block
+    noise = np.frombuffer(stream, dtype=np.uint32, count=x.size)
+    clipped, position = 0, 1
+    for key in layout.keys:
+        a, b = update[key].numpy().ravel(), base[key].numpy().ravel()
+        if a.size != b.size:
+            raise SecAggError(
+                f"secure aggregation: `{key}` has {a.size} values in the update and "
+                f"{b.size} in the global model"
+            )
+        for start in range(0, a.size, x.size):
+            count = min(x.size, a.size - start)
+            xs, fs, us = x[:count], fixed[:count], noise[:count]
+            np.subtract(
+                a[start : start + count], b[start : start + count], out=xs, dtype=np.float64
+            )
+            inside = xs.max() <= clip_range and xs.min() >= -clip_range
+            if not inside:
+                clipped += int(
+                    np.count_nonzero(xs > clip_range) + np.count_nonzero(xs < -clip_range)
+                )
+            xs *= scale
+            xs += offset
+            if inside:  # x >= fl(-c * s) + fl(c * s) = 0 already; rounding may pass T * 2**32
+                np.minimum(xs, high, out=xs)
+            else:
+                np.clip(xs, 0.0, high, out=xs)
+            np.copyto(fs, xs, casting="unsafe")  # floor: x >= 0
+            dither.update_into(zeros[: 4 * count], stream)
+            np.add(fs, us, out=fs)
+            fs >>= np.uint64(32)
+            np.multiply(
+                fs, np.uint64(weight), out=out[position : position + count], casting="unsafe"
+            )
+            position += count
+    if position != out.size:
+        raise SecAggError(
+            f"secure aggregation: the update holds {position - 1} values, the layout {out.size - 1}"
+        )
+    return out, clipped / max(1, out.size - 1)
 
 
 def average_delta(

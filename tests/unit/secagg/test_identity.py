@@ -68,6 +68,17 @@ def test_a_simulated_roster_reads_the_listed_sites_folders_only(tmp_path: Path) 
         publish_public_key(tmp_path / "site-0", _key())
 
 
+def test_a_published_key_is_read_again_when_its_file_changes(tmp_path: Path) -> None:
+    """Simulated rosters keep parsed keys across rounds, but never a stale one: a file
+    replaced with another key is read again."""
+    first, second = _key(), _key()
+    publish_public_key(tmp_path / "site-0", first)
+    assert Roster.simulated(tmp_path, ["site-0"]).key("site-0") == first.public
+    (tmp_path / "site-0" / "site-key.pub").unlink()
+    publish_public_key(tmp_path / "site-0", second)
+    assert Roster.simulated(tmp_path, ["site-0"]).key("site-0") == second.public
+
+
 def test_combining_many_secrets_matches_pycryptodome_for_any_share_indices() -> None:
     rng = random.Random(0)
     secrets = {n: os.urandom(16) for n in range(30)}

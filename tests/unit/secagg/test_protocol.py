@@ -88,6 +88,42 @@ def test_a_site_refuses_stages_out_of_order_and_survives_a_record_round_trip() -
     assert again == site
 
 
+def test_share_channels_are_agreed_once_a_round_and_kept_in_the_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each neighbour's share channel is agreed at key sharing and kept (through the state's
+    record round trip) for decrypting that neighbour's shares at masking: masking agrees
+    only the pairwise mask keys."""
+    import fedllm.secagg.site as site_module
+
+    nodes = [11, 12, 13, 14]
+    ids = Identities.of(nodes)
+    shares, t = SecAggSettings().for_round(len(nodes))
+    server = SecAggRound(1, t, shares, nodes)
+    sites = {n: SiteSecAgg.setup(n, 1, RUN_ID, f"site-{n}", ids.keys[n]) for n in nodes}
+    server.receive_public_keys({n: s.signed_keys for n, s in sites.items()})
+    sent = {}
+    for nid, site in sites.items():
+        site.expect(SHARE_KEYS, 1)
+        sent[nid] = site.share_keys(server.peers_of(nid), t, shares, ids.roster)
+        assert sorted(site.channels) == [n for n in nodes if n != nid]
+    server.receive_ciphertexts(sent)
+    purposes: list[bytes] = []
+    real = site_module.agree
+
+    def counted(private: object, public: bytes, purpose: bytes) -> bytes:
+        purposes.append(purpose)
+        return real(private, public, purpose)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(site_module, "agree", counted)
+    for nid in nodes:
+        site = state_from_config(state_to_config(sites[nid]))
+        assert site.channels == sites[nid].channels
+        site.expect(MASK, 1)
+        site.mask(np.zeros(SIZE, dtype=np.uint64), server.forward[nid])
+    assert purposes == [site_module.PAIRWISE] * (len(nodes) * (len(nodes) - 1))
+
+
 # ---------------------------------------------------------------- 100 sites (SecAgg+ graph)
 def _neighbours_of_one(count: int, chosen: set[int]) -> Callable[[SecAggRound], frozenset[int]]:
     """Drop ``count`` of one site's neighbours (the site itself stays); noted in ``chosen``."""

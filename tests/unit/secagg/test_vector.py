@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from fedllm.errors import SecAggError
-from fedllm.secagg import Layout, Ring, average_delta, prg, quantize, weighted_vector
+from fedllm.secagg import (
+    Layout,
+    Ring,
+    average_delta,
+    clipped_fraction,
+    prg,
+    quantize,
+    weighted_update,
+    weighted_vector,
+)
 from fedllm.secagg.vector import BLOCK, MIN_QUANTIZATION_BITS, QUANTIZATION_BITS, apply_masks
 from fedllm.tasks.tabular import TabularModel
 from fedllm.weights import to_arrays
@@ -112,15 +121,18 @@ def test_a_32_bit_mask_is_the_same_keystream_read_as_uint32() -> None:
 
 
 def test_the_ring_is_32_bit_only_while_the_bound_holds() -> None:
-    """m sites of weight <= N: 2**32 with the most levels T such that m * N * T <= 2**32 - 1
-    (at most 2**24, at least 2**16); else 2**64 with 2**24."""
+    """Sites whose weights sum to W: 2**32 with the most levels T such that W * T <= 2**32 - 1
+    (at most 2**24, at least 2**16); else 2**64 with 2**24. The sum, not m x the largest:
+    one large site among small ones keeps the 32-bit ring."""
     assert Ring.for_weights([10] * 5) == Ring(32, 24)  # 50 x 2**24 < 2**32
     assert Ring.for_weights([600] * 100) == Ring(32, 16)  # MNIST's 100 IID sites: 60,000
     assert Ring.for_weights([655] * 100) == Ring(32, 16)  # 65,500 x 2**16 < 2**32
     assert Ring.for_weights([656] * 100) == Ring(64, 24)  # 65,600 x 2**16 > 2**32
     assert Ring.for_weights([]) == Ring(64, 24)
+    assert Ring.for_weights([6000] + [100] * 99) == Ring(32, 18)  # 15,900 (m x max: 600,000)
+    assert Ring.for_weights([700] * 50 + [500] * 50) == Ring(32, 16)  # 60,000 (m x max: 70,000)
     for weights in ([10] * 5, [600] * 100, [1] * 4096, [12_000] * 5, [40] * 7):
-        ring = Ring.for_weights(weights)  # the most levels at which m * N still fits
+        ring = Ring.for_weights(weights)  # the most levels at which the sum still fits
         assert ring.fits(sum(weights))
         assert ring.levels == 24 or (sum(weights) << (ring.levels + 1)) > 2**32 - 1
     for bits, levels in ((32, MIN_QUANTIZATION_BITS - 1), (32, 25), (64, 16), (16, 8)):
@@ -128,7 +140,7 @@ def test_the_ring_is_32_bit_only_while_the_bound_holds() -> None:
             Ring(bits, levels)
 
 
-@pytest.mark.parametrize("weights", [[655] * 100, [8191] * 8, [40] * 7])
+@pytest.mark.parametrize("weights", [[655] * 100, [8191] * 8, [40] * 7, [30_000] + [500] * 70])
 def test_a_32_bit_sum_at_the_bound_unmasks_exactly(weights: list[int]) -> None:
     """The worst case the bound allows: every value at +clip (q = T) at the largest weights;
     the sum stays below 2**32 and the mean is +clip. A total weight above
@@ -172,3 +184,76 @@ def test_a_32_bit_sum_with_a_dropped_site_unmasks_exactly() -> None:
     assert weight == sum(kept.values())
     fedavg = sum(deltas[nid] * n for nid, n in kept.items()) / weight
     assert np.abs(delta - fedavg).max() <= 2 * CLIP / 2**ring.levels
+
+
+def test_the_delta_is_the_exact_float64_difference_of_the_flattened_arrays() -> None:
+    torch.manual_seed(1)
+    base, local = to_arrays(TabularModel(30, 16)), to_arrays(TabularModel(30, 16))
+    layout = Layout.of(base)
+    expected = layout.flatten(local) - layout.flatten(base)
+    assert np.array_equal(layout.delta(local, base), expected)
+    from flwr.app import Array, ArrayRecord
+
+    short = ArrayRecord({k: Array(a.numpy().ravel()[:3].copy()) for k, a in local.items()})
+    with pytest.raises(SecAggError, match="values in the update and"):
+        layout.delta(short, base)
+
+
+@pytest.mark.parametrize("spread", [0.5, 20.0])
+def test_the_clipped_fraction_counts_values_beyond_the_range(spread: float) -> None:
+    delta = np.random.default_rng(3).uniform(-spread, spread, 10_001)
+    assert clipped_fraction(delta, CLIP) == float(np.mean(np.abs(delta) > CLIP))
+    assert clipped_fraction(np.array([CLIP, -CLIP]), CLIP) == 0.0
+
+
+@pytest.mark.parametrize("levels", [MIN_QUANTIZATION_BITS, 20, QUANTIZATION_BITS])
+def test_fixed_point_rounding_is_unbiased_at_every_ring_level(levels: int) -> None:
+    """floor(x + u) in fixed point (a 32-bit dither): within one level of x, never outside
+    0..T, and unbiased; the dither is fresh for each call (not the same rounding twice)."""
+    step = 2 * CLIP / 2**levels
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-CLIP, CLIP, 200_000)
+    q = quantize(x, CLIP, rng, levels)
+    back = q.astype(np.float64) * step - CLIP
+    assert q.max() <= 2**levels and np.abs(back - x).max() <= step
+    assert abs(float(np.mean(back - x))) < step / 50
+    half = np.full(100_000, -CLIP + 0.5 * step)  # exactly half a level above 0
+    ups = quantize(half, CLIP, rng, levels)
+    assert set(np.unique(ups).tolist()) == {0, 1} and abs(float(ups.mean()) - 0.5) < 0.01
+    assert not np.array_equal(ups, quantize(half, CLIP, rng, levels))
+    scratch = x.copy()
+    assert np.array_equal(
+        quantize(scratch, CLIP, np.random.default_rng(9), levels, overwrite=True),
+        quantize(x, CLIP, np.random.default_rng(9), levels),
+    )
+
+
+@pytest.mark.parametrize("ring", [Ring(32, 16), Ring()])
+def test_the_chunked_update_vector_is_the_vector_of_the_delta(ring: Ring) -> None:
+    """weighted_update (what a site sends) gives exactly weighted_vector of the float64
+    delta for the same randomness, across arrays and chunk boundaries, and the clipped
+    fraction of that delta."""
+    from flwr.app import Array, ArrayRecord
+
+    import fedllm.secagg.vector as vector
+
+    rng = np.random.default_rng(8)
+    shapes = {"a": (3, vector.CHUNK // 2 + 5), "b": (vector.CHUNK + 1,), "c": (7,)}
+    base = ArrayRecord(
+        {k: Array(rng.normal(0, 1, s).astype(np.float32)) for k, s in shapes.items()}
+    )
+    spread = {k: 2 * CLIP if k == "b" else 0.01 for k in shapes}  # some of "b" is clipped
+    update = ArrayRecord(
+        {
+            k: Array((a.numpy() + rng.uniform(-spread[k], spread[k], a.shape)).astype(np.float32))
+            for k, a in base.items()
+        }
+    )
+    layout = Layout.of(base)
+    delta = layout.delta(update, base)
+    got, clipped = weighted_update(layout, update, base, 77, CLIP, np.random.default_rng(1), ring)
+    want = weighted_vector(delta, 77, CLIP, np.random.default_rng(1), ring)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert clipped == clipped_fraction(delta, CLIP) > 0
+    with pytest.raises(SecAggError, match="weight"):
+        weighted_update(layout, update, base, 0, CLIP, rng, ring)
