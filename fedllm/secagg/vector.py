@@ -39,7 +39,7 @@ slower and leaves a 2**32 search space, so it is not used.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,24 +136,29 @@ class Layout:
         """All values, float64, in layout order: shape (size - 1,)."""
         return np.concatenate([arrays[k].numpy().astype(np.float64).ravel() for k in self.keys])
 
+    def pairs(
+        self, update: ArrayRecord, base: ArrayRecord
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each array of ``update`` and of ``base``, flat, in layout order; refused (naming
+        the array) when either does not hold the layout's number of values."""
+        for key, shape in zip(self.keys, self.shapes, strict=True):
+            a, b = update[key].numpy().ravel(), base[key].numpy().ravel()
+            if not a.size == b.size == int(np.prod(shape)):
+                raise SecAggError(
+                    f"secure aggregation: `{key}` has {a.size} values in the update and "
+                    f"{b.size} in the global model, not the {int(np.prod(shape))} of its shape "
+                    f"{shape}"
+                )
+            yield a, b
+
     def delta(self, update: ArrayRecord, base: ArrayRecord) -> np.ndarray:
         """``flatten(update) - flatten(base)`` without the two float64 copies: each array's
         difference computed in float64 (exact for float32 inputs) into one buffer."""
         out = np.empty(self.size - 1, dtype=np.float64)
         start = 0
-        for key in self.keys:
-            a, b = update[key].numpy().ravel(), base[key].numpy().ravel()
-            if a.size != b.size:
-                raise SecAggError(
-                    f"secure aggregation: `{key}` has {a.size} values in the update and "
-                    f"{b.size} in the global model"
-                )
+        for a, b in self.pairs(update, base):
             np.subtract(a, b, out=out[start : start + a.size], dtype=np.float64)
             start += a.size
-        if start != out.size:
-            raise SecAggError(
-                f"secure aggregation: the update holds {start} values, the layout {out.size}"
-            )
         return out
 
     def unflatten(self, flat: np.ndarray) -> ArrayRecord:
@@ -274,13 +279,7 @@ def weighted_update(
     stream = bytearray(len(zeros) + 15)  # update_into wants room for one more block
     noise = np.frombuffer(stream, dtype=np.uint32, count=x.size)
     clipped, position = 0, 1
-    for key in layout.keys:
-        a, b = update[key].numpy().ravel(), base[key].numpy().ravel()
-        if a.size != b.size:
-            raise SecAggError(
-                f"secure aggregation: `{key}` has {a.size} values in the update and "
-                f"{b.size} in the global model"
-            )
+    for a, b in layout.pairs(update, base):
         for start in range(0, a.size, x.size):
             count = min(x.size, a.size - start)
             xs, fs, us = x[:count], fixed[:count], noise[:count]
@@ -306,10 +305,6 @@ def weighted_update(
                 fs, np.uint64(weight), out=out[position : position + count], casting="unsafe"
             )
             position += count
-    if position != out.size:
-        raise SecAggError(
-            f"secure aggregation: the update holds {position - 1} values, the layout {out.size - 1}"
-        )
     return out, clipped / max(1, out.size - 1)
 
 
