@@ -138,9 +138,10 @@ class Layout:
 
     def pairs(
         self, update: ArrayRecord, base: ArrayRecord
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Each array of ``update`` and of ``base``, flat, in layout order; refused (naming
-        the array) when either does not hold the layout's number of values."""
+    ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Each array's key, and the array of ``update`` and of ``base``, flat, in layout
+        order; refused (naming the array) when either does not hold the layout's number of
+        values."""
         for key, shape in zip(self.keys, self.shapes, strict=True):
             a, b = update[key].numpy().ravel(), base[key].numpy().ravel()
             if not a.size == b.size == int(np.prod(shape)):
@@ -149,14 +150,14 @@ class Layout:
                     f"{b.size} in the global model, not the {int(np.prod(shape))} of its shape "
                     f"{shape}"
                 )
-            yield a, b
+            yield key, a, b
 
     def delta(self, update: ArrayRecord, base: ArrayRecord) -> np.ndarray:
         """``flatten(update) - flatten(base)`` without the two float64 copies: each array's
         difference computed in float64 (exact for float32 inputs) into one buffer."""
         out = np.empty(self.size - 1, dtype=np.float64)
         start = 0
-        for a, b in self.pairs(update, base):
+        for _, a, b in self.pairs(update, base):
             np.subtract(a, b, out=out[start : start + a.size], dtype=np.float64)
             start += a.size
         return out
@@ -266,7 +267,11 @@ def weighted_update(
     (:func:`clipped_fraction`), chunk by chunk: the same values as
     ``weighted_vector(layout.delta(update, base), weight, clip_range, rng, ring)`` (the same
     dither keystream, in the same order) without its full-length float64 and uint64
-    temporaries: one pass over memory, in scratch arrays of ``CHUNK`` values reused."""
+    temporaries: one pass over memory, in scratch arrays of ``CHUNK`` values reused.
+
+    Refused (naming the array) when the update holds a NaN or an infinite value: rounded into
+    the ring it would be an arbitrary number that the server, seeing only the sum, could not
+    tell from a real update."""
     _check_weight(weight, ring)
     out = np.empty(layout.size, dtype=ring.dtype)
     out[0] = weight
@@ -279,14 +284,20 @@ def weighted_update(
     stream = bytearray(len(zeros) + 15)  # update_into wants room for one more block
     noise = np.frombuffer(stream, dtype=np.uint32, count=x.size)
     clipped, position = 0, 1
-    for a, b in layout.pairs(update, base):
+    for key, a, b in layout.pairs(update, base):
         for start in range(0, a.size, x.size):
             count = min(x.size, a.size - start)
             xs, fs, us = x[:count], fixed[:count], noise[:count]
             np.subtract(
                 a[start : start + count], b[start : start + count], out=xs, dtype=np.float64
             )
-            inside = xs.max() <= clip_range and xs.min() >= -clip_range
+            high_value, low_value = xs.max(), xs.min()
+            if not (np.isfinite(high_value) and np.isfinite(low_value)):
+                raise SecAggError(
+                    f"secure aggregation: the update's `{key}` holds NaN or infinite values "
+                    "(local training diverged?): it is not sent"
+                )
+            inside = high_value <= clip_range and low_value >= -clip_range
             if not inside:
                 clipped += int(
                     np.count_nonzero(xs > clip_range) + np.count_nonzero(xs < -clip_range)

@@ -257,3 +257,9 @@ def test_the_chunked_update_vector_is_the_vector_of_the_delta(ring: Ring) -> Non
     assert clipped == clipped_fraction(delta, CLIP) > 0
     with pytest.raises(SecAggError, match="weight"):
         weighted_update(layout, update, base, 0, CLIP, rng, ring)
+    for bad in (np.nan, np.inf, -np.inf):
+        values = update["b"].numpy().copy()
+        values[-1] = bad  # in the last chunk of "b"
+        broken = ArrayRecord({k: update[k] if k != "b" else Array(values) for k in shapes})
+        with pytest.raises(SecAggError, match="`b` holds NaN or infinite values"):
+            weighted_update(layout, broken, base, 77, CLIP, rng, ring)

@@ -34,6 +34,7 @@ from tests.secagg_run import memory_identity
 NODES = [21, 22, 23, 24, 25]
 CLIP = 8.0
 MALFORMED: set[int] = set()
+DIVERGED: set[int] = set()  # sites whose local update holds a NaN
 GRIDS: list[LoopbackGrid] = []
 RINGS: list[tuple[int, int, int]] = []  # (round, ring bits, level bits) of every train request
 WEIGHTS: dict[int, int] = {}  # round -> every site's weight that round (default 10 x node id)
@@ -58,9 +59,15 @@ def _train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({proto.NUM_EXAMPLES: weight, proto.TRAIN_LOSS: 0.1})
     for key, value in RELAYED.items():
         request[key] = value
+    local = _local(arrays, context.node_id)
+    if context.node_id in DIVERGED:
+        first = next(iter(local.keys()))
+        values = local[first].numpy().copy()
+        values.flat[0] = np.nan
+        local[first] = Array(values)
     try:
         records = secagg.masked_update(
-            msg, context, arrays, _local(arrays, context.node_id), metrics, CLIP, identity=IDENTITY
+            msg, context, arrays, local, metrics, CLIP, identity=IDENTITY
         )
     except SecAggError as err:  # as Flower turns a ClientApp's exception into an error reply
         return Message(Error(code=0, reason=str(err)), reply_to=msg)
@@ -82,11 +89,14 @@ def _round(
     drop: list[int],
     malformed: frozenset[int] = frozenset(),
     rounds: int = 1,
+    diverged: frozenset[int] = frozenset(),
     stage: str = "train",
 ) -> tuple[SiteRecords, ArrayRecord, ArrayRecord | None]:
     instruction(NODES[0], RecordDict())  # sets Flower's task identity for messages
     MALFORMED.clear()
     MALFORMED.update(malformed)
+    DIVERGED.clear()
+    DIVERGED.update(diverged)
     RINGS.clear()
     grid = LoopbackGrid(
         NODES,
@@ -141,6 +151,17 @@ def test_three_sites_dropping_fails_closed_and_keeps_the_model() -> None:
     why = strategy.logs[1].rejected["secure aggregation"]
     assert "stopped after masking" in why and "below the reconstruction threshold 3" in why
     assert "no partial sum is applied" in why
+
+
+def test_a_site_whose_update_diverged_sends_nothing_and_the_others_are_summed() -> None:
+    """A NaN in a site's own update is refused at the site (it would round to an arbitrary
+    ring value the server cannot see in the sum): the site drops out with the reason, its
+    neighbours' shares remove its masks, and the others' FedAvg is exact."""
+    strategy, current, arrays = _round(drop=[], diverged=frozenset({24}))
+    assert arrays is not None
+    assert "holds NaN or infinite values" in strategy.logs[1].dropped["node-24"]
+    for key, value in _fedavg(current, [21, 22, 23, 25]).items():
+        assert np.abs(arrays[key].numpy() - value).max() <= 2 * CLIP / 2**QUANTIZATION_BITS + 1e-6
 
 
 def test_a_malformed_masked_vector_is_rejected_and_the_others_summed() -> None:
