@@ -236,16 +236,13 @@ def weighted_vector(
     clip_range: float,
     rng: np.random.Generator,
     ring: Ring = RING64,
-    *,
-    overwrite: bool = False,
 ) -> np.ndarray:
     """``[n, n * q(delta)]`` in the ring's dtype: shape (1 + delta.size,). Refused when the
-    site's own entries would not fit the ring (``n * T > 2**bits - 1``). ``overwrite``:
-    ``delta`` may be used as scratch space (see :func:`quantize`)."""
+    site's own entries would not fit the ring (``n * T > 2**bits - 1``)."""
     _check_weight(weight, ring)
     out = np.empty(1 + delta.size, dtype=ring.dtype)
     out[0] = weight
-    quantized = quantize(delta.ravel(), clip_range, rng, ring.levels, overwrite=overwrite)
+    quantized = quantize(delta.ravel(), clip_range, rng, ring.levels)
     # n * q <= n * T <= 2**bits - 1 (checked above): the narrowing cast keeps every value.
     np.multiply(quantized, np.uint64(weight), out=out[1:], casting="unsafe")
     return out
